@@ -1,0 +1,19 @@
+//! loopmix-core: what every loopmix role shares.
+//!
+//! * [`keys`]: Ed25519 identity and X25519 Sphinx keys, PKCS#8 PEM files.
+//! * [`topology`]: the topology document (network parameters, nodes, layers).
+//! * [`sphinx`]: address mapping, seeded delays, packet construction.
+//! * [`poisson`]: exponential sampling and Poisson tickers with injected RNGs.
+//! * [`wire`]: the byte framing of packets on QUIC streams.
+//! * [`mixing`]: the sans-IO packet path (unwrap, replay, delay, loops).
+//! * [`transport`]: QUIC with pinned raw public keys, ingress and egress.
+//! * [`metrics`]: per-node Prometheus registries and the `/metrics` endpoint.
+
+pub mod keys;
+pub mod metrics;
+pub mod mixing;
+pub mod poisson;
+pub mod sphinx;
+pub mod topology;
+pub mod transport;
+pub mod wire;

@@ -1,0 +1,16 @@
+//! The mixing logic, free of sockets and clocks (sans-IO, like quinn-proto).
+//!
+//! Everything here takes "now" and randomness from the caller. `loopmix-node`
+//! drives it with tokio and real time; the simulator drives the same code in
+//! virtual time. The packet path through a mix is, in order:
+//!
+//! 1. [`processor::SphinxProcessor`]: key by epoch → header MAC → replay tag
+//!    check in that key's [`replay::ReplayCache`] → full unwrap.
+//! 2. [`delay_queue::DelayQueue`]: hold until arrival + header delay.
+//! 3. The driver forwards to the next hop; [`loops::LoopTracker`] recognises
+//!    the node's own loop cover packets when they come back.
+
+pub mod delay_queue;
+pub mod loops;
+pub mod processor;
+pub mod replay;

@@ -1,0 +1,160 @@
+//! QUIC transport between loopmix nodes (quinn 0.11).
+//!
+//! One UDP socket per process serves both directions. Packets travel on one
+//! long-lived unidirectional stream per connection (QUIC datagrams cannot
+//! carry a 1.4 KB packet before path-MTU discovery, and are dropped under
+//! pacing). Every connection is mutually authenticated with pinned Ed25519
+//! raw public keys ([`tls`]).
+
+pub mod egress;
+pub mod ingress;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Endpoint, EndpointConfig, VarInt};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::keys::{IdentityKeypair, NodeId};
+pub use tls::{PeerAllowList, RefusalHook};
+
+/// Socket buffers sized for bursts of ~1.4 KB packets at high rates; the
+/// kernel caps them at `net.core.{r,w}mem_max`.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("QUIC config: {0}")]
+    Config(String),
+    #[error("connect to {peer:?} at {addr}: {reason}")]
+    Connect {
+        peer: NodeId,
+        addr: SocketAddr,
+        reason: String,
+    },
+}
+
+fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    // The spin bit lets a passive observer measure RTT per connection.
+    t.allow_spin(false);
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(0));
+    t.max_concurrent_uni_streams(VarInt::from_u32(8));
+    t.stream_receive_window(VarInt::from_u32(4 * 1024 * 1024));
+    t.receive_window(VarInt::from_u32(16 * 1024 * 1024));
+    t.send_window(16 * 1024 * 1024);
+    t.datagram_receive_buffer_size(None);
+    t
+}
+
+/// A bound QUIC endpoint with this node's identity.
+#[derive(Clone)]
+pub struct Transport {
+    endpoint: Endpoint,
+    identity: Arc<IdentityKeypair>,
+    on_refuse: RefusalHook,
+}
+
+impl Transport {
+    /// Binds `listen` and accepts connections from identities in `allowed`.
+    pub fn bind(
+        listen: SocketAddr,
+        identity: Arc<IdentityKeypair>,
+        allowed: PeerAllowList,
+        on_refuse: RefusalHook,
+    ) -> Result<Self, TransportError> {
+        let server_tls = tls::server_config(&identity, allowed, on_refuse.clone())?;
+        let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls))
+            .map_err(|e| TransportError::Config(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+        server.transport_config(Arc::new(transport_config()));
+
+        let bind_err = |source| TransportError::Bind { addr: listen, source };
+        let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))
+            .map_err(bind_err)?;
+        // Best effort: a smaller buffer only costs drops under bursts.
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        socket.bind(&listen.into()).map_err(bind_err)?;
+        socket.set_nonblocking(true).map_err(bind_err)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| TransportError::Config("no async runtime".into()))?;
+        let endpoint = Endpoint::new(
+            EndpointConfig::default(),
+            Some(server),
+            socket.into(),
+            runtime,
+        )
+        .map_err(bind_err)?;
+        Ok(Self {
+            endpoint,
+            identity,
+            on_refuse,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.identity.node_id()
+    }
+
+    /// Dials `peer` at `addr`, refusing any server key but `peer`.
+    pub async fn connect(&self, peer: NodeId, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
+        let err = |reason: String| TransportError::Connect { peer, addr, reason };
+        let tls = tls::client_config(&self.identity, peer, self.on_refuse.clone())?;
+        let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+            .map_err(|e| err(e.to_string()))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(quic_tls));
+        cfg.transport_config(Arc::new(transport_config()));
+        // The server name is not checked (keys are pinned); it must only parse.
+        let connecting = self
+            .endpoint
+            .connect_with(cfg, addr, "loopmix")
+            .map_err(|e| err(e.to_string()))?;
+        match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(err(e.to_string())),
+            Err(_) => Err(err("handshake timed out".into())),
+        }
+    }
+
+    /// Stops accepting new connections; existing ones keep running.
+    pub fn stop_accepting(&self) {
+        self.endpoint.set_server_config(None);
+    }
+
+    /// Closes every connection and waits (bounded) for the peers to learn it.
+    pub async fn close(&self) {
+        self.endpoint.close(VarInt::from_u32(0), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// The authenticated identity of the peer of an established connection.
+pub fn peer_id(conn: &quinn::Connection) -> Option<NodeId> {
+    let any = conn.peer_identity()?;
+    let certs = any
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    tls::node_id_from_spki(certs.first()?.as_ref())
+}
