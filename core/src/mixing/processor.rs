@@ -45,6 +45,17 @@ impl KeyRing {
         s.insert(slot.epoch, Arc::new(slot));
     }
 
+    /// Makes an existing slot (key and replay cache) answer to another
+    /// epoch too: a static key serving several topology epochs must keep one
+    /// replay cache, or a packet could be replayed under the new epoch number.
+    pub fn alias(&self, epoch: u64, slot: Arc<KeySlot>) {
+        let mut s = match self.slots.write() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.insert(epoch, slot);
+    }
+
     /// Drops every key (and with it, its replay cache) for which `keep` is false.
     pub fn retain(&self, mut keep: impl FnMut(u64) -> bool) {
         let mut s = match self.slots.write() {

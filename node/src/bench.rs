@@ -1,0 +1,255 @@
+//! `loopmix-node bench`: what this machine can do, measured in one run.
+//!
+//! 1. Raw Sphinx unwrap rate with one thread per core (the ceiling).
+//! 2. The rate a real `loopmix-node` process sustains over QUIC on loopback
+//!    with zero delays, fed and drained by a [`Peer`] in this process.
+//! 3. The node's resident memory with N packets held in its delay queue.
+//!
+//! Speeds are reported as ratios of numbers taken in the same run, because
+//! the machines are shared and absolute numbers drift.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
+use loopmix_core::sphinx::{build_packet, destination_of};
+use loopmix_core::topology::{NetworkParams, NodeEntry, Role, TopologyDocument};
+use sphinx_packet::SphinxPacket;
+use sphinx_packet::header::delays::Delay;
+
+use crate::harness::{NodeProcess, Peer, edit_config, init_node, write_topology};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Packets pushed through the node for the throughput measurement.
+    #[arg(long, default_value_t = 60_000)]
+    pub packets: usize,
+    /// Packets held in the delay queue for the memory measurement.
+    #[arg(long, default_value_t = 100_000)]
+    pub held: usize,
+    /// Seconds spent measuring the raw unwrap rate.
+    #[arg(long, default_value_t = 3.0)]
+    pub raw_seconds: f64,
+    /// Packets in flight (sent, not yet back) during the throughput phase.
+    #[arg(long, default_value_t = 4096)]
+    pub window: u64,
+    /// Where the node's files go (default: a temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+const PAYLOAD: usize = 1024;
+const EPOCH: u64 = 1;
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Builds `n` distinct packets `[first, last]` with the given first-hop
+/// delay, on all cores.
+fn build_many(n: usize, first: &NodeEntry, last: &NodeEntry, delay: Duration) -> Vec<Vec<u8>> {
+    let t = threads();
+    let per = n.div_ceil(t);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..t)
+            .map(|i| {
+                let count = per.min(n.saturating_sub(i * per));
+                s.spawn(move || {
+                    let dest = destination_of(&last.id, [7; 16]);
+                    let delays = [Delay::new_from_nanos(delay.as_nanos() as u64), Delay::new_from_nanos(0)];
+                    (0..count)
+                        .filter_map(|_| build_packet(b"bench", &[first, last], &dest, &delays, PAYLOAD).ok())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+fn fake_entry(sphinx: &SphinxKeypair, port: u16, role: Role) -> NodeEntry {
+    NodeEntry {
+        id: IdentityKeypair::generate().node_id(),
+        sphinx_key: sphinx.public(),
+        address: format!("127.0.0.1:{port}").parse().unwrap_or_else(|_| ([127, 0, 0, 1], 1).into()),
+        role,
+        layer: if role == Role::Mix { Some(1) } else { None },
+    }
+}
+
+/// Unwraps the same small set of packets over and over on every core.
+fn raw_unwrap_rate(seconds: f64) -> f64 {
+    let key = SphinxKeypair::generate();
+    let a = fake_entry(&key, 1, Role::Mix);
+    let b = fake_entry(&SphinxKeypair::generate(), 2, Role::Provider);
+    let packets = build_many(256, &a, &b, Duration::ZERO);
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads() {
+            s.spawn(|| {
+                let mut n = 0u64;
+                'outer: loop {
+                    for p in &packets {
+                        if let Ok(pkt) = SphinxPacket::from_bytes(p) {
+                            if let Ok(out) = pkt.process(key.secret()) {
+                                std::hint::black_box(out);
+                            }
+                        }
+                        n += 1;
+                        if stop.load(Ordering::Relaxed) {
+                            break 'outer;
+                        }
+                    }
+                }
+                done.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        stop.store(true, Ordering::Relaxed);
+    });
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let bin = std::env::current_exe().context("locating loopmix-node")?;
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    println!("loopmix-node bench: {} cores, payload {PAYLOAD} B", threads());
+
+    // 1. Ceiling.
+    let raw = tokio::task::spawn_blocking(move || raw_unwrap_rate(args.raw_seconds)).await?;
+    println!("raw Sphinx unwrap, {} threads:       {raw:>10.0} pkt/s", threads());
+
+    // 2. A real node process between two ends of a Peer.
+    let nd = init_node(&bin, &dir.join("mix"), 1)?;
+    edit_config(&nd, |t| {
+        t.replace("enabled = true", "enabled = false")
+            .replace("max_delay = \"10s\"", "max_delay = \"10m\"")
+            .replace("reload_interval = \"2s\"", "reload_interval = \"100ms\"")
+    })?;
+    let peer = Peer::bind(EPOCH, false)?;
+    let mut doc = TopologyDocument {
+        params: NetworkParams {
+            epoch: EPOCH,
+            layers: 1,
+            mean_hop_delay_ms: 0.0,
+            lambda_p_per_s: 0.0,
+            lambda_l_per_s: 0.0,
+            lambda_d_per_s: 0.0,
+            lambda_m_per_s: 0.0,
+            payload_size: PAYLOAD,
+        },
+        nodes: vec![nd.entry.clone(), peer.entry()?],
+    };
+    doc.nodes[0].address = "127.0.0.1:1".parse()?;
+    write_topology(&dir.join("mix").join("topology.json"), &doc)?;
+    let node = NodeProcess::start(&bin, &nd)?;
+    doc.nodes[0].address = node.bound.quic;
+    write_topology(&dir.join("mix").join("topology.json"), &doc)?;
+    node.wait_metric("loopmix_topology_updates_total", Duration::from_secs(20), |v| v >= 2.0)?;
+    peer.adopt(&doc);
+    let mix = doc.nodes[0].clone();
+    let me = doc.nodes[1].clone();
+
+    let n = args.packets;
+    let t0 = Instant::now();
+    let (m2, me2) = (mix.clone(), me.clone());
+    let packets = tokio::task::spawn_blocking(move || build_many(n, &m2, &me2, Duration::ZERO)).await?;
+    println!("(built {} packets in {:.1?})", packets.len(), t0.elapsed());
+
+    let total = packets.len() as u64;
+    let mut sent = 0u64;
+    let (lo, hi) = (total / 10, total * 9 / 10);
+    let (mut t_lo, mut t_hi) = (None, None);
+    let mut iter = packets.into_iter();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last_progress = (0u64, Instant::now());
+    loop {
+        let got = peer.frames_received();
+        let now = Instant::now();
+        if t_lo.is_none() && got >= lo {
+            t_lo = Some((got, now));
+        }
+        if got >= hi {
+            t_hi = Some((got, now));
+            break;
+        }
+        if got != last_progress.0 {
+            last_progress = (got, now);
+        } else if now - last_progress.1 > Duration::from_secs(5) || now > deadline {
+            break;
+        }
+        if sent < total && sent - got.min(sent) < args.window {
+            for p in iter.by_ref().take(256) {
+                if peer.send(&mix, EPOCH, p).is_ok() {
+                    sent += 1;
+                }
+            }
+        } else {
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    let node_rate = match (t_lo, t_hi) {
+        (Some((a, ta)), Some((b, tb))) if tb > ta => (b - a) as f64 / (tb - ta).as_secs_f64(),
+        _ => bail!(
+            "throughput phase stalled: {} of {total} packets came back; node log:\n{}",
+            peer.frames_received(),
+            node.log()
+        ),
+    };
+    let dropped: f64 = ["overload", "late", "link_down", "replay", "malformed"]
+        .iter()
+        .map(|r| node.metric(&format!("loopmix_packets_dropped_total{{reason=\"{r}\"}}")).unwrap_or(0.0))
+        .sum();
+    println!("node over QUIC, zero delay:           {node_rate:>10.0} pkt/s  (node dropped {dropped})");
+    println!("ratio node / raw:                     {:>10.2}   (target >= 0.70)", node_rate / raw);
+
+    // 3. Memory with `held` packets in the delay queue.
+    let held = args.held;
+    let (m2, me2) = (mix.clone(), me.clone());
+    let t0 = Instant::now();
+    let slow = tokio::task::spawn_blocking(move || build_many(held, &m2, &me2, Duration::from_secs(300))).await?;
+    println!("(built {} held packets in {:.1?})", slow.len(), t0.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = node.rss_bytes().unwrap_or(0);
+    let queued_before = node.metric("loopmix_delay_queue_length").unwrap_or(0.0);
+    let received_before = node.metric("loopmix_packets_received_total")?;
+    let mut sent = 0usize;
+    for chunk in slow.chunks(2000) {
+        for p in chunk {
+            if peer.send(&mix, EPOCH, p.clone()).is_ok() {
+                sent += 1;
+            }
+        }
+        let target = received_before + sent as f64;
+        let _ = node.wait_metric("loopmix_packets_received_total", Duration::from_secs(30), |v| v >= target);
+    }
+    let want = queued_before + held as f64;
+    let queued = node
+        .wait_metric("loopmix_delay_queue_length", Duration::from_secs(60), |v| v >= want * 0.999)
+        .unwrap_or_else(|_| node.metric("loopmix_delay_queue_length").unwrap_or(0.0));
+    let rss = node.rss_bytes().unwrap_or(0);
+    let bytes = (queued - queued_before).max(0.0) * (PAYLOAD + 348) as f64;
+    let mb = |b: f64| b / 1e6;
+    println!(
+        "delay queue: {queued:.0} packets ({:.1} MB of packets): RSS {:.1} MB (before: {:.1} MB)",
+        mb(bytes),
+        mb(rss as f64),
+        mb(baseline as f64)
+    );
+    println!(
+        "RSS / packet bytes:                   {:>10.2}   (target <= 3.0; growth alone {:.2})",
+        rss as f64 / bytes.max(1.0),
+        (rss.saturating_sub(baseline)) as f64 / bytes.max(1.0)
+    );
+    peer.close().await;
+    drop(node);
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! `loopmix-node` configuration: a TOML file, strictly parsed.
+//!
+//! `loopmix-node init` writes [`NodeConfig::template`], which documents every
+//! key. Relative paths are relative to the config file's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use loopmix_core::topology::Role;
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Config format version, for future migrations.
+    pub version: u32,
+    pub node: NodeSection,
+    pub topology: TopologySection,
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub mixing: MixingSection,
+    #[serde(default)]
+    pub replay: ReplaySection,
+    #[serde(default)]
+    pub cover: CoverSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub role: Role,
+    pub identity_key: PathBuf,
+    pub sphinx_key: PathBuf,
+    /// UDP address for QUIC. Port 0 picks a free port (see `bound.json`).
+    pub listen: SocketAddr,
+    /// State directory: `bound.json` and, later, persistent state.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySection {
+    /// JSON topology document (see docs/PROTOCOL.md).
+    pub file: PathBuf,
+    /// How often the file is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// HTTP address serving GET /metrics. Keep it private (loopback/VPN).
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MixingSection {
+    /// Header delays above this are clamped to it.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// A packet forwarded later than its deadline plus this is dropped as `late`.
+    #[serde(with = "humantime_serde")]
+    pub late_tolerance: Duration,
+    /// Sphinx worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Packets waiting for a Sphinx worker; beyond it they drop as `overload`.
+    pub ingress_queue: usize,
+    /// Packets held in the delay queue; beyond it they drop as `overload`.
+    pub delay_queue_limit: usize,
+    /// Packets queued per next hop; beyond it they drop as `overload`/`link_down`.
+    pub egress_queue: usize,
+    /// On SIGINT/SIGTERM, keep forwarding delayed packets at their deadline for
+    /// at most this long; what is still queued then is counted as `shutdown`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_drain: Duration,
+}
+
+impl Default for MixingSection {
+    fn default() -> Self {
+        Self {
+            max_delay: Duration::from_secs(10),
+            late_tolerance: Duration::from_millis(500),
+            workers: 0,
+            ingress_queue: 16_384,
+            delay_queue_limit: 500_000,
+            egress_queue: 16_384,
+            shutdown_drain: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplaySection {
+    /// Replay tags one Sphinx key's filter is sized for.
+    pub capacity: usize,
+    /// False-positive rate at that capacity (an honest packet wrongly dropped).
+    pub fp_rate: f64,
+}
+
+impl Default for ReplaySection {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000_000,
+            fp_rate: 1e-6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoverSection {
+    /// Send loop cover at the topology's λ_M. Turning it off weakens the
+    /// node's anonymity and its (n−1)-attack detection; use for benchmarks only.
+    pub enabled: bool,
+    /// A loop not back after this is counted lost; 0 means derive it from the
+    /// topology (3 × expected route delay + 5 s).
+    #[serde(with = "humantime_serde")]
+    pub loop_timeout: Duration,
+    /// Loops awaiting return; the oldest is counted lost beyond this.
+    pub pending_limit: usize,
+}
+
+impl Default for CoverSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            loop_timeout: Duration::ZERO,
+            pending_limit: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{path}: field `{field}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg: NodeConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |field, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            reason,
+        };
+        if cfg.version != CONFIG_VERSION {
+            return Err(invalid(
+                "version",
+                format!("unsupported version {}, expected {CONFIG_VERSION}", cfg.version),
+            ));
+        }
+        if !(cfg.replay.fp_rate > 0.0 && cfg.replay.fp_rate < 1.0) {
+            return Err(invalid("replay.fp_rate", "must be in (0, 1)".into()));
+        }
+        for (field, v) in [
+            ("mixing.ingress_queue", cfg.mixing.ingress_queue),
+            ("mixing.delay_queue_limit", cfg.mixing.delay_queue_limit),
+            ("mixing.egress_queue", cfg.mixing.egress_queue),
+            ("replay.capacity", cfg.replay.capacity),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be > 0".into()));
+            }
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.node.identity_key,
+            &mut cfg.node.sphinx_key,
+            &mut cfg.node.data_dir,
+            &mut cfg.topology.file,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn worker_threads(&self) -> usize {
+        if self.mixing.workers > 0 {
+            self.mixing.workers
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+
+    /// The commented default config `init` writes.
+    pub fn template(role: Role, listen: SocketAddr, metrics: SocketAddr) -> String {
+        let m = MixingSection::default();
+        let r = ReplaySection::default();
+        let c = CoverSection::default();
+        format!(
+            r#"# loopmix-node configuration. Paths are relative to this file.
+version = {CONFIG_VERSION}
+
+[node]
+# "mix" forwards between layers; "provider" is a client's first/last hop.
+role = "{role}"
+# Ed25519 identity (PKCS#8 PEM, mode 0600): node id, Sphinx address, TLS pin.
+identity_key = "identity.pem"
+# X25519 Sphinx key (PKCS#8 PEM, mode 0600); its public half is in the topology.
+sphinx_key = "sphinx.pem"
+# UDP address for QUIC. Port 0 picks a free port, written to data_dir/bound.json.
+listen = "{listen}"
+data_dir = "data"
+
+[topology]
+# The topology document (JSON). The node must be listed in it with this
+# identity and Sphinx key, or it refuses to start.
+file = "topology.json"
+# How often the file is checked for changes; a change that does not validate
+# is logged and counted, and the last valid topology stays in force.
+reload_interval = "2s"
+
+[metrics]
+# Prometheus text format at GET /metrics. Do not expose it publicly.
+listen = "{metrics}"
+
+[mixing]
+# Header delays above this are clamped to it.
+max_delay = "{max_delay}"
+# Packets forwarded later than deadline + this are dropped (reason "late"):
+# forwarding late leaks timing.
+late_tolerance = "{late}"
+# Sphinx worker threads; 0 = one per CPU core.
+workers = 0
+# Bounded queues; overflow is dropped and counted (reason "overload").
+ingress_queue = {iq}
+delay_queue_limit = {dq}
+egress_queue = {eq}
+# On SIGINT/SIGTERM delayed packets are still forwarded at their deadline for
+# up to this long; the rest are counted as dropped (reason "shutdown").
+shutdown_drain = "{drain}"
+
+[replay]
+# One Bloom filter per Sphinx key, sized for `capacity` tags at `fp_rate`
+# (about capacity * 3.6 bytes at 1e-6).
+capacity = {rc}
+fp_rate = {rf:e}
+
+[cover]
+# Loop cover at the topology's lambda_m_per_s. Disable only for benchmarks.
+enabled = {ce}
+# "0s" = derive from the topology: 3 x expected route delay + 5 s.
+loop_timeout = "0s"
+pending_limit = {cp}
+"#,
+            max_delay = humantime::format_duration(m.max_delay),
+            late = humantime::format_duration(m.late_tolerance),
+            iq = m.ingress_queue,
+            dq = m.delay_queue_limit,
+            eq = m.egress_queue,
+            drain = humantime::format_duration(m.shutdown_drain),
+            rc = r.capacity,
+            rf = r.fp_rate,
+            ce = c.enabled,
+            cp = c.pending_limit,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_to_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        let t = NodeConfig::template(
+            Role::Mix,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        );
+        std::fs::write(&p, t).unwrap();
+        let c = NodeConfig::load(&p).unwrap();
+        assert_eq!(c.mixing, MixingSection::default());
+        assert_eq!(c.replay, ReplaySection::default());
+        assert_eq!(c.cover, CoverSection::default());
+        assert_eq!(c.node.identity_key, dir.path().join("identity.pem"));
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        let t = NodeConfig::template(
+            Role::Mix,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        );
+        std::fs::write(&p, t.replace("fp_rate = 1e-6", "fp_rate = 2.0")).unwrap();
+        let e = NodeConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("replay.fp_rate") && e.contains("node.toml"), "{e}");
+        std::fs::write(&p, "version = 1\n[node]\nrole = \"dragon\"\n").unwrap();
+        assert!(NodeConfig::load(&p).is_err());
+    }
+}

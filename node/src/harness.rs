@@ -1,0 +1,402 @@
+//! Starting real `loopmix-node` processes on loopback, and a minimal peer
+//! that injects and receives Sphinx packets over the real transport.
+//!
+//! Shared by the end-to-end tests and by `loopmix-node bench`, so both
+//! exercise exactly what an operator runs. Nodes listen on port 0 and
+//! report their addresses in `bound.json`; the topology file is written
+//! afterwards and picked up by the node's topology reload.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use loopmix_core::keys::{IdentityKeypair, NodeId, SphinxKeypair};
+use loopmix_core::mixing::processor::{KeyRing, KeySlot, Processed, SphinxProcessor};
+use loopmix_core::mixing::replay::ReplayCache;
+use loopmix_core::topology::{NodeEntry, Role, TopologyDocument};
+use loopmix_core::transport::egress::{Egress, EgressMetrics, OutPacket};
+use loopmix_core::transport::ingress::{Ingress, IngressSink};
+use loopmix_core::transport::{PeerAllowList, Transport};
+use loopmix_core::wire::{Frame, FrameError};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use tokio_util::sync::CancellationToken;
+
+use crate::node::BoundAddresses;
+
+/// A node directory made by `loopmix-node init`.
+#[derive(Debug, Clone)]
+pub struct NodeDir {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    /// The node's entry; `address` is filled in once it runs.
+    pub entry: NodeEntry,
+}
+
+/// Runs `loopmix-node init` in `dir` for a mix of `layer` listening on port 0.
+pub fn init_node(bin: &Path, dir: &Path, layer: u8) -> anyhow::Result<NodeDir> {
+    let out = Command::new(bin)
+        .args(["init", "--role", "mix", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .context("running loopmix-node init")?;
+    if !out.status.success() {
+        bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut entry: NodeEntry = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("init printed {:?}", String::from_utf8_lossy(&out.stdout)))?;
+    entry.layer = Some(layer);
+    Ok(NodeDir {
+        dir: dir.to_path_buf(),
+        config: dir.join("node.toml"),
+        entry,
+    })
+}
+
+/// Rewrites a config file's text (tests tune queues, delays, cover).
+pub fn edit_config(nd: &NodeDir, f: impl FnOnce(String) -> String) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&nd.config)?;
+    std::fs::write(&nd.config, f(text))?;
+    Ok(())
+}
+
+/// Writes `doc` atomically to `path`.
+pub fn write_topology(path: &Path, doc: &TopologyDocument) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(doc)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A running node process; killed when dropped.
+pub struct NodeProcess {
+    pub child: Child,
+    pub bound: BoundAddresses,
+    pub dir: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts `loopmix-node run` and waits for `bound.json`. The config's
+    /// topology file must already list the node (placeholder addresses are fine).
+    pub fn start(bin: &Path, nd: &NodeDir) -> anyhow::Result<Self> {
+        let bound_path = nd.dir.join("data").join("bound.json");
+        let _ = std::fs::remove_file(&bound_path);
+        let log = std::fs::File::create(nd.dir.join("node.log"))?;
+        let mut child = Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&nd.config)
+            .env("RUST_LOG", std::env::var("LOOPMIX_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning loopmix-node run")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(bytes) = std::fs::read(&bound_path) {
+                if let Ok(bound) = serde_json::from_slice::<BoundAddresses>(&bytes) {
+                    return Ok(Self {
+                        child,
+                        bound,
+                        dir: nd.dir.clone(),
+                    });
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "node exited with {status} before listening; log:\n{}",
+                    std::fs::read_to_string(nd.dir.join("node.log")).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("node did not write {}", bound_path.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+
+    pub fn metrics_text(&self) -> anyhow::Result<String> {
+        http_get(self.bound.metrics, "/metrics")
+    }
+
+    /// Value of one series, e.g. `loopmix_packets_dropped_total{reason="replay"}`.
+    pub fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let text = self.metrics_text()?;
+        parse_metric(&text, series).ok_or_else(|| anyhow!("no series {series}"))
+    }
+
+    /// Polls `series` until `pred` holds or `timeout` passes; returns the last value.
+    pub fn wait_metric(
+        &self,
+        series: &str,
+        timeout: Duration,
+        pred: impl Fn(f64) -> bool,
+    ) -> anyhow::Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(series).unwrap_or(f64::NAN);
+            if pred(v) {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("{series} = {v} after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if !st.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(())
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(Some(s));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(None)
+    }
+
+    /// Resident set size of the process, from /proc.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny HTTP/1.1 GET, enough for our own `/metrics` endpoints.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("bad HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let rest = l.strip_prefix(series)?;
+            rest.strip_prefix(' ')?.trim().parse().ok()
+        })
+}
+
+/// A packet that reached a [`Peer`] as its final hop.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub identifier: [u8; 16],
+    pub plaintext: Vec<u8>,
+    pub at: Instant,
+}
+
+struct PeerSink {
+    processor: Option<SphinxProcessor>,
+    frames: AtomicU64,
+    bad: AtomicU64,
+    deliveries: Mutex<Vec<Delivery>>,
+}
+
+impl IngressSink for PeerSink {
+    fn packet(&self, _peer: NodeId, frame: Frame, received: Instant) {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        let Some(p) = &self.processor else { return };
+        match p.process(frame.key_epoch, &frame.packet) {
+            Ok(Processed::Final {
+                identifier,
+                payload,
+                ..
+            }) => {
+                if let Ok(plaintext) = payload.recover_plaintext() {
+                    if let Ok(mut d) = self.deliveries.lock() {
+                        d.push(Delivery {
+                            identifier,
+                            plaintext,
+                            at: received,
+                        });
+                    }
+                }
+            }
+            _ => {
+                self.bad.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn malformed(&self, _peer: NodeId, _err: FrameError) {
+        self.bad.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A provider-like endpoint for tests and benchmarks: listed in the topology
+/// as a provider, it injects packets into the mixnet and is the final hop of
+/// the packets addressed to it.
+pub struct Peer {
+    pub identity: Arc<IdentityKeypair>,
+    pub sphinx_public: loopmix_core::keys::SphinxPublicKey,
+    pub transport: Transport,
+    pub egress: Egress,
+    pub allowed: PeerAllowList,
+    sink: Arc<PeerSink>,
+    packet_size: Arc<AtomicUsize>,
+    cancel: CancellationToken,
+}
+
+impl Peer {
+    /// Binds on 127.0.0.1:0. With `process_final`, packets are unwrapped and
+    /// kept as [`Delivery`]s (key epoch `epoch`); otherwise only counted.
+    pub fn bind(epoch: u64, process_final: bool) -> anyhow::Result<Self> {
+        Self::bind_with(IdentityKeypair::generate(), epoch, process_final)
+    }
+
+    pub fn bind_with(identity: IdentityKeypair, epoch: u64, process_final: bool) -> anyhow::Result<Self> {
+        let identity = Arc::new(identity);
+        let sphinx = SphinxKeypair::generate();
+        let sphinx_public = sphinx.public();
+        let processor = if process_final {
+            let ring = KeyRing::default();
+            ring.insert(KeySlot {
+                epoch,
+                key: sphinx,
+                replay: ReplayCache::new(1_000_000, 1e-6)?,
+            });
+            Some(SphinxProcessor::new(ring, Duration::from_secs(60)))
+        } else {
+            None
+        };
+        let allowed = PeerAllowList::default();
+        let transport = Transport::bind(
+            "127.0.0.1:0".parse()?,
+            identity.clone(),
+            allowed.clone(),
+            Arc::new(|_| {}),
+        )?;
+        let metrics = EgressMetrics {
+            sent: IntCounter::new("sent", "sent")?,
+            dropped: IntCounterVec::new(Opts::new("dropped", "dropped"), &["reason"])?,
+            links_up: IntGauge::new("up", "up")?,
+        };
+        let egress = Egress::new(transport.clone(), 200_000, metrics);
+        let sink = Arc::new(PeerSink {
+            processor,
+            frames: AtomicU64::new(0),
+            bad: AtomicU64::new(0),
+            deliveries: Mutex::new(Vec::new()),
+        });
+        let cancel = CancellationToken::new();
+        // Until `adopt` sets the real size, every frame counts as malformed.
+        let packet_size = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(
+            Ingress::new(transport.clone(), sink.clone(), packet_size.clone(), cancel.clone()).run(),
+        );
+        Ok(Self {
+            identity,
+            sphinx_public,
+            transport,
+            egress,
+            allowed,
+            sink,
+            packet_size,
+            cancel,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.identity.node_id()
+    }
+
+    /// Our entry for the topology (role provider).
+    pub fn entry(&self) -> anyhow::Result<NodeEntry> {
+        Ok(NodeEntry {
+            id: self.id(),
+            sphinx_key: self.sphinx_public,
+            address: self.transport.local_addr()?,
+            role: Role::Provider,
+            layer: None,
+        })
+    }
+
+    /// Sets the packet size the ingress expects and the peers allowed in.
+    pub fn adopt(&self, doc: &TopologyDocument) {
+        self.allowed.replace(doc.nodes.iter().map(|n| n.id));
+        self.packet_size
+            .store(doc.params.packet_size(), Ordering::Relaxed);
+    }
+
+    pub fn send(&self, to: &NodeEntry, key_epoch: u64, packet: Vec<u8>) -> anyhow::Result<()> {
+        self.egress
+            .send(to.id, to.address, OutPacket { key_epoch, packet })
+            .map_err(|r| anyhow!("send refused: {}", r.label()))
+    }
+
+    pub fn frames_received(&self) -> u64 {
+        self.sink.frames.load(Ordering::Relaxed)
+    }
+
+    pub fn bad_frames(&self) -> u64 {
+        self.sink.bad.load(Ordering::Relaxed)
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.sink
+            .deliveries
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until at least `n` deliveries arrived.
+    pub async fn wait_deliveries(&self, n: usize, timeout: Duration) -> Vec<Delivery> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let d = self.deliveries();
+            if d.len() >= n || Instant::now() > deadline {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn close(&self) {
+        self.cancel.cancel();
+        self.egress.flush_and_close(Duration::from_secs(2)).await;
+        self.transport.close().await;
+    }
+}

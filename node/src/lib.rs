@@ -1,0 +1,13 @@
+//! loopmix-node: the mix node. The binary (`main.rs`) is a thin shell over
+//! this library, which tests and the benchmark share.
+//!
+//! The packet path is in [`pipeline`]; the sans-IO pieces it drives live in
+//! `loopmix_core::mixing`.
+
+pub mod bench;
+pub mod config;
+pub mod cover;
+pub mod harness;
+pub mod metrics;
+pub mod node;
+pub mod pipeline;

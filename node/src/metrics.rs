@@ -1,0 +1,142 @@
+//! The node's Prometheus metrics, all prefixed `loopmix_`, in one registry
+//! per node. `docs/OPERATING.md`-level meaning is in the help strings.
+
+use loopmix_core::metrics::{MetricError, counter, counter_vec, float_gauge, gauge, histogram};
+use loopmix_core::transport::egress::EgressMetrics;
+use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+
+/// Every `reason` the drop counter uses; pre-registered so dashboards see 0s.
+pub const DROP_REASONS: &[&str] = &[
+    "replay",
+    "malformed",
+    "unknown_key",
+    "unknown_next_hop",
+    "unexpected_final_hop",
+    "overload",
+    "link_down",
+    "late",
+    "shutdown",
+];
+
+pub const REFUSAL_REASONS: &[&str] = &["unknown_peer_key", "bad_peer_key", "server_key_mismatch"];
+
+#[derive(Clone)]
+pub struct NodeMetrics {
+    pub registry: Registry,
+    pub received: IntCounter,
+    pub forwarded: IntCounter,
+    pub dropped: IntCounterVec,
+    pub malformed_frames: IntCounterVec,
+    pub ingress_queue: IntGauge,
+    pub delay_queue: IntGauge,
+    pub sphinx_seconds: Histogram,
+    pub hop_delay_error: Histogram,
+    pub delay_clamped: IntCounter,
+    pub cover_sent: IntCounter,
+    pub cover_returned: IntCounter,
+    pub cover_lost: IntCounter,
+    pub loop_return_ratio: Gauge,
+    pub loop_rtt: Histogram,
+    pub refused: IntCounterVec,
+    pub topology_epoch: IntGauge,
+    pub topology_updates: IntCounter,
+    pub topology_rejected: IntCounter,
+    pub replay_fill: Gauge,
+    pub egress: EgressMetrics,
+}
+
+impl NodeMetrics {
+    pub fn new() -> Result<Self, MetricError> {
+        let r = Registry::new();
+        let dropped = counter_vec(
+            &r,
+            "loopmix_packets_dropped_total",
+            "Packets dropped, by reason",
+            &["reason"],
+        )?;
+        for reason in DROP_REASONS {
+            dropped.with_label_values(&[reason]);
+        }
+        let refused = counter_vec(
+            &r,
+            "loopmix_connections_refused_total",
+            "QUIC handshakes refused because the peer key is not pinned",
+            &["reason"],
+        )?;
+        for reason in REFUSAL_REASONS {
+            refused.with_label_values(&[reason]);
+        }
+        let malformed_frames = counter_vec(
+            &r,
+            "loopmix_malformed_frames_total",
+            "Frames that failed to decode, by error",
+            &["error"],
+        )?;
+        for e in ["bad_preamble", "unknown_kind", "wrong_size"] {
+            malformed_frames.with_label_values(&[e]);
+        }
+        let egress = EgressMetrics {
+            sent: counter(&r, "loopmix_egress_packets_sent_total", "Packets written to next-hop streams")?,
+            dropped: dropped.clone(),
+            links_up: gauge(&r, "loopmix_egress_links_up", "Next-hop links currently connected")?,
+        };
+        Ok(Self {
+            received: counter(&r, "loopmix_packets_received_total", "Sphinx frames received from peers")?,
+            forwarded: counter(
+                &r,
+                "loopmix_packets_forwarded_total",
+                "Packets handed to a next-hop link after their delay",
+            )?,
+            ingress_queue: gauge(&r, "loopmix_ingress_queue_length", "Packets waiting for a Sphinx worker")?,
+            delay_queue: gauge(&r, "loopmix_delay_queue_length", "Packets held for their header delay")?,
+            sphinx_seconds: histogram(
+                &r,
+                "loopmix_sphinx_processing_seconds",
+                "Time to unwrap one Sphinx layer (including replay check)",
+                vec![25e-6, 50e-6, 75e-6, 100e-6, 150e-6, 250e-6, 500e-6, 1e-3, 5e-3],
+            )?,
+            hop_delay_error: histogram(
+                &r,
+                "loopmix_hop_delay_error_seconds",
+                "Realised minus intended holding time of forwarded packets",
+                vec![1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0],
+            )?,
+            delay_clamped: counter(
+                &r,
+                "loopmix_delay_clamped_total",
+                "Packets whose header delay exceeded max_delay and was clamped",
+            )?,
+            cover_sent: counter(&r, "loopmix_cover_loops_sent_total", "Loop cover packets sent")?,
+            cover_returned: counter(&r, "loopmix_cover_loops_returned_total", "Loop cover packets that came back")?,
+            cover_lost: counter(&r, "loopmix_cover_loops_lost_total", "Loop cover packets not back in time")?,
+            loop_return_ratio: float_gauge(
+                &r,
+                "loopmix_cover_loop_return_ratio",
+                "Returned / resolved over the last 200 loops; a drop signals an (n-1) attack or a dead hop",
+            )?,
+            loop_rtt: histogram(
+                &r,
+                "loopmix_cover_loop_rtt_seconds",
+                "Round-trip time of returned loops",
+                vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0],
+            )?,
+            topology_epoch: gauge(&r, "loopmix_topology_epoch", "Epoch of the topology in force")?,
+            topology_updates: counter(&r, "loopmix_topology_updates_total", "Topology documents adopted")?,
+            topology_rejected: counter(
+                &r,
+                "loopmix_topology_rejected_total",
+                "Topology documents refused (the last valid one stays in force)",
+            )?,
+            replay_fill: float_gauge(
+                &r,
+                "loopmix_replay_cache_fill_ratio",
+                "Replay tags stored / designed capacity for the newest key (above 1 the FP rate rises)",
+            )?,
+            dropped,
+            malformed_frames,
+            refused,
+            egress,
+            registry: r,
+        })
+    }
+}
