@@ -58,9 +58,14 @@ fn build_many(n: usize, first: &NodeEntry, last: &NodeEntry, delay: Duration) ->
                 let count = per.min(n.saturating_sub(i * per));
                 s.spawn(move || {
                     let dest = destination_of(&last.id, [7; 16]);
-                    let delays = [Delay::new_from_nanos(delay.as_nanos() as u64), Delay::new_from_nanos(0)];
+                    let delays = [
+                        Delay::new_from_nanos(delay.as_nanos() as u64),
+                        Delay::new_from_nanos(0),
+                    ];
                     (0..count)
-                        .filter_map(|_| build_packet(b"bench", &[first, last], &dest, &delays, PAYLOAD).ok())
+                        .filter_map(|_| {
+                            build_packet(b"bench", &[first, last], &dest, &delays, PAYLOAD).ok()
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -76,7 +81,9 @@ fn fake_entry(sphinx: &SphinxKeypair, port: u16, role: Role) -> NodeEntry {
     NodeEntry {
         id: IdentityKeypair::generate().node_id(),
         sphinx_key: sphinx.public(),
-        address: format!("127.0.0.1:{port}").parse().unwrap_or_else(|_| ([127, 0, 0, 1], 1).into()),
+        address: format!("127.0.0.1:{port}")
+            .parse()
+            .unwrap_or_else(|_| ([127, 0, 0, 1], 1).into()),
         role,
         layer: if role == Role::Mix { Some(1) } else { None },
     }
@@ -97,10 +104,10 @@ fn raw_unwrap_rate(seconds: f64) -> f64 {
                 let mut n = 0u64;
                 'outer: loop {
                     for p in &packets {
-                        if let Ok(pkt) = SphinxPacket::from_bytes(p) {
-                            if let Ok(out) = pkt.process(key.secret()) {
-                                std::hint::black_box(out);
-                            }
+                        if let Ok(pkt) = SphinxPacket::from_bytes(p)
+                            && let Ok(out) = pkt.process(key.secret())
+                        {
+                            std::hint::black_box(out);
                         }
                         n += 1;
                         if stop.load(Ordering::Relaxed) {
@@ -121,11 +128,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let bin = std::env::current_exe().context("locating loopmix-node")?;
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    println!("loopmix-node bench: {} cores, payload {PAYLOAD} B", threads());
+    println!(
+        "loopmix-node bench: {} cores, payload {PAYLOAD} B",
+        threads()
+    );
 
     // 1. Ceiling.
     let raw = tokio::task::spawn_blocking(move || raw_unwrap_rate(args.raw_seconds)).await?;
-    println!("raw Sphinx unwrap, {} threads:       {raw:>10.0} pkt/s", threads());
+    println!(
+        "raw Sphinx unwrap, {} threads:       {raw:>10.0} pkt/s",
+        threads()
+    );
 
     // 2. A real node process between two ends of a Peer.
     let nd = init_node(&bin, &dir.join("mix"), 1)?;
@@ -153,7 +166,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let node = NodeProcess::start(&bin, &nd)?;
     doc.nodes[0].address = node.bound.quic;
     write_topology(&dir.join("mix").join("topology.json"), &doc)?;
-    node.wait_metric("loopmix_topology_updates_total", Duration::from_secs(20), |v| v >= 2.0)?;
+    node.wait_metric(
+        "loopmix_topology_updates_total",
+        Duration::from_secs(20),
+        |v| v >= 2.0,
+    )?;
     peer.adopt(&doc);
     let mix = doc.nodes[0].clone();
     let me = doc.nodes[1].clone();
@@ -161,7 +178,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let n = args.packets;
     let t0 = Instant::now();
     let (m2, me2) = (mix.clone(), me.clone());
-    let packets = tokio::task::spawn_blocking(move || build_many(n, &m2, &me2, Duration::ZERO)).await?;
+    let packets =
+        tokio::task::spawn_blocking(move || build_many(n, &m2, &me2, Duration::ZERO)).await?;
     println!("(built {} packets in {:.1?})", packets.len(), t0.elapsed());
 
     let total = packets.len() as u64;
@@ -206,17 +224,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let dropped: f64 = ["overload", "late", "link_down", "replay", "malformed"]
         .iter()
-        .map(|r| node.metric(&format!("loopmix_packets_dropped_total{{reason=\"{r}\"}}")).unwrap_or(0.0))
+        .map(|r| {
+            node.metric(&format!("loopmix_packets_dropped_total{{reason=\"{r}\"}}"))
+                .unwrap_or(0.0)
+        })
         .sum();
-    println!("node over QUIC, zero delay:           {node_rate:>10.0} pkt/s  (node dropped {dropped})");
-    println!("ratio node / raw:                     {:>10.2}   (target >= 0.70)", node_rate / raw);
+    println!(
+        "node over QUIC, zero delay:           {node_rate:>10.0} pkt/s  (node dropped {dropped})"
+    );
+    println!(
+        "ratio node / raw:                     {:>10.2}   (target >= 0.70)",
+        node_rate / raw
+    );
 
     // 3. Memory with `held` packets in the delay queue.
     let held = args.held;
     let (m2, me2) = (mix.clone(), me.clone());
     let t0 = Instant::now();
-    let slow = tokio::task::spawn_blocking(move || build_many(held, &m2, &me2, Duration::from_secs(300))).await?;
-    println!("(built {} held packets in {:.1?})", slow.len(), t0.elapsed());
+    let slow =
+        tokio::task::spawn_blocking(move || build_many(held, &m2, &me2, Duration::from_secs(300)))
+            .await?;
+    println!(
+        "(built {} held packets in {:.1?})",
+        slow.len(),
+        t0.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let baseline = node.rss_bytes().unwrap_or(0);
     let queued_before = node.metric("loopmix_delay_queue_length").unwrap_or(0.0);
@@ -229,11 +261,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         }
         let target = received_before + sent as f64;
-        let _ = node.wait_metric("loopmix_packets_received_total", Duration::from_secs(30), |v| v >= target);
+        let _ = node.wait_metric(
+            "loopmix_packets_received_total",
+            Duration::from_secs(30),
+            |v| v >= target,
+        );
     }
     let want = queued_before + held as f64;
     let queued = node
-        .wait_metric("loopmix_delay_queue_length", Duration::from_secs(60), |v| v >= want * 0.999)
+        .wait_metric("loopmix_delay_queue_length", Duration::from_secs(60), |v| {
+            v >= want * 0.999
+        })
         .unwrap_or_else(|_| node.metric("loopmix_delay_queue_length").unwrap_or(0.0));
     let rss = node.rss_bytes().unwrap_or(0);
     let bytes = (queued - queued_before).max(0.0) * (PAYLOAD + 348) as f64;

@@ -176,7 +176,10 @@ impl NodeConfig {
         if cfg.version != CONFIG_VERSION {
             return Err(invalid(
                 "version",
-                format!("unsupported version {}, expected {CONFIG_VERSION}", cfg.version),
+                format!(
+                    "unsupported version {}, expected {CONFIG_VERSION}",
+                    cfg.version
+                ),
             ));
         }
         if !(cfg.replay.fp_rate > 0.0 && cfg.replay.fp_rate < 1.0) {
@@ -321,7 +324,10 @@ mod tests {
         );
         std::fs::write(&p, t.replace("fp_rate = 1e-6", "fp_rate = 2.0")).unwrap();
         let e = NodeConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("replay.fp_rate") && e.contains("node.toml"), "{e}");
+        assert!(
+            e.contains("replay.fp_rate") && e.contains("node.toml"),
+            "{e}"
+        );
         std::fs::write(&p, "version = 1\n[node]\nrole = \"dragon\"\n").unwrap();
         assert!(NodeConfig::load(&p).is_err());
     }

@@ -39,7 +39,13 @@ fn build_loop(topology: &Topology, me: NodeId) -> Option<Prepared> {
     let delays = sample_delays(&mut rng, route.len(), mean);
     let loop_id: [u8; 16] = rng.random();
     let dest = destination_of(&me, loop_id);
-    match build_packet(LOOP_PAYLOAD, &route, &dest, &delays, topology.params().payload_size) {
+    match build_packet(
+        LOOP_PAYLOAD,
+        &route,
+        &dest,
+        &delays,
+        topology.params().payload_size,
+    ) {
         Ok(packet) => Some(Prepared {
             first_hop: route[0].id,
             addr: route[0].address,
@@ -57,7 +63,8 @@ fn build_loop(topology: &Topology, me: NodeId) -> Option<Prepared> {
 /// Expected time for a loop to come back with this topology.
 pub fn default_loop_timeout(topology: &Topology) -> Duration {
     let hops = topology.params().layers as f64 + 1.0;
-    Duration::from_secs_f64(3.0 * hops * topology.params().mean_hop_delay_ms / 1000.0) + Duration::from_secs(5)
+    Duration::from_secs_f64(3.0 * hops * topology.params().mean_hop_delay_ms / 1000.0)
+        + Duration::from_secs(5)
 }
 
 pub struct LoopCover {
@@ -89,10 +96,7 @@ impl LoopCover {
                 }
                 _ = sleep_until(due), if due.is_some() => {
                     while ticker.poll(&mut rng, Instant::now()).is_some() {
-                        let prepared = match next.await {
-                            Ok(p) => p,
-                            Err(_) => None,
-                        };
+                        let prepared: Option<Prepared> = next.await.unwrap_or_default();
                         next = self.prepare();
                         if let Some(p) = prepared {
                             self.send(p);

@@ -40,7 +40,15 @@ pub struct NodeDir {
 /// Runs `loopmix-node init` in `dir` for a mix of `layer` listening on port 0.
 pub fn init_node(bin: &Path, dir: &Path, layer: u8) -> anyhow::Result<NodeDir> {
     let out = Command::new(bin)
-        .args(["init", "--role", "mix", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .args([
+            "init",
+            "--role",
+            "mix",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
         .arg("--dir")
         .arg(dir)
         .output()
@@ -91,7 +99,10 @@ impl NodeProcess {
             .arg("run")
             .arg("--config")
             .arg(&nd.config)
-            .env("RUST_LOG", std::env::var("LOOPMIX_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("LOOPMIX_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -99,14 +110,14 @@ impl NodeProcess {
             .context("spawning loopmix-node run")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(bytes) = std::fs::read(&bound_path) {
-                if let Ok(bound) = serde_json::from_slice::<BoundAddresses>(&bytes) {
-                    return Ok(Self {
-                        child,
-                        bound,
-                        dir: nd.dir.clone(),
-                    });
-                }
+            if let Ok(bytes) = std::fs::read(&bound_path)
+                && let Ok(bound) = serde_json::from_slice::<BoundAddresses>(&bytes)
+            {
+                return Ok(Self {
+                    child,
+                    bound,
+                    dir: nd.dir.clone(),
+                });
             }
             if let Some(status) = child.try_wait()? {
                 bail!(
@@ -198,7 +209,10 @@ impl Drop for NodeProcess {
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let (head, body) = resp
@@ -211,12 +225,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 }
 
 pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let rest = l.strip_prefix(series)?;
-            rest.strip_prefix(' ')?.trim().parse().ok()
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
 }
 
 /// A packet that reached a [`Peer`] as its final hop.
@@ -244,14 +256,14 @@ impl IngressSink for PeerSink {
                 payload,
                 ..
             }) => {
-                if let Ok(plaintext) = payload.recover_plaintext() {
-                    if let Ok(mut d) = self.deliveries.lock() {
-                        d.push(Delivery {
-                            identifier,
-                            plaintext,
-                            at: received,
-                        });
-                    }
+                if let Ok(plaintext) = payload.recover_plaintext()
+                    && let Ok(mut d) = self.deliveries.lock()
+                {
+                    d.push(Delivery {
+                        identifier,
+                        plaintext,
+                        at: received,
+                    });
                 }
             }
             _ => {
@@ -286,7 +298,11 @@ impl Peer {
         Self::bind_with(IdentityKeypair::generate(), epoch, process_final)
     }
 
-    pub fn bind_with(identity: IdentityKeypair, epoch: u64, process_final: bool) -> anyhow::Result<Self> {
+    pub fn bind_with(
+        identity: IdentityKeypair,
+        epoch: u64,
+        process_final: bool,
+    ) -> anyhow::Result<Self> {
         let identity = Arc::new(identity);
         let sphinx = SphinxKeypair::generate();
         let sphinx_public = sphinx.public();
@@ -324,7 +340,13 @@ impl Peer {
         // Until `adopt` sets the real size, every frame counts as malformed.
         let packet_size = Arc::new(AtomicUsize::new(0));
         tokio::spawn(
-            Ingress::new(transport.clone(), sink.clone(), packet_size.clone(), cancel.clone()).run(),
+            Ingress::new(
+                transport.clone(),
+                sink.clone(),
+                packet_size.clone(),
+                cancel.clone(),
+            )
+            .run(),
         );
         Ok(Self {
             identity,

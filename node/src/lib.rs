@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod config;
 pub mod cover;
+pub mod demo;
 pub mod harness;
 pub mod metrics;
 pub mod node;

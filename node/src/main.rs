@@ -61,6 +61,9 @@ enum Cmd {
     /// real node process sustains over QUIC on loopback, their ratio, and the
     /// node's memory with 100,000 packets in its delay queue.
     Bench(loopmix_node::bench::BenchArgs),
+    /// Start a small demo mixnet on loopback (one real node process per
+    /// layer) and send a message through it every second.
+    Demo(loopmix_node::demo::DemoArgs),
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -133,6 +136,11 @@ fn main() -> anyhow::Result<()> {
             init_logs(false);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(loopmix_node::bench::run(args))
+        }
+        Cmd::Demo(args) => {
+            init_logs(false);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(loopmix_node::demo::run(args))
         }
     }
 }

@@ -76,39 +76,75 @@ impl NodeMetrics {
             malformed_frames.with_label_values(&[e]);
         }
         let egress = EgressMetrics {
-            sent: counter(&r, "loopmix_egress_packets_sent_total", "Packets written to next-hop streams")?,
+            sent: counter(
+                &r,
+                "loopmix_egress_packets_sent_total",
+                "Packets written to next-hop streams",
+            )?,
             dropped: dropped.clone(),
-            links_up: gauge(&r, "loopmix_egress_links_up", "Next-hop links currently connected")?,
+            links_up: gauge(
+                &r,
+                "loopmix_egress_links_up",
+                "Next-hop links currently connected",
+            )?,
         };
         Ok(Self {
-            received: counter(&r, "loopmix_packets_received_total", "Sphinx frames received from peers")?,
+            received: counter(
+                &r,
+                "loopmix_packets_received_total",
+                "Sphinx frames received from peers",
+            )?,
             forwarded: counter(
                 &r,
                 "loopmix_packets_forwarded_total",
                 "Packets handed to a next-hop link after their delay",
             )?,
-            ingress_queue: gauge(&r, "loopmix_ingress_queue_length", "Packets waiting for a Sphinx worker")?,
-            delay_queue: gauge(&r, "loopmix_delay_queue_length", "Packets held for their header delay")?,
+            ingress_queue: gauge(
+                &r,
+                "loopmix_ingress_queue_length",
+                "Packets waiting for a Sphinx worker",
+            )?,
+            delay_queue: gauge(
+                &r,
+                "loopmix_delay_queue_length",
+                "Packets held for their header delay",
+            )?,
             sphinx_seconds: histogram(
                 &r,
                 "loopmix_sphinx_processing_seconds",
                 "Time to unwrap one Sphinx layer (including replay check)",
-                vec![25e-6, 50e-6, 75e-6, 100e-6, 150e-6, 250e-6, 500e-6, 1e-3, 5e-3],
+                vec![
+                    25e-6, 50e-6, 75e-6, 100e-6, 150e-6, 250e-6, 500e-6, 1e-3, 5e-3,
+                ],
             )?,
             hop_delay_error: histogram(
                 &r,
                 "loopmix_hop_delay_error_seconds",
                 "Realised minus intended holding time of forwarded packets",
-                vec![1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0],
+                vec![
+                    1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
+                ],
             )?,
             delay_clamped: counter(
                 &r,
                 "loopmix_delay_clamped_total",
                 "Packets whose header delay exceeded max_delay and was clamped",
             )?,
-            cover_sent: counter(&r, "loopmix_cover_loops_sent_total", "Loop cover packets sent")?,
-            cover_returned: counter(&r, "loopmix_cover_loops_returned_total", "Loop cover packets that came back")?,
-            cover_lost: counter(&r, "loopmix_cover_loops_lost_total", "Loop cover packets not back in time")?,
+            cover_sent: counter(
+                &r,
+                "loopmix_cover_loops_sent_total",
+                "Loop cover packets sent",
+            )?,
+            cover_returned: counter(
+                &r,
+                "loopmix_cover_loops_returned_total",
+                "Loop cover packets that came back",
+            )?,
+            cover_lost: counter(
+                &r,
+                "loopmix_cover_loops_lost_total",
+                "Loop cover packets not back in time",
+            )?,
             loop_return_ratio: float_gauge(
                 &r,
                 "loopmix_cover_loop_return_ratio",
@@ -120,8 +156,16 @@ impl NodeMetrics {
                 "Round-trip time of returned loops",
                 vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0],
             )?,
-            topology_epoch: gauge(&r, "loopmix_topology_epoch", "Epoch of the topology in force")?,
-            topology_updates: counter(&r, "loopmix_topology_updates_total", "Topology documents adopted")?,
+            topology_epoch: gauge(
+                &r,
+                "loopmix_topology_epoch",
+                "Epoch of the topology in force",
+            )?,
+            topology_updates: counter(
+                &r,
+                "loopmix_topology_updates_total",
+                "Topology documents adopted",
+            )?,
             topology_rejected: counter(
                 &r,
                 "loopmix_topology_rejected_total",

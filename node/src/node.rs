@@ -137,7 +137,11 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         metrics.clone(),
         LoopTracker::new(cfg.cover.pending_limit, loop_timeout, 200),
     ));
-    let egress = Egress::new(transport.clone(), cfg.mixing.egress_queue, metrics.egress.clone());
+    let egress = Egress::new(
+        transport.clone(),
+        cfg.mixing.egress_queue,
+        metrics.egress.clone(),
+    );
 
     // Pipeline.
     let (job_tx, job_rx) = crossbeam_channel::bounded(cfg.mixing.ingress_queue);
@@ -166,7 +170,15 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         tx: job_tx,
         shared: shared.clone(),
     });
-    tokio::spawn(Ingress::new(transport.clone(), sink, packet_size.clone(), ingress_cancel.clone()).run());
+    tokio::spawn(
+        Ingress::new(
+            transport.clone(),
+            sink,
+            packet_size.clone(),
+            ingress_cancel.clone(),
+        )
+        .run(),
+    );
 
     let background = CancellationToken::new();
     tokio::spawn(loopmix_core::metrics::serve(
@@ -185,7 +197,9 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
             .run(),
         );
     } else {
-        warn!("loop cover disabled: this node gives less anonymity and cannot detect (n-1) attacks");
+        warn!(
+            "loop cover disabled: this node gives less anonymity and cannot detect (n-1) attacks"
+        );
     }
     tokio::spawn(
         TopologyWatcher {
@@ -306,7 +320,11 @@ impl TopologyWatcher {
             .store(topology.params().packet_size(), Ordering::Relaxed);
         m.topology_epoch.set(new_epoch as i64);
         m.topology_updates.inc();
-        info!(epoch = new_epoch, nodes = topology.nodes().len(), "topology updated");
+        info!(
+            epoch = new_epoch,
+            nodes = topology.nodes().len(),
+            "topology updated"
+        );
         self.shared.set_topology(topology);
     }
 }

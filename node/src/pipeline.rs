@@ -37,7 +37,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(me: NodeId, topology: Topology, metrics: NodeMetrics, loops: LoopTracker<Instant>) -> Self {
+    pub fn new(
+        me: NodeId,
+        topology: Topology,
+        metrics: NodeMetrics,
+        loops: LoopTracker<Instant>,
+    ) -> Self {
         Self {
             me,
             topology: RwLock::new(Arc::new(topology)),

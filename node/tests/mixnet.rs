@@ -1,4 +1,5 @@
 //! End-to-end tests: real `loopmix-node` processes on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -32,10 +33,17 @@ async fn packet_crosses_three_mixes_intact_and_holding_times_follow_headers() {
     let mut total_intended = 0.0;
     for d in &got {
         let i = u32::from_be_bytes(d.identifier[..4].try_into().unwrap());
-        assert_eq!(d.plaintext, format!("message number {i}").as_bytes(), "payload intact");
+        assert_eq!(
+            d.plaintext,
+            format!("message number {i}").as_bytes(),
+            "payload intact"
+        );
         let observed = d.at - sent_at[&d.identifier];
         let want = intended[&d.identifier];
-        assert!(observed + Duration::from_millis(2) >= want, "held at least the header delays");
+        assert!(
+            observed + Duration::from_millis(2) >= want,
+            "held at least the header delays"
+        );
         total_observed += observed.as_secs_f64();
         total_intended += want.as_secs_f64();
     }
@@ -50,8 +58,14 @@ async fn packet_crosses_three_mixes_intact_and_holding_times_follow_headers() {
     for node in &net.nodes {
         assert!(node.metric("loopmix_packets_forwarded_total").unwrap() >= n as f64);
         let sum = node.metric("loopmix_hop_delay_error_seconds_sum").unwrap();
-        let count = node.metric("loopmix_hop_delay_error_seconds_count").unwrap();
-        assert!(sum / count < 0.02, "mean per-hop delay error {}", sum / count);
+        let count = node
+            .metric("loopmix_hop_delay_error_seconds_count")
+            .unwrap();
+        assert!(
+            sum / count < 0.02,
+            "mean per-hop delay error {}",
+            sum / count
+        );
     }
 }
 
@@ -74,7 +88,11 @@ async fn replayed_packet_is_dropped_and_counted() {
     let got = net.peer.wait_deliveries(2, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(net.peer.deliveries().len(), 2, "the replay was not delivered");
+    assert_eq!(
+        net.peer.deliveries().len(),
+        2,
+        "the replay was not delivered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,8 +119,16 @@ async fn garbage_is_refused_and_the_node_keeps_forwarding() {
     let mut tampered = net.packet(b"x", [3; 16], &[Duration::ZERO; 3]);
     tampered[100] ^= 0xff;
     encode_frame(EPOCH, &tampered, &mut buf);
-    encode_frame(EPOCH + 7, &net.packet(b"y", [4; 16], &[Duration::ZERO; 3]), &mut buf);
-    encode_frame(EPOCH, &net.packet(b"good", [5; 16], &[Duration::ZERO; 3]), &mut buf);
+    encode_frame(
+        EPOCH + 7,
+        &net.packet(b"y", [4; 16], &[Duration::ZERO; 3]),
+        &mut buf,
+    );
+    encode_frame(
+        EPOCH,
+        &net.packet(b"good", [5; 16], &[Duration::ZERO; 3]),
+        &mut buf,
+    );
     s.write_all(&buf).await.unwrap();
     s.finish().unwrap();
 
@@ -116,15 +142,29 @@ async fn garbage_is_refused_and_the_node_keeps_forwarding() {
         |v| v == 1.0,
     )
     .unwrap();
-    assert_eq!(node.metric("loopmix_malformed_frames_total{error=\"wrong_size\"}").unwrap(), 1.0);
-    assert_eq!(node.metric("loopmix_malformed_frames_total{error=\"unknown_kind\"}").unwrap(), 1.0);
+    assert_eq!(
+        node.metric("loopmix_malformed_frames_total{error=\"wrong_size\"}")
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(
+        node.metric("loopmix_malformed_frames_total{error=\"unknown_kind\"}")
+            .unwrap(),
+        1.0
+    );
     // wrong size + unknown kind + failed MAC
     assert_eq!(net.dropped(0, "malformed"), 3.0);
     assert_eq!(net.dropped(0, "unknown_key"), 1.0);
 
     // And it still forwards after all that.
     net.send(net.packet(b"after", [6; 16], &[Duration::ZERO; 3]));
-    assert_eq!(net.peer.wait_deliveries(2, Duration::from_secs(20)).await.len(), 2);
+    assert_eq!(
+        net.peer
+            .wait_deliveries(2, Duration::from_secs(20))
+            .await
+            .len(),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +179,11 @@ async fn unpinned_peer_is_refused() {
         if let Ok(mut s) = conn.open_uni().await {
             let mut buf = bytes::BytesMut::new();
             buf.extend_from_slice(&PREAMBLE);
-            encode_frame(EPOCH, &net.packet(b"sneaky", [9; 16], &[Duration::ZERO; 3]), &mut buf);
+            encode_frame(
+                EPOCH,
+                &net.packet(b"sneaky", [9; 16], &[Duration::ZERO; 3]),
+                &mut buf,
+            );
             let _ = s.write_all(&buf).await;
         }
         tokio::time::timeout(Duration::from_secs(10), conn.closed())
@@ -156,7 +200,12 @@ async fn unpinned_peer_is_refused() {
     // Dialling a node while expecting a different key fails on our side too.
     let wrong = IdentityKeypair::generate().node_id();
     assert!(net.peer.transport.connect(wrong, m1.address).await.is_err());
-    assert_eq!(net.nodes[0].metric("loopmix_packets_received_total").unwrap(), 0.0);
+    assert_eq!(
+        net.nodes[0]
+            .metric("loopmix_packets_received_total")
+            .unwrap(),
+        0.0
+    );
     // The network still works, and the stranger's packet never got in.
     net.send(net.packet(b"still fine", [7; 16], &[Duration::ZERO; 3]));
     let got = net.peer.wait_deliveries(1, Duration::from_secs(20)).await;
@@ -168,12 +217,20 @@ async fn unpinned_peer_is_refused() {
 async fn mixes_send_loop_cover_that_returns() {
     let net = start_net(params(5.0, 5.0)).await;
     for node in &net.nodes {
-        node.wait_metric("loopmix_cover_loops_returned_total", Duration::from_secs(30), |v| v >= 5.0)
-            .unwrap();
+        node.wait_metric(
+            "loopmix_cover_loops_returned_total",
+            Duration::from_secs(30),
+            |v| v >= 5.0,
+        )
+        .unwrap();
         assert!(node.metric("loopmix_cover_loops_sent_total").unwrap() >= 5.0);
     }
     let ratio = net.nodes[0]
-        .wait_metric("loopmix_cover_loop_return_ratio", Duration::from_secs(20), |v| v > 0.5)
+        .wait_metric(
+            "loopmix_cover_loop_return_ratio",
+            Duration::from_secs(20),
+            |v| v > 0.5,
+        )
         .unwrap();
     assert!(ratio <= 1.0);
 }
@@ -185,13 +242,23 @@ async fn sigterm_forwards_delayed_packets_then_exits() {
     let delays = [Duration::from_millis(1500), Duration::ZERO, Duration::ZERO];
     net.send(net.packet(b"in flight", [8; 16], &delays));
     net.nodes[0]
-        .wait_metric("loopmix_delay_queue_length", Duration::from_secs(10), |v| v == 1.0)
+        .wait_metric("loopmix_delay_queue_length", Duration::from_secs(10), |v| {
+            v == 1.0
+        })
         .unwrap();
     net.nodes[0].terminate().unwrap();
     let got = net.peer.wait_deliveries(1, Duration::from_secs(20)).await;
-    assert_eq!(got.len(), 1, "the delayed packet was forwarded during shutdown");
+    assert_eq!(
+        got.len(),
+        1,
+        "the delayed packet was forwarded during shutdown"
+    );
     let status = net.nodes[0].wait_exit(Duration::from_secs(20)).unwrap();
-    assert!(status.is_some_and(|s| s.success()), "clean exit: {:?}", status);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {:?}",
+        status
+    );
 }
 
 #[test]
@@ -212,8 +279,20 @@ fn bad_topology_refuses_to_start_and_names_the_problem() {
         params: params(1.0, 0.0),
         nodes: vec![
             entry.clone(),
-            { let mut e = entry.clone(); e.layer = Some(2); e.id = IdentityKeypair::generate().node_id(); e.address = "127.0.0.1:10".parse().unwrap(); e },
-            { let mut e = entry; e.layer = Some(3); e.id = IdentityKeypair::generate().node_id(); e.address = "127.0.0.1:11".parse().unwrap(); e },
+            {
+                let mut e = entry.clone();
+                e.layer = Some(2);
+                e.id = IdentityKeypair::generate().node_id();
+                e.address = "127.0.0.1:10".parse().unwrap();
+                e
+            },
+            {
+                let mut e = entry;
+                e.layer = Some(3);
+                e.id = IdentityKeypair::generate().node_id();
+                e.address = "127.0.0.1:11".parse().unwrap();
+                e
+            },
         ],
     };
     write_topology(&topo, &doc).unwrap();

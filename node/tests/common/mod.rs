@@ -1,6 +1,6 @@
 //! A three-layer mixnet of real `loopmix-node` processes plus a [`Peer`]
 //! that plays the provider at both ends.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,7 +45,10 @@ pub async fn start_net(params: NetworkParams) -> Net {
     let mut dirs = Vec::new();
     for layer in 1..=3u8 {
         let nd = init_node(&bin(), &tmp.path().join(format!("mix{layer}")), layer).unwrap();
-        edit_config(&nd, |t| t.replace("reload_interval = \"2s\"", "reload_interval = \"100ms\"")).unwrap();
+        edit_config(&nd, |t| {
+            t.replace("reload_interval = \"2s\"", "reload_interval = \"100ms\"")
+        })
+        .unwrap();
         dirs.push(nd);
     }
     let mut doc = TopologyDocument {
@@ -71,8 +74,12 @@ pub async fn start_net(params: NetworkParams) -> Net {
         write_topology(&d.dir.join("topology.json"), &doc).unwrap();
     }
     for n in &nodes {
-        n.wait_metric("loopmix_topology_updates_total", Duration::from_secs(30), |v| v >= 2.0)
-            .unwrap();
+        n.wait_metric(
+            "loopmix_topology_updates_total",
+            Duration::from_secs(30),
+            |v| v >= 2.0,
+        )
+        .unwrap();
     }
     peer.adopt(&doc);
     Net {
@@ -107,7 +114,12 @@ impl Net {
     }
 
     /// Same with delays drawn from Exp(mean); returns them too.
-    pub fn random_packet(&self, msg: &[u8], id: [u8; 16], mean: Duration) -> (Vec<u8>, Vec<Duration>) {
+    pub fn random_packet(
+        &self,
+        msg: &[u8],
+        id: [u8; 16],
+        mean: Duration,
+    ) -> (Vec<u8>, Vec<Duration>) {
         let mut rng = rand::rng();
         let d: Vec<Duration> = sample_delays(&mut rng, 3, mean)
             .into_iter()
@@ -122,7 +134,9 @@ impl Net {
 
     pub fn dropped(&self, node: usize, reason: &str) -> f64 {
         self.nodes[node]
-            .metric(&format!("loopmix_packets_dropped_total{{reason=\"{reason}\"}}"))
+            .metric(&format!(
+                "loopmix_packets_dropped_total{{reason=\"{reason}\"}}"
+            ))
             .unwrap()
     }
 }
