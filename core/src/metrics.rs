@@ -64,7 +64,11 @@ pub fn histogram(
     help: &str,
     buckets: Vec<f64>,
 ) -> Result<Histogram, MetricError> {
-    reg(r, name, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)))
+    reg(
+        r,
+        name,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
+    )
 }
 
 /// Renders the registry in the Prometheus text format.

@@ -110,6 +110,9 @@ mod tests {
         let mut t = PoissonTicker::new(&mut rng, 0.0, Duration::ZERO);
         assert!(t.next_deadline().is_none());
         assert!(t.poll(&mut rng, Duration::from_secs(10)).is_none());
-        assert_eq!(sample_exp_duration(&mut rng, Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            sample_exp_duration(&mut rng, Duration::ZERO),
+            Duration::ZERO
+        );
     }
 }

@@ -174,7 +174,10 @@ impl Topology {
             ));
         }
         if !(p.mean_hop_delay_ms.is_finite() && p.mean_hop_delay_ms >= 0.0) {
-            return Err(invalid("params.mean_hop_delay_ms", "must be a finite number >= 0"));
+            return Err(invalid(
+                "params.mean_hop_delay_ms",
+                "must be a finite number >= 0",
+            ));
         }
         for (name, v) in [
             ("params.lambda_p_per_s", p.lambda_p_per_s),
@@ -232,10 +235,7 @@ impl Topology {
             }
         }
         if let Some(empty) = per_layer.iter().position(|&c| c == 0) {
-            return Err(invalid(
-                "nodes",
-                format!("layer {} has no mix", empty + 1),
-            ));
+            return Err(invalid("nodes", format!("layer {} has no mix", empty + 1)));
         }
         Ok(())
     }
@@ -345,11 +345,21 @@ pub(crate) mod tests {
 
         let mut d = sample_doc(1, 3);
         d.nodes[2].layer = None;
-        assert!(Topology::new(d).unwrap_err().to_string().contains("nodes[2].layer"));
+        assert!(
+            Topology::new(d)
+                .unwrap_err()
+                .to_string()
+                .contains("nodes[2].layer")
+        );
 
         let mut d = sample_doc(1, 3);
         d.params.layers = 4;
-        assert!(Topology::new(d).unwrap_err().to_string().contains("params.layers"));
+        assert!(
+            Topology::new(d)
+                .unwrap_err()
+                .to_string()
+                .contains("params.layers")
+        );
 
         let mut d = sample_doc(1, 3);
         d.params.lambda_m_per_s = f64::NAN;
@@ -357,7 +367,12 @@ pub(crate) mod tests {
 
         let mut d = sample_doc(1, 3);
         d.nodes.retain(|n| n.layer != Some(2));
-        assert!(Topology::new(d).unwrap_err().to_string().contains("layer 2"));
+        assert!(
+            Topology::new(d)
+                .unwrap_err()
+                .to_string()
+                .contains("layer 2")
+        );
 
         assert!(Topology::from_json(b"{\"params\":{}}").is_err());
         assert!(Topology::from_json(b"\xff\xfe").is_err());

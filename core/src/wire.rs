@@ -104,8 +104,14 @@ impl FrameDecoder {
         }
         let kind = self.buf[0];
         let key_epoch = u64::from_be_bytes([
-            self.buf[1], self.buf[2], self.buf[3], self.buf[4], self.buf[5], self.buf[6],
-            self.buf[7], self.buf[8],
+            self.buf[1],
+            self.buf[2],
+            self.buf[3],
+            self.buf[4],
+            self.buf[5],
+            self.buf[6],
+            self.buf[7],
+            self.buf[8],
         ]);
         let len = u16::from_be_bytes([self.buf[9], self.buf[10]]) as usize;
         if self.buf.len() < FRAME_HEADER_LEN + len {

@@ -26,9 +26,7 @@ impl<T: Ord, I> PartialOrd for Entry<T, I> {
 }
 impl<T: Ord, I> Ord for Entry<T, I> {
     fn cmp(&self, o: &Self) -> Ordering {
-        self.deadline
-            .cmp(&o.deadline)
-            .then(self.seq.cmp(&o.seq))
+        self.deadline.cmp(&o.deadline).then(self.seq.cmp(&o.seq))
     }
 }
 

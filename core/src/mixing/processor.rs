@@ -236,7 +236,10 @@ mod tests {
         flipped[40] ^= 1;
         assert_eq!(p.process(5, &flipped).err(), Some(Rejection::Malformed));
         assert_eq!(p.process(5, &[0u8; 10]).err(), Some(Rejection::Malformed));
-        assert_eq!(p.process(5, &vec![0u8; 604]).err(), Some(Rejection::Malformed));
+        assert_eq!(
+            p.process(5, &vec![0u8; 604]).err(),
+            Some(Rejection::Malformed)
+        );
     }
 
     #[test]

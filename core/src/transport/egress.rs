@@ -89,7 +89,9 @@ impl Egress {
     /// Queues `pkt` for `peer` at `addr`, starting the link if needed.
     pub fn send(&self, peer: NodeId, addr: SocketAddr, pkt: OutPacket) -> Result<(), SendRefused> {
         let mut links = self.lock();
-        let stale = links.get(&peer).is_some_and(|l| l.addr != addr || l.tx.is_closed());
+        let stale = links
+            .get(&peer)
+            .is_some_and(|l| l.addr != addr || l.tx.is_closed());
         if stale {
             links.remove(&peer);
         }

@@ -82,9 +82,16 @@ impl Transport {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
         server.transport_config(Arc::new(transport_config()));
 
-        let bind_err = |source| TransportError::Bind { addr: listen, source };
-        let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))
-            .map_err(bind_err)?;
+        let bind_err = |source| TransportError::Bind {
+            addr: listen,
+            source,
+        };
+        let socket = Socket::new(
+            Domain::for_address(listen),
+            Type::DGRAM,
+            Some(Protocol::UDP),
+        )
+        .map_err(bind_err)?;
         // Best effort: a smaller buffer only costs drops under bursts.
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
@@ -119,7 +126,11 @@ impl Transport {
     }
 
     /// Dials `peer` at `addr`, refusing any server key but `peer`.
-    pub async fn connect(&self, peer: NodeId, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
+    pub async fn connect(
+        &self,
+        peer: NodeId,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, TransportError> {
         let err = |reason: String| TransportError::Connect { peer, addr, reason };
         let tls = tls::client_config(&self.identity, peer, self.on_refuse.clone())?;
         let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))

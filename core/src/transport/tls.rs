@@ -13,7 +13,10 @@ use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer,
+    UnixTime,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, PeerIncompatible, SignatureScheme};
@@ -69,7 +72,10 @@ pub fn node_id_from_spki(spki: &[u8]) -> Option<NodeId> {
         .map(|k| NodeId(k.to_bytes()))
 }
 
-fn certified_key(identity: &IdentityKeypair, p: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
+fn certified_key(
+    identity: &IdentityKeypair,
+    p: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let der = identity.pkcs8_der().map_err(|e| TlsError(e.to_string()))?;
     let key = p
         .key_provider
@@ -79,7 +85,10 @@ fn certified_key(identity: &IdentityKeypair, p: &CryptoProvider) -> Result<Arc<C
         .node_id()
         .spki_der()
         .ok_or_else(|| TlsError("identity key has no SPKI form".into()))?;
-    Ok(Arc::new(CertifiedKey::new(vec![CertificateDer::from(spki)], key)))
+    Ok(Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(spki)],
+        key,
+    )))
 }
 
 fn verify_sig(
@@ -135,7 +144,9 @@ impl ServerCertVerifier for PinnedServer {
         _c: &CertificateDer<'_>,
         _d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -190,7 +201,9 @@ impl ClientCertVerifier for AllowListedClients {
             }
             None => {
                 (self.on_refuse)("bad_peer_key");
-                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::BadEncoding,
+                ))
             }
         }
     }
@@ -201,7 +214,9 @@ impl ClientCertVerifier for AllowListedClients {
         _c: &CertificateDer<'_>,
         _d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
