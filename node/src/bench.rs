@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
 use loopmix_core::sphinx::{build_packet, destination_of};
-use loopmix_core::topology::{NetworkParams, NodeEntry, Role, TopologyDocument};
+use loopmix_core::topology::{NetworkParams, NodeEntry, Role};
 use sphinx_packet::SphinxPacket;
 use sphinx_packet::header::delays::Delay;
 
-use crate::harness::{NodeProcess, Peer, edit_config, init_node, write_topology};
+use crate::harness::{Peer, launch_mixnet};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -141,36 +141,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     // 2. A real node process between two ends of a Peer.
-    let nd = init_node(&bin, &dir.join("mix"), 1)?;
-    edit_config(&nd, |t| {
+    let peer = Peer::bind(EPOCH, false)?;
+    let params = NetworkParams {
+        epoch: EPOCH,
+        layers: 1,
+        mean_hop_delay_ms: 0.0,
+        lambda_p_per_s: 0.0,
+        lambda_l_per_s: 0.0,
+        lambda_d_per_s: 0.0,
+        lambda_m_per_s: 0.0,
+        payload_size: PAYLOAD,
+    };
+    let net = launch_mixnet(&bin, &dir, params, vec![peer.entry()?], |t| {
         t.replace("enabled = true", "enabled = false")
             .replace("max_delay = \"10s\"", "max_delay = \"10m\"")
-            .replace("reload_interval = \"2s\"", "reload_interval = \"100ms\"")
     })?;
-    let peer = Peer::bind(EPOCH, false)?;
-    let mut doc = TopologyDocument {
-        params: NetworkParams {
-            epoch: EPOCH,
-            layers: 1,
-            mean_hop_delay_ms: 0.0,
-            lambda_p_per_s: 0.0,
-            lambda_l_per_s: 0.0,
-            lambda_d_per_s: 0.0,
-            lambda_m_per_s: 0.0,
-            payload_size: PAYLOAD,
-        },
-        nodes: vec![nd.entry.clone(), peer.entry()?],
-    };
-    doc.nodes[0].address = "127.0.0.1:1".parse()?;
-    write_topology(&dir.join("mix").join("topology.json"), &doc)?;
-    let node = NodeProcess::start(&bin, &nd)?;
-    doc.nodes[0].address = node.bound.quic;
-    write_topology(&dir.join("mix").join("topology.json"), &doc)?;
-    node.wait_metric(
-        "loopmix_topology_updates_total",
-        Duration::from_secs(20),
-        |v| v >= 2.0,
-    )?;
+    let (node, doc) = (
+        net.nodes
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no node"))?,
+        net.doc,
+    );
     peer.adopt(&doc);
     let mix = doc.nodes[0].clone();
     let me = doc.nodes[1].clone();

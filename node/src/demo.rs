@@ -9,9 +9,9 @@
 use std::time::{Duration, Instant};
 
 use loopmix_core::sphinx::{applied_delay, build_packet, destination_of, sample_delays};
-use loopmix_core::topology::{NetworkParams, TopologyDocument};
+use loopmix_core::topology::NetworkParams;
 
-use crate::harness::{NodeProcess, Peer, edit_config, init_node, write_topology};
+use crate::harness::{Peer, launch_mixnet};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -30,51 +30,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let bin = std::env::current_exe()?;
     let tmp = tempfile::tempdir()?;
     let peer = Peer::bind(1, true)?;
-    let mut dirs = Vec::new();
-    for layer in 1..=3u8 {
-        let nd = init_node(&bin, &tmp.path().join(format!("mix{layer}")), layer)?;
-        edit_config(&nd, |t| {
-            t.replace("reload_interval = \"2s\"", "reload_interval = \"200ms\"")
-        })?;
-        dirs.push(nd);
-    }
-    let mut doc = TopologyDocument {
-        params: NetworkParams {
-            epoch: 1,
-            layers: 3,
-            mean_hop_delay_ms: args.mean_delay_ms,
-            lambda_p_per_s: 0.0,
-            lambda_l_per_s: 0.0,
-            lambda_d_per_s: 0.0,
-            lambda_m_per_s: args.mix_loop_rate,
-            payload_size: 1024,
-        },
-        nodes: dirs.iter().map(|d| d.entry.clone()).collect(),
+    let params = NetworkParams {
+        epoch: 1,
+        layers: 3,
+        mean_hop_delay_ms: args.mean_delay_ms,
+        lambda_p_per_s: 0.0,
+        lambda_l_per_s: 0.0,
+        lambda_d_per_s: 0.0,
+        lambda_m_per_s: args.mix_loop_rate,
+        payload_size: 1024,
     };
-    for (i, n) in doc.nodes.iter_mut().enumerate() {
-        n.address = format!("127.0.0.1:{}", i + 1).parse()?;
-    }
-    doc.nodes.push(peer.entry()?);
-    for d in &dirs {
-        write_topology(&d.dir.join("topology.json"), &doc)?;
-    }
-    let mut nodes = Vec::new();
-    for d in &dirs {
-        nodes.push(NodeProcess::start(&bin, d)?);
-    }
-    for (i, n) in nodes.iter().enumerate() {
-        doc.nodes[i].address = n.bound.quic;
-    }
-    for d in &dirs {
-        write_topology(&d.dir.join("topology.json"), &doc)?;
-    }
-    for n in &nodes {
-        n.wait_metric(
-            "loopmix_topology_updates_total",
-            Duration::from_secs(30),
-            |v| v >= 2.0,
-        )?;
-    }
+    let net = launch_mixnet(&bin, tmp.path(), params, vec![peer.entry()?], |t| t)?;
+    let (mut nodes, doc) = (net.nodes, net.doc);
     peer.adopt(&doc);
     println!(
         "loopmix demo: 3 mixes up (files in {})",

@@ -434,3 +434,61 @@ impl Peer {
         self.transport.close().await;
     }
 }
+
+/// A running set of mixes, one per layer, sharing one topology.
+pub struct Mixnet {
+    pub nodes: Vec<NodeProcess>,
+    pub dirs: Vec<NodeDir>,
+    /// The topology in force: mixes first (layer order), then `others`.
+    pub doc: TopologyDocument,
+}
+
+/// Inits and starts one mix per layer of `params` under `root`, with
+/// `others` (e.g. a [`Peer`]'s entry) also in the topology. `tweak` edits each
+/// node's config text. Returns once every node runs the final topology.
+pub fn launch_mixnet(
+    bin: &Path,
+    root: &Path,
+    params: loopmix_core::topology::NetworkParams,
+    others: Vec<NodeEntry>,
+    tweak: impl Fn(String) -> String,
+) -> anyhow::Result<Mixnet> {
+    let mut dirs = Vec::new();
+    for layer in 1..=params.layers {
+        let nd = init_node(bin, &root.join(format!("mix{layer}")), layer)?;
+        edit_config(&nd, |t| {
+            tweak(t.replace("reload_interval = \"2s\"", "reload_interval = \"100ms\""))
+        })?;
+        dirs.push(nd);
+    }
+    let mut doc = TopologyDocument {
+        params,
+        nodes: dirs.iter().map(|d| d.entry.clone()).collect(),
+    };
+    // Placeholders (port i + 1 on loopback) until the nodes report their ports.
+    for (i, n) in doc.nodes.iter_mut().enumerate() {
+        n.address = SocketAddr::from(([127, 0, 0, 1], i as u16 + 1));
+    }
+    doc.nodes.extend(others);
+    for d in &dirs {
+        write_topology(&d.dir.join("topology.json"), &doc)?;
+    }
+    let mut nodes = Vec::new();
+    for d in &dirs {
+        nodes.push(NodeProcess::start(bin, d)?);
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        doc.nodes[i].address = n.bound.quic;
+    }
+    for d in &dirs {
+        write_topology(&d.dir.join("topology.json"), &doc)?;
+    }
+    for n in &nodes {
+        n.wait_metric(
+            "loopmix_topology_updates_total",
+            Duration::from_secs(30),
+            |v| v >= 2.0,
+        )?;
+    }
+    Ok(Mixnet { nodes, dirs, doc })
+}

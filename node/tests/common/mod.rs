@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use loopmix_core::sphinx::{build_packet, destination_of, sample_delays};
 use loopmix_core::topology::{NetworkParams, NodeEntry, TopologyDocument};
-use loopmix_node::harness::{NodeDir, NodeProcess, Peer, edit_config, init_node, write_topology};
+use loopmix_node::harness::{NodeDir, NodeProcess, Peer, launch_mixnet};
 use sphinx_packet::header::delays::Delay;
 
 pub const EPOCH: u64 = 1;
@@ -42,51 +42,20 @@ pub fn params(mean_hop_delay_ms: f64, lambda_m_per_s: f64) -> NetworkParams {
 pub async fn start_net(params: NetworkParams) -> Net {
     let tmp = tempfile::tempdir().unwrap();
     let peer = Peer::bind(EPOCH, true).unwrap();
-    let mut dirs = Vec::new();
-    for layer in 1..=3u8 {
-        let nd = init_node(&bin(), &tmp.path().join(format!("mix{layer}")), layer).unwrap();
-        edit_config(&nd, |t| {
-            t.replace("reload_interval = \"2s\"", "reload_interval = \"100ms\"")
-        })
-        .unwrap();
-        dirs.push(nd);
-    }
-    let mut doc = TopologyDocument {
+    let net = launch_mixnet(
+        &bin(),
+        tmp.path(),
         params,
-        nodes: dirs.iter().map(|d| d.entry.clone()).collect(),
-    };
-    for (i, n) in doc.nodes.iter_mut().enumerate() {
-        // Placeholders until the nodes report their ports.
-        n.address = format!("127.0.0.1:{}", i + 1).parse().unwrap();
-    }
-    doc.nodes.push(peer.entry().unwrap());
-    for d in &dirs {
-        write_topology(&d.dir.join("topology.json"), &doc).unwrap();
-    }
-    let mut nodes = Vec::new();
-    for d in &dirs {
-        nodes.push(NodeProcess::start(&bin(), d).unwrap());
-    }
-    for (i, n) in nodes.iter().enumerate() {
-        doc.nodes[i].address = n.bound.quic;
-    }
-    for d in &dirs {
-        write_topology(&d.dir.join("topology.json"), &doc).unwrap();
-    }
-    for n in &nodes {
-        n.wait_metric(
-            "loopmix_topology_updates_total",
-            Duration::from_secs(30),
-            |v| v >= 2.0,
-        )
-        .unwrap();
-    }
-    peer.adopt(&doc);
+        vec![peer.entry().unwrap()],
+        |t| t,
+    )
+    .unwrap();
+    peer.adopt(&net.doc);
     Net {
-        nodes,
-        dirs,
+        nodes: net.nodes,
+        dirs: net.dirs,
         peer,
-        doc,
+        doc: net.doc,
         tmp,
     }
 }
