@@ -101,6 +101,10 @@ pub struct ReplaySection {
     pub capacity: usize,
     /// False-positive rate at that capacity (an honest packet wrongly dropped).
     pub fp_rate: f64,
+    /// How often the filter is saved to `data_dir/replay.bloom` (also saved
+    /// on shutdown), so a restart with the same key does not forget tags.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
 }
 
 impl Default for ReplaySection {
@@ -108,6 +112,7 @@ impl Default for ReplaySection {
         Self {
             capacity: 10_000_000,
             fp_rate: 1e-6,
+            flush_interval: Duration::from_secs(60),
         }
     }
 }
@@ -270,6 +275,10 @@ shutdown_drain = "{drain}"
 # (about capacity * 3.6 bytes at 1e-6).
 capacity = {rc}
 fp_rate = {rf:e}
+# The filter is saved to data_dir/replay.bloom this often and on shutdown, so
+# a restarted node still refuses packets it saw before (after a crash, tags
+# from the last interval are lost).
+flush_interval = "{rfl}"
 
 [cover]
 # Loop cover at the topology's lambda_m_per_s. Disable only for benchmarks.
@@ -286,6 +295,7 @@ pending_limit = {cp}
             drain = humantime::format_duration(m.shutdown_drain),
             rc = r.capacity,
             rf = r.fp_rate,
+            rfl = humantime::format_duration(r.flush_interval),
             ce = c.enabled,
             cp = c.pending_limit,
         )

@@ -82,6 +82,8 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
     let sphinx = SphinxKeypair::read_pem(&cfg.node.sphinx_key)?;
     let me = identity.node_id();
     let topo_path = cfg.topology.file.clone();
+    // Taken before reading, so a rewrite racing with start-up is reloaded.
+    let topo_mtime = file_mtime(&topo_path);
     let topology = Topology::from_file(&topo_path)
         .with_context(|| format!("refusing to start: {}", topo_path.display()))?;
     if let Err(e) = check_self(&topology, me, sphinx.public(), cfg.node.role) {
@@ -114,12 +116,31 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
     )?;
     info!(id = %me, quic = %bound.quic, metrics = %bound.metrics, epoch = topology.epoch(), "mix node listening");
 
-    // Keys and replay caches.
+    // Keys and replay caches. The filter is reloaded if it was saved for
+    // this same key: a restart must not reopen the door to old replays.
+    let replay_path = cfg.node.data_dir.join("replay.bloom");
+    let sphinx_public = sphinx.public().0;
+    let replay = match ReplayCache::load(
+        &replay_path,
+        &sphinx_public,
+        cfg.replay.capacity,
+        cfg.replay.fp_rate,
+    ) {
+        Ok(Some(r)) => {
+            info!(fill = r.fill_ratio(), "replay filter restored");
+            r
+        }
+        Ok(None) => ReplayCache::new(cfg.replay.capacity, cfg.replay.fp_rate)?,
+        Err(e) => {
+            warn!(file = %replay_path.display(), error = %e, "cannot read replay filter; starting empty");
+            ReplayCache::new(cfg.replay.capacity, cfg.replay.fp_rate)?
+        }
+    };
     let keys = KeyRing::default();
     keys.insert(KeySlot {
         epoch: topology.epoch(),
         key: sphinx,
-        replay: ReplayCache::new(cfg.replay.capacity, cfg.replay.fp_rate)?,
+        replay,
     });
     let processor = Arc::new(SphinxProcessor::new(keys.clone(), cfg.mixing.max_delay));
 
@@ -204,6 +225,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
     tokio::spawn(
         TopologyWatcher {
             path: topo_path,
+            seen: topo_mtime,
             interval: cfg.topology.reload_interval,
             shared: shared.clone(),
             keys: keys.clone(),
@@ -233,6 +255,23 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         });
     }
 
+    {
+        let (keys, path, cancel) = (keys.clone(), replay_path.clone(), background.clone());
+        let every = cfg.replay.flush_interval.max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let (keys, path) = (keys.clone(), path.clone());
+                let _ = tokio::task::spawn_blocking(move || save_replay(&keys, &path)).await;
+            }
+        });
+    }
+
     shutdown.cancelled().await;
     info!("shutting down: no new packets accepted, draining the delay queue");
     let started = Instant::now();
@@ -246,6 +285,10 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         }
     })
     .await;
+    {
+        let (keys, path) = (keys.clone(), replay_path.clone());
+        let _ = tokio::task::spawn_blocking(move || save_replay(&keys, &path)).await;
+    }
     if let Err(e) = delay_stage.await {
         error!(error = %e, "delay stage failed");
     }
@@ -255,11 +298,21 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
     Ok(())
 }
 
+fn save_replay(keys: &KeyRing, path: &Path) {
+    if let Some(slot) = keys.slots().last()
+        && let Err(e) = slot.replay.save(path, &slot.key.public().0)
+    {
+        warn!(file = %path.display(), error = %e, "cannot save replay filter");
+    }
+}
+
 /// Re-reads the topology file when it changes. A document that does not
 /// validate, or no longer lists this node with our key, is refused and the
 /// last valid one stays in force.
 struct TopologyWatcher {
     path: std::path::PathBuf,
+    /// Modification time of the version in force.
+    seen: Option<SystemTime>,
     interval: Duration,
     shared: Arc<Shared>,
     keys: KeyRing,
@@ -272,7 +325,7 @@ struct TopologyWatcher {
 
 impl TopologyWatcher {
     async fn run(self) {
-        let mut seen = file_mtime(&self.path);
+        let mut seen = self.seen;
         let mut tick = tokio::time::interval(self.interval.max(Duration::from_millis(50)));
         loop {
             tokio::select! {

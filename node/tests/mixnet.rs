@@ -299,3 +299,51 @@ fn bad_topology_refuses_to_start_and_names_the_problem() {
     let e = NodeProcess::start(&bin(), &nd).err().unwrap().to_string();
     assert!(e.contains("is not listed") && e.contains("nodes"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_filter_survives_a_restart() {
+    let mut net = start_net(params(1.0, 0.0)).await;
+    let pkt = net.packet(b"before restart", [10; 16], &[Duration::ZERO; 3]);
+    net.send(pkt.clone());
+    assert_eq!(
+        net.peer
+            .wait_deliveries(1, Duration::from_secs(20))
+            .await
+            .len(),
+        1
+    );
+
+    // Restart the first mix on the same port with the same keys.
+    let port = net.nodes[0].bound.quic.port();
+    net.nodes[0].terminate().unwrap();
+    assert!(
+        net.nodes[0]
+            .wait_exit(Duration::from_secs(20))
+            .unwrap()
+            .is_some()
+    );
+    loopmix_node::harness::edit_config(&net.dirs[0], |t| {
+        // The first `listen` is QUIC's; the metrics one stays on port 0.
+        t.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        )
+    })
+    .unwrap();
+    net.nodes[0] = NodeProcess::start(&bin(), &net.dirs[0]).unwrap();
+
+    net.send(pkt);
+    net.send(net.packet(b"after restart", [11; 16], &[Duration::ZERO; 3]));
+    let got = net.peer.wait_deliveries(2, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 2, "the link reconnects and fresh packets flow");
+    assert_eq!(got[1].plaintext, b"after restart");
+    net.nodes[0]
+        .wait_metric(
+            "loopmix_packets_dropped_total{reason=\"replay\"}",
+            Duration::from_secs(10),
+            |v| v == 1.0,
+        )
+        .unwrap();
+    assert!(net.nodes[0].log().contains("replay filter restored"));
+}

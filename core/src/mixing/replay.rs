@@ -16,6 +16,8 @@ use bloomfilter::Bloom;
 #[error("cannot size replay filter: {0}")]
 pub struct ReplayCacheError(&'static str);
 
+const FILE_MAGIC: &[u8; 8] = b"LMXRPL1\0";
+
 pub struct ReplayCache {
     // A mutex, not an atomic filter: check-and-set must be one step, or two
     // copies arriving on two cores at once could both pass.
@@ -54,6 +56,61 @@ impl ReplayCache {
         self.inserted.load(Ordering::Relaxed) as f64 / self.capacity.max(1) as f64
     }
 
+    /// Writes the filter to `path` (atomically: temp file, fsync, rename),
+    /// tagged with the public half of the key it belongs to.
+    pub fn save(&self, path: &std::path::Path, key: &[u8; 32]) -> std::io::Result<()> {
+        use std::io::Write;
+        let bits = match self.bloom.lock() {
+            Ok(b) => b.to_bytes(),
+            Err(p) => p.into_inner().to_bytes(),
+        };
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(FILE_MAGIC)?;
+        f.write_all(key)?;
+        f.write_all(&self.inserted.load(Ordering::Relaxed).to_be_bytes())?;
+        f.write_all(&bits)?;
+        f.sync_all()?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Loads a filter saved by [`ReplayCache::save`] for `key`. `Ok(None)` if
+    /// there is no file, it belongs to another key, or it was sized for a
+    /// different capacity / FP rate (then a fresh filter is the right thing).
+    pub fn load(
+        path: &std::path::Path,
+        key: &[u8; 32],
+        capacity: usize,
+        fp_rate: f64,
+    ) -> std::io::Result<Option<Self>> {
+        if !(fp_rate > 0.0 && fp_rate < 1.0) {
+            return Ok(None);
+        }
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let head = FILE_MAGIC.len() + 32 + 8;
+        if bytes.len() < head || &bytes[..8] != FILE_MAGIC || &bytes[8..40] != key {
+            return Ok(None);
+        }
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&bytes[40..48]);
+        let expected_len = Bloom::<[u8; 32]>::compute_bitmap_size(capacity.max(1), fp_rate);
+        let Ok(bloom) = Bloom::from_bytes(bytes[head..].to_vec()) else {
+            return Ok(None);
+        };
+        if bloom.as_slice().len() < expected_len {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            bloom: Mutex::new(bloom),
+            capacity: capacity as u64,
+            inserted: AtomicU64::new(u64::from_be_bytes(n)),
+        }))
+    }
+
     /// Bytes of filter memory.
     pub fn memory_bytes(&self) -> usize {
         match self.bloom.lock() {
@@ -74,6 +131,36 @@ mod tests {
         assert!(c.check_and_insert(&[1; 32]));
         assert!(!c.check_and_insert(&[2; 32]));
         assert!(c.fill_ratio() > 0.0);
+    }
+
+    #[test]
+    fn saved_filter_remembers_tags_for_its_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replay.bloom");
+        let c = ReplayCache::new(10_000, 1e-6).unwrap();
+        c.check_and_insert(&[5; 32]);
+        c.save(&path, &[1; 32]).unwrap();
+        let back = ReplayCache::load(&path, &[1; 32], 10_000, 1e-6)
+            .unwrap()
+            .unwrap();
+        assert!(back.check_and_insert(&[5; 32]), "tag survives the restart");
+        assert!(!back.check_and_insert(&[6; 32]));
+        assert!(
+            ReplayCache::load(&path, &[2; 32], 10_000, 1e-6)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            ReplayCache::load(&dir.path().join("none"), &[1; 32], 10, 1e-6)
+                .unwrap()
+                .is_none()
+        );
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(
+            ReplayCache::load(&path, &[1; 32], 10_000, 1e-6)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

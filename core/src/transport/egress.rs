@@ -177,6 +177,9 @@ impl LinkTask {
         let mut pending: Vec<OutPacket> = Vec::with_capacity(BATCH);
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0u32;
+        // A batch whose write failed is retried once on a fresh connection
+        // (the peer may simply have restarted), then counted lost.
+        let mut retried = false;
         loop {
             if pending.is_empty() && rx.recv_many(&mut pending, BATCH).await == 0 {
                 break;
@@ -203,53 +206,82 @@ impl LinkTask {
             }
             failures = 0;
             backoff = Duration::from_millis(100);
-            let closed_cleanly = self.pump(&conn, &mut rx, &mut pending).await;
+            let outcome = self.pump(&conn, &mut rx, &mut pending).await;
             self.set_up(false);
-            if closed_cleanly {
-                conn.close(0u32.into(), b"done");
-                break;
+            match outcome {
+                Pumped::Finished => {
+                    conn.close(0u32.into(), b"done");
+                    break;
+                }
+                Pumped::ConnectionLost => retried = false,
+                Pumped::WriteFailed if retried => {
+                    self.lose(pending.len());
+                    pending.clear();
+                    retried = false;
+                }
+                Pumped::WriteFailed => retried = true,
             }
         }
         self.set_up(false);
     }
 
-    /// Writes batches until the queue closes (`true`) or the link fails.
+    /// Writes batches until the queue closes or the link fails. On failure
+    /// the unwritten batch stays in `pending`.
     async fn pump(
         &self,
         conn: &quinn::Connection,
         rx: &mut mpsc::Receiver<OutPacket>,
         pending: &mut Vec<OutPacket>,
-    ) -> bool {
+    ) -> Pumped {
         let mut stream = match conn.open_uni().await {
             Ok(s) => s,
             Err(e) => {
                 debug!(peer = %self.peer.short(), error = %e, "cannot open stream");
-                return false;
+                return Pumped::WriteFailed;
             }
         };
         if stream.write_all(&PREAMBLE).await.is_err() {
-            return false;
+            return Pumped::WriteFailed;
         }
         self.set_up(true);
         let mut buf = BytesMut::with_capacity(BATCH * 1500);
         loop {
-            buf.clear();
-            for p in pending.iter() {
-                encode_frame(p.key_epoch, &p.packet, &mut buf);
-            }
-            if let Err(e) = stream.write_all(&buf).await {
-                debug!(peer = %self.peer.short(), error = %e, "write failed");
-                self.lose(pending.len());
+            if !pending.is_empty() {
+                buf.clear();
+                for p in pending.iter() {
+                    encode_frame(p.key_epoch, &p.packet, &mut buf);
+                }
+                if let Err(e) = stream.write_all(&buf).await {
+                    debug!(peer = %self.peer.short(), error = %e, "write failed");
+                    return Pumped::WriteFailed;
+                }
+                self.metrics.sent.inc_by(pending.len() as u64);
                 pending.clear();
-                return false;
             }
-            self.metrics.sent.inc_by(pending.len() as u64);
-            pending.clear();
-            if rx.recv_many(pending, BATCH).await == 0 {
-                let _ = stream.finish();
-                let _ = tokio::time::timeout(Duration::from_secs(2), stream.stopped()).await;
-                return true;
+            // Watch the connection while idle, so a peer that went away is
+            // noticed before the next packet is written into a dead stream.
+            tokio::select! {
+                n = rx.recv_many(pending, BATCH) => {
+                    if n == 0 {
+                        let _ = stream.finish();
+                        let _ = tokio::time::timeout(Duration::from_secs(2), stream.stopped()).await;
+                        return Pumped::Finished;
+                    }
+                }
+                e = conn.closed() => {
+                    debug!(peer = %self.peer.short(), error = %e, "connection closed");
+                    return Pumped::ConnectionLost;
+                }
             }
         }
     }
+}
+
+enum Pumped {
+    /// The queue closed and everything was written.
+    Finished,
+    /// The connection ended while idle; nothing was lost.
+    ConnectionLost,
+    /// A write failed; `pending` holds the batch.
+    WriteFailed,
 }

@@ -49,8 +49,10 @@ fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // The spin bit lets a passive observer measure RTT per connection.
     t.allow_spin(false);
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    t.max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
+    // A dead neighbour is noticed within 10 s (mix links are never idle for
+    // long: cover traffic flows on them).
+    t.keep_alive_interval(Some(Duration::from_secs(3)));
+    t.max_idle_timeout(Some(VarInt::from_u32(10_000).into()));
     t.max_concurrent_bidi_streams(VarInt::from_u32(0));
     t.max_concurrent_uni_streams(VarInt::from_u32(8));
     t.stream_receive_window(VarInt::from_u32(4 * 1024 * 1024));
