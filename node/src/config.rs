@@ -68,6 +68,10 @@ pub struct MixingSection {
     pub late_tolerance: Duration,
     /// Sphinx worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// Async I/O (QUIC) threads; 0 means half the cores, at least one. The
+    /// Sphinx workers already use every core; more I/O threads only add
+    /// context switches.
+    pub io_threads: usize,
     /// Packets waiting for a Sphinx worker; beyond it they drop as `overload`.
     pub ingress_queue: usize,
     /// Packets held in the delay queue; beyond it they drop as `overload`.
@@ -86,6 +90,7 @@ impl Default for MixingSection {
             max_delay: Duration::from_secs(10),
             late_tolerance: Duration::from_millis(500),
             workers: 0,
+            io_threads: 0,
             ingress_queue: 16_384,
             delay_queue_limit: 500_000,
             egress_queue: 16_384,
@@ -222,6 +227,14 @@ impl NodeConfig {
         }
     }
 
+    pub fn io_threads(&self) -> usize {
+        if self.mixing.io_threads > 0 {
+            self.mixing.io_threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        }
+    }
+
     /// The commented default config `init` writes.
     pub fn template(role: Role, listen: SocketAddr, metrics: SocketAddr) -> String {
         let m = MixingSection::default();
@@ -262,6 +275,8 @@ max_delay = "{max_delay}"
 late_tolerance = "{late}"
 # Sphinx worker threads; 0 = one per CPU core.
 workers = 0
+# QUIC/async I/O threads; 0 = half the cores (at least 1).
+io_threads = 0
 # Bounded queues; overflow is dropped and counted (reason "overload").
 ingress_queue = {iq}
 delay_queue_limit = {dq}

@@ -125,7 +125,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { config, json_logs } => {
             init_logs(json_logs);
             let cfg = NodeConfig::load(&config)?;
-            let rt = tokio::runtime::Runtime::new()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cfg.io_threads())
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(wait_for_signal(shutdown.clone()));
