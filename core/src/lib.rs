@@ -8,10 +8,13 @@
 //! * [`mixing`]: the sans-IO packet path (unwrap, replay, delay, loops).
 //! * [`transport`]: QUIC with pinned raw public keys, ingress and egress.
 //! * [`metrics`]: per-node Prometheus registries and the `/metrics` endpoint.
+//! * [`pki`]: signed descriptors and topology documents, k-of-n verification,
+//!   deterministic document building, the directory client.
 
 pub mod keys;
 pub mod metrics;
 pub mod mixing;
+pub mod pki;
 pub mod poisson;
 pub mod sphinx;
 pub mod topology;

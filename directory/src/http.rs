@@ -1,0 +1,199 @@
+//! The HTTP API (axum). Paths and bodies: `loopmix_core::pki::api` and
+//! docs/PROTOCOL-directory.md.
+//!
+//! Every request has a timeout (408) and a body limit (413); registrations
+//! are rate limited per client IP and overall (429). Behind a reverse proxy
+//! the per-IP limit sees the proxy's address: put the limit in the proxy.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use loopmix_core::pki::SignedDescriptor;
+use loopmix_core::pki::api::ErrorBody;
+use serde::Serialize;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::authority::{ApiError, Authority, now_ms};
+
+#[derive(Clone)]
+pub struct AppState {
+    authority: Arc<Authority>,
+    per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    global: Arc<DefaultDirectRateLimiter>,
+}
+
+impl AppState {
+    pub fn new(authority: Arc<Authority>) -> Self {
+        let l = &authority.config().limits;
+        let quota = |rate: u32, burst: u32| {
+            let one = NonZeroU32::MIN;
+            Quota::per_second(NonZeroU32::new(rate).unwrap_or(one))
+                .allow_burst(NonZeroU32::new(burst).unwrap_or(one))
+        };
+        let per_ip = RateLimiter::keyed(quota(
+            l.registrations_per_ip_per_s,
+            l.registration_burst_per_ip,
+        ));
+        let global = RateLimiter::direct(quota(l.registrations_per_s, l.registration_burst));
+        Self {
+            authority,
+            per_ip: Arc::new(per_ip),
+            global: Arc::new(global),
+        }
+    }
+
+    /// Forgets per-IP limiter entries that are back to a full bucket; call
+    /// periodically so a spray of source addresses cannot grow memory.
+    pub fn shrink(&self) {
+        self.per_ip.retain_recent();
+        self.per_ip.shrink_to_fit();
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let limits = state.authority.config().limits.clone();
+    Router::new()
+        .route("/v1/descriptors", post(register))
+        .route("/v1/descriptors/{epoch}", get(descriptors))
+        .route("/v1/topology/current", get(current))
+        .route("/v1/topology/{epoch}", get(topology))
+        .route("/v1/signature/{epoch}", get(signature))
+        .route("/v1/epoch", get(epoch_info))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .with_state(state)
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(b) => (status, [(CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.to_string(),
+            message: self.message,
+        };
+        let mut r = json(self.status, &body);
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert(RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+fn parse_epoch(s: &str) -> Result<u64, ApiError> {
+    s.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_epoch",
+            format!("{s:?} is not an epoch number"),
+        )
+    })
+}
+
+async fn register(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    // Cheapest refusal first: no parsing or signature check for a flood.
+    if s.per_ip.check_key(&peer.ip()).is_err() || s.global.check().is_err() {
+        s.authority
+            .metrics
+            .registrations
+            .with_label_values(&["rate_limited"])
+            .inc();
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many registrations; retry later",
+        )
+        .into_response();
+    }
+    let signed: SignedDescriptor = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            s.authority
+                .metrics
+                .registrations
+                .with_label_values(&["malformed_json"])
+                .inc();
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("body is not a signed descriptor: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let a = s.authority.clone();
+    match tokio::task::spawn_blocking(move || a.register(&signed, now_ms())).await {
+        Ok(Ok((status, r))) => json(status, &r),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "registration task failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+async fn descriptors(State(s): State<AppState>, Path(epoch): Path<String>) -> Response {
+    match parse_epoch(&epoch) {
+        Ok(e) => json(StatusCode::OK, &s.authority.descriptor_list(e)),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn current(State(s): State<AppState>) -> Response {
+    match s.authority.current(now_ms()) {
+        Ok(d) => json(StatusCode::OK, &d),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn topology(State(s): State<AppState>, Path(epoch): Path<String>) -> Response {
+    match parse_epoch(&epoch).and_then(|e| s.authority.published(e)) {
+        Ok(d) => json(StatusCode::OK, &d),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn signature(State(s): State<AppState>, Path(epoch): Path<String>) -> Response {
+    match parse_epoch(&epoch).and_then(|e| s.authority.own_signature(e)) {
+        Ok(sig) => json(StatusCode::OK, &sig),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn epoch_info(State(s): State<AppState>) -> Response {
+    json(StatusCode::OK, &s.authority.epoch_info(now_ms()))
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let body = loopmix_core::metrics::render(s.authority.registry());
+    ([(CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response()
+}
+
+async fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response()
+}

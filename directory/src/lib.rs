@@ -1,0 +1,87 @@
+//! loopmix-directory: the directory authority.
+//!
+//! Nodes POST signed descriptors for upcoming epochs; at each epoch boundary
+//! every authority merges the registrations it and its peers accepted,
+//! builds the topology document deterministically
+//! ([`loopmix_core::pki::build_document`]), signs its exact bytes once, and
+//! collects the other authorities' signatures over the same bytes. A
+//! document is served once it carries k signatures.
+//!
+//! * [`config`]: the TOML configuration (`init` writes a commented default).
+//! * [`store`]: redb persistence of registrations, documents, signatures.
+//! * [`authority`]: registration rules, the epoch driver, signature exchange.
+//! * [`http`]: the axum API with body limits, timeouts and rate limits.
+
+pub mod authority;
+pub mod config;
+pub mod http;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use loopmix_core::keys::IdentityKeypair;
+use tokio_util::sync::CancellationToken;
+
+use crate::authority::Authority;
+use crate::config::{ADDR_FILE, DirectoryConfig};
+
+/// Runs the authority until `shutdown` fires.
+pub async fn run(cfg: DirectoryConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let identity = IdentityKeypair::read_pem(&cfg.authority.identity_key)?;
+    let authority = Arc::new(Authority::new(cfg.clone(), identity)?);
+    let listener = tokio::net::TcpListener::bind(cfg.authority.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.authority.listen))?;
+    let addr = listener.local_addr()?;
+    write_addr_file(&cfg.authority.data_dir, addr)?;
+    tracing::info!(
+        %addr,
+        key = %authority.id(),
+        peers = cfg.peers.len(),
+        threshold = cfg.authority.threshold,
+        epoch_length = %humantime::format_duration(cfg.epoch.length),
+        "directory authority listening"
+    );
+
+    let scheduler = tokio::spawn(authority.clone().run_scheduler(shutdown.clone()));
+    let state = http::AppState::new(authority.clone());
+    let shrinker = {
+        let state = state.clone();
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => state.shrink(),
+                }
+            }
+        })
+    };
+    let app = http::router(state);
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    .await;
+    shutdown.cancel();
+    let _ = scheduler.await;
+    let _ = shrinker.await;
+    tracing::info!("directory authority stopped");
+    served.context("HTTP server")
+}
+
+/// Writes `ip:port` to `data_dir/http.addr` atomically (write + rename), so
+/// readers never see a partial address.
+fn write_addr_file(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let tmp = data_dir.join(format!("{ADDR_FILE}.tmp"));
+    let dst = data_dir.join(ADDR_FILE);
+    std::fs::write(&tmp, format!("{addr}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))?;
+    Ok(())
+}
