@@ -27,6 +27,7 @@ use axum::http::StatusCode;
 use loopmix_core::keys::{IdentityKeypair, NodeId, SphinxPublicKey};
 use loopmix_core::metrics::{self as m, MetricError};
 use loopmix_core::pki::api::{self, DescriptorList, EpochInfo, RegisterResponse};
+use loopmix_core::pki::client::{error_chain, read_limited};
 use loopmix_core::pki::{
     AuthoritySignature, DOCUMENT_VERSION, Descriptor, EpochDocument, EpochSchedule,
     SignedDescriptor, SignedTopology, TrustAnchors, VerifiedDescriptor, build_document,
@@ -1026,28 +1027,7 @@ async fn get_limited(
     url: &str,
     max: usize,
 ) -> Result<(u16, Vec<u8>), String> {
-    let mut resp = http.get(url).send().await.map_err(|e| chain(&e))?;
+    let resp = http.get(url).send().await.map_err(|e| error_chain(&e))?;
     let status = resp.status().as_u16();
-    if resp.content_length().is_some_and(|l| l > max as u64) {
-        return Err(format!("answer over {max} bytes"));
-    }
-    let mut buf = Vec::new();
-    while let Some(c) = resp.chunk().await.map_err(|e| chain(&e))? {
-        if buf.len() + c.len() > max {
-            return Err(format!("answer over {max} bytes"));
-        }
-        buf.extend_from_slice(&c);
-    }
-    Ok((status, buf))
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
+    Ok((status, read_limited(resp, max).await?))
 }

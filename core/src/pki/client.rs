@@ -582,7 +582,9 @@ async fn post_descriptor(
     }
 }
 
-async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+/// Reads a response body, refusing more than `max` bytes (an authority
+/// must not be able to make us buffer without limit).
+pub async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
     if resp.content_length().is_some_and(|l| l > max as u64) {
         return Err(format!("answer too large (over {max} bytes)"));
     }
@@ -604,7 +606,7 @@ fn describe(status: u16, body: &[u8]) -> String {
 }
 
 /// reqwest's Display hides the cause ("error sending request"); show it.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
