@@ -6,12 +6,15 @@
 //! * [`poisson`]: exponential sampling and Poisson tickers with injected RNGs.
 //! * [`wire`]: the byte framing of packets on QUIC streams.
 //! * [`mixing`]: the sans-IO packet path (unwrap, replay, delay, loops).
+//! * [`message`]: reliable messages: fragmentation, reassembly, acks and
+//!   retransmission (sans-IO).
 //! * [`transport`]: QUIC with pinned raw public keys, ingress and egress.
 //! * [`metrics`]: per-node Prometheus registries and the `/metrics` endpoint.
 //! * [`pki`]: signed descriptors and topology documents, k-of-n verification,
 //!   deterministic document building, the directory client.
 
 pub mod keys;
+pub mod message;
 pub mod metrics;
 pub mod mixing;
 pub mod pki;

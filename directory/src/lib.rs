@@ -11,9 +11,11 @@
 //! * [`store`]: redb persistence of registrations, documents, signatures.
 //! * [`authority`]: registration rules, the epoch driver, signature exchange.
 //! * [`http`]: the axum API with body limits, timeouts and rate limits.
+//! * [`harness`]: authority processes on loopback for tests and testnets.
 
 pub mod authority;
 pub mod config;
+pub mod harness;
 pub mod http;
 pub mod store;
 

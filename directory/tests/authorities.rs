@@ -40,9 +40,9 @@ async fn register_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_authorities_publish_one_document_and_survive_one_down() {
-    let mut net = Net::start(3, 2, "6s", "3s");
+    let (mut net, _tmp) = start_net(3, 2, "6s", "3s");
     let registry = Registry::new();
-    let client = std::sync::Arc::new(net.client(&registry));
+    let client = std::sync::Arc::new(net.client(&registry).unwrap());
     let nodes: Vec<IdentityKeypair> = (0..7).map(|_| IdentityKeypair::generate()).collect();
 
     let target = open_epoch(&client, 5).await;
@@ -67,7 +67,7 @@ async fn three_authorities_publish_one_document_and_survive_one_down() {
         }
     })
     .await;
-    let trust = net.trust();
+    let trust = net.trust().unwrap();
     for d in &docs {
         assert_eq!(d.document, docs[0].document, "byte-identical documents");
         let v = trust.verify_upcoming(d, unix_now(), 60).unwrap();
@@ -161,9 +161,9 @@ async fn three_authorities_publish_one_document_and_survive_one_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_survive_a_restart() {
-    let mut net = Net::start(1, 1, "12s", "3s");
+    let (mut net, _tmp) = start_net(1, 1, "12s", "3s");
     let registry = Registry::new();
-    let client = net.client(&registry);
+    let client = net.client(&registry).unwrap();
     let nodes: Vec<IdentityKeypair> = (0..7).map(|_| IdentityKeypair::generate()).collect();
     let target = open_epoch(&client, 8).await;
     let signed: Vec<SignedDescriptor> = nodes
@@ -186,7 +186,7 @@ async fn registrations_survive_a_restart() {
 
     // Crash (SIGKILL) and restart on a new port.
     net.auths[0].kill();
-    net.auths[0].start();
+    net.auths[0].start().unwrap();
     let (_, after) = get(&http, &list_url(&net)).await;
     let after: DescriptorList = serde_json::from_slice(&after).unwrap();
     assert_eq!(after, before);
@@ -199,7 +199,7 @@ async fn registrations_survive_a_restart() {
     );
 
     // And the document for that epoch lists all seven.
-    let client = net.client(&Registry::new());
+    let client = net.client(&Registry::new()).unwrap();
     let v = wait_for(60, "the document after restart", || {
         let c = &client;
         async move { c.fetch_epoch(target).await.ok() }
@@ -210,7 +210,7 @@ async fn registrations_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_specific_answers() {
-    let net = Net::start(1, 1, "60s", "5s");
+    let (net, _tmp) = start_net(1, 1, "60s", "5s");
     let http = http();
     let base = net.auths[0].url.clone();
     let url = format!("{base}/v1/descriptors");

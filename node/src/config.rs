@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use loopmix_core::keys::NodeId;
 use loopmix_core::topology::Role;
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +19,12 @@ pub struct NodeConfig {
     /// Config format version, for future migrations.
     pub version: u32,
     pub node: NodeSection,
-    pub topology: TopologySection,
+    /// Where the topology comes from: exactly one of `[directory]` (a
+    /// network) or `[topology]` (a fixed file, for closed test setups).
+    #[serde(default)]
+    pub directory: Option<DirectorySection>,
+    #[serde(default)]
+    pub topology: Option<TopologySection>,
     pub metrics: MetricsSection,
     #[serde(default)]
     pub mixing: MixingSection,
@@ -33,11 +39,64 @@ pub struct NodeConfig {
 pub struct NodeSection {
     pub role: Role,
     pub identity_key: PathBuf,
-    pub sphinx_key: PathBuf,
+    /// Static X25519 Sphinx key; only with `[topology]`. With `[directory]`
+    /// the node makes one key per epoch under `data_dir/sphinx/`.
+    #[serde(default)]
+    pub sphinx_key: Option<PathBuf>,
     /// UDP address for QUIC. Port 0 picks a free port (see `bound.json`).
     pub listen: SocketAddr,
-    /// State directory: `bound.json` and, later, persistent state.
+    /// Address peers dial, published in descriptors. Defaults to the bound
+    /// address when `listen` names a specific IP.
+    #[serde(default)]
+    pub public_address: Option<SocketAddr>,
+    /// State directory: `bound.json`, replay filters, per-epoch keys.
     pub data_dir: PathBuf,
+}
+
+/// The directory authorities this node registers with and trusts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySection {
+    /// Pinned authorities: their Ed25519 keys sign topology documents.
+    pub authorities: Vec<AuthorityEntry>,
+    /// k: valid signatures from pinned keys a document needs.
+    pub threshold: usize,
+    /// Timeout of one HTTP request to an authority.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// After a new epoch starts, the previous epoch's Sphinx key (and its
+    /// replay filter) is kept this long, so packets built just before the
+    /// boundary and still in flight are processed. Then both are deleted.
+    #[serde(default = "default_key_overlap", with = "humantime_serde")]
+    pub key_overlap: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityEntry {
+    /// The authority's Ed25519 public key (base58), pinned.
+    pub key: NodeId,
+    /// Its base URL, e.g. `http://192.0.2.1:8700`.
+    pub url: String,
+}
+
+impl Default for DirectorySection {
+    fn default() -> Self {
+        Self {
+            authorities: Vec::new(),
+            threshold: 1,
+            request_timeout: default_request_timeout(),
+            key_overlap: default_key_overlap(),
+        }
+    }
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_key_overlap() -> Duration {
+    Duration::from_secs(120)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,7 +165,7 @@ pub struct ReplaySection {
     pub capacity: usize,
     /// False-positive rate at that capacity (an honest packet wrongly dropped).
     pub fp_rate: f64,
-    /// How often the filter is saved to `data_dir/replay.bloom` (also saved
+    /// How often the filter is saved to `data_dir/replay/<key>.bloom` (also saved
     /// on shutdown), so a restart with the same key does not forget tags.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
@@ -205,16 +264,50 @@ impl NodeConfig {
                 return Err(invalid(field, "must be > 0".into()));
             }
         }
+        match (&cfg.directory, &cfg.topology) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "directory",
+                    "set either [directory] or [topology], not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "directory",
+                    "missing: set [directory] (authorities to register with) or [topology] (a fixed file)".into(),
+                ));
+            }
+            (Some(d), None) => {
+                if cfg.node.sphinx_key.is_some() {
+                    return Err(invalid(
+                        "node.sphinx_key",
+                        "not used with [directory]: Sphinx keys are made per epoch in data_dir/sphinx/".into(),
+                    ));
+                }
+                validate_directory(d).map_err(|(f, r)| invalid(f, r))?;
+            }
+            (None, Some(_)) => {
+                if cfg.node.sphinx_key.is_none() {
+                    return Err(invalid(
+                        "node.sphinx_key",
+                        "required with [topology]".into(),
+                    ));
+                }
+            }
+        }
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut cfg.node.identity_key,
-            &mut cfg.node.sphinx_key,
-            &mut cfg.node.data_dir,
-            &mut cfg.topology.file,
-        ] {
+        let rebase = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        };
+        rebase(&mut cfg.node.identity_key);
+        rebase(&mut cfg.node.data_dir);
+        if let Some(p) = cfg.node.sphinx_key.as_mut() {
+            rebase(p);
+        }
+        if let Some(t) = cfg.topology.as_mut() {
+            rebase(&mut t.file);
         }
         Ok(cfg)
     }
@@ -236,7 +329,60 @@ impl NodeConfig {
     }
 
     /// The commented default config `init` writes.
-    pub fn template(role: Role, listen: SocketAddr, metrics: SocketAddr) -> String {
+    ///
+    /// With `directory`, the node registers with those authorities and makes
+    /// a Sphinx key per epoch; without, it reads a fixed `topology.json` and
+    /// uses one static key `sphinx.pem`.
+    pub fn template(
+        role: Role,
+        listen: SocketAddr,
+        metrics: SocketAddr,
+        directory: Option<&DirectorySection>,
+    ) -> String {
+        let (sphinx, source) = match directory {
+            Some(d) => {
+                let mut auth = String::new();
+                for a in &d.authorities {
+                    auth.push_str(&format!(
+                        "\n[[directory.authorities]]\nkey = \"{}\"\nurl = \"{}\"\n",
+                        a.key, a.url
+                    ));
+                }
+                (
+                    String::new(),
+                    format!(
+                        r#"[directory]
+# A topology document is accepted only with at least `threshold` valid
+# signatures from the pinned authority keys below. The node registers a
+# signed descriptor (identity, this epoch's Sphinx key, public_address, role)
+# with every authority for each upcoming epoch.
+threshold = {k}
+request_timeout = "{rt}"
+# The previous epoch's Sphinx key and replay filter are kept this long after
+# an epoch boundary so packets in flight are still processed, then deleted.
+key_overlap = "{ko}"
+{auth}"#,
+                        k = d.threshold,
+                        rt = humantime::format_duration(d.request_timeout),
+                        ko = humantime::format_duration(d.key_overlap),
+                    ),
+                )
+            }
+            None => (
+                "# X25519 Sphinx key (PKCS#8 PEM, mode 0600); its public half is in the topology.\n\
+                 sphinx_key = \"sphinx.pem\"\n"
+                    .to_string(),
+                r#"[topology]
+# A fixed topology document (JSON), for closed test setups. The node must be
+# listed in it with this identity and Sphinx key, or it refuses to start.
+file = "topology.json"
+# How often the file is checked for changes; a change that does not validate
+# is logged and counted, and the last valid topology stays in force.
+reload_interval = "2s"
+"#
+                .to_string(),
+            ),
+        };
         let m = MixingSection::default();
         let r = ReplaySection::default();
         let c = CoverSection::default();
@@ -249,20 +395,14 @@ version = {CONFIG_VERSION}
 role = "{role}"
 # Ed25519 identity (PKCS#8 PEM, mode 0600): node id, Sphinx address, TLS pin.
 identity_key = "identity.pem"
-# X25519 Sphinx key (PKCS#8 PEM, mode 0600); its public half is in the topology.
-sphinx_key = "sphinx.pem"
-# UDP address for QUIC. Port 0 picks a free port, written to data_dir/bound.json.
+{sphinx}# UDP address for QUIC. Port 0 picks a free port, written to data_dir/bound.json.
 listen = "{listen}"
+# The address peers dial, published in descriptors; needed when `listen` is
+# 0.0.0.0 or [::]. Defaults to the bound address.
+# public_address = "192.0.2.10:1789"
 data_dir = "data"
 
-[topology]
-# The topology document (JSON). The node must be listed in it with this
-# identity and Sphinx key, or it refuses to start.
-file = "topology.json"
-# How often the file is checked for changes; a change that does not validate
-# is logged and counted, and the last valid topology stays in force.
-reload_interval = "2s"
-
+{source}
 [metrics]
 # Prometheus text format at GET /metrics. Do not expose it publicly.
 listen = "{metrics}"
@@ -290,7 +430,7 @@ shutdown_drain = "{drain}"
 # (about capacity * 3.6 bytes at 1e-6).
 capacity = {rc}
 fp_rate = {rf:e}
-# The filter is saved to data_dir/replay.bloom this often and on shutdown, so
+# The filter is saved to data_dir/replay/<key>.bloom this often and on shutdown, so
 # a restarted node still refuses packets it saw before (after a crash, tags
 # from the last interval are lost).
 flush_interval = "{rfl}"
@@ -311,10 +451,43 @@ pending_limit = {cp}
             rc = r.capacity,
             rf = r.fp_rate,
             rfl = humantime::format_duration(r.flush_interval),
+            sphinx = sphinx,
+            source = source,
             ce = c.enabled,
             cp = c.pending_limit,
         )
     }
+}
+
+fn validate_directory(d: &DirectorySection) -> Result<(), (&'static str, String)> {
+    if d.authorities.is_empty() {
+        return Err(("directory.authorities", "at least one authority".into()));
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    for a in &d.authorities {
+        if !keys.insert(a.key) {
+            return Err((
+                "directory.authorities",
+                format!("key {} listed twice", a.key),
+            ));
+        }
+        if !a.url.starts_with("http://") && !a.url.starts_with("https://") {
+            return Err((
+                "directory.authorities",
+                format!("url {:?}: expected http://host:port", a.url),
+            ));
+        }
+    }
+    if d.threshold == 0 || d.threshold > d.authorities.len() {
+        return Err((
+            "directory.threshold",
+            format!(
+                "must be in 1..={} (the number of authorities)",
+                d.authorities.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -329,6 +502,7 @@ mod tests {
             Role::Mix,
             "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
+            None,
         );
         std::fs::write(&p, t).unwrap();
         let c = NodeConfig::load(&p).unwrap();
@@ -336,6 +510,48 @@ mod tests {
         assert_eq!(c.replay, ReplaySection::default());
         assert_eq!(c.cover, CoverSection::default());
         assert_eq!(c.node.identity_key, dir.path().join("identity.pem"));
+        assert_eq!(c.node.sphinx_key, Some(dir.path().join("sphinx.pem")));
+        assert!(c.directory.is_none());
+    }
+
+    fn directory_section(n: usize, k: usize) -> DirectorySection {
+        DirectorySection {
+            authorities: (0..n)
+                .map(|i| AuthorityEntry {
+                    key: loopmix_core::keys::IdentityKeypair::generate().node_id(),
+                    url: format!("http://127.0.0.1:{}", 8700 + i),
+                })
+                .collect(),
+            threshold: k,
+            request_timeout: default_request_timeout(),
+            key_overlap: default_key_overlap(),
+        }
+    }
+
+    #[test]
+    fn directory_template_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        let d = directory_section(3, 2);
+        let t = NodeConfig::template(
+            Role::Mix,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            Some(&d),
+        );
+        std::fs::write(&p, &t).unwrap();
+        let c = NodeConfig::load(&p).unwrap();
+        assert_eq!(c.directory, Some(d));
+        assert!(c.topology.is_none() && c.node.sphinx_key.is_none());
+
+        // Threshold above n, duplicate keys and both sources are refused by name.
+        std::fs::write(&p, t.replace("threshold = 2", "threshold = 4")).unwrap();
+        let e = NodeConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("directory.threshold"), "{e}");
+        let both = format!("{t}\n[topology]\nfile = \"t.json\"\nreload_interval = \"1s\"\n");
+        std::fs::write(&p, both).unwrap();
+        let e = NodeConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
     }
 
     #[test]
@@ -346,6 +562,7 @@ mod tests {
             Role::Mix,
             "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
+            None,
         );
         std::fs::write(&p, t.replace("fp_rate = 1e-6", "fp_rate = 2.0")).unwrap();
         let e = NodeConfig::load(&p).unwrap_err().to_string();

@@ -18,6 +18,7 @@ use anyhow::{Context, anyhow, bail};
 use loopmix_core::keys::{IdentityKeypair, NodeId, SphinxKeypair};
 use loopmix_core::mixing::processor::{KeyRing, KeySlot, Processed, SphinxProcessor};
 use loopmix_core::mixing::replay::ReplayCache;
+use loopmix_core::pki::{Descriptor, SignedDescriptor, VerifiedTopology};
 use loopmix_core::topology::{NodeEntry, Role, TopologyDocument};
 use loopmix_core::transport::egress::{Egress, EgressMetrics, OutPacket};
 use loopmix_core::transport::ingress::{Ingress, IngressSink};
@@ -33,36 +34,61 @@ use crate::node::BoundAddresses;
 pub struct NodeDir {
     pub dir: PathBuf,
     pub config: PathBuf,
-    /// The node's entry; `address` is filled in once it runs.
-    pub entry: NodeEntry,
+    pub id: NodeId,
+    /// Fixed-topology mode: the node's entry (`address` is filled in once it
+    /// runs). `None` for directory-mode nodes, whose Sphinx key is per epoch.
+    pub entry: Option<NodeEntry>,
 }
 
-/// Runs `loopmix-node init` in `dir` for a mix of `layer` listening on port 0.
-pub fn init_node(bin: &Path, dir: &Path, layer: u8) -> anyhow::Result<NodeDir> {
+fn run_init(bin: &Path, dir: &Path, role: Role, extra: &[String]) -> anyhow::Result<Vec<u8>> {
     let out = Command::new(bin)
-        .args([
-            "init",
-            "--role",
-            "mix",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-        ])
+        .args(["init", "--role", &role.to_string()])
+        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
         .arg("--dir")
         .arg(dir)
+        .args(extra)
         .output()
         .context("running loopmix-node init")?;
     if !out.status.success() {
         bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let mut entry: NodeEntry = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("init printed {:?}", String::from_utf8_lossy(&out.stdout)))?;
+    Ok(out.stdout)
+}
+
+/// Runs `loopmix-node init` in `dir` for a mix of `layer` listening on port 0.
+pub fn init_node(bin: &Path, dir: &Path, layer: u8) -> anyhow::Result<NodeDir> {
+    let stdout = run_init(bin, dir, Role::Mix, &[])?;
+    let mut entry: NodeEntry = serde_json::from_slice(&stdout)
+        .with_context(|| format!("init printed {:?}", String::from_utf8_lossy(&stdout)))?;
     entry.layer = Some(layer);
     Ok(NodeDir {
         dir: dir.to_path_buf(),
         config: dir.join("node.toml"),
-        entry,
+        id: entry.id,
+        entry: Some(entry),
+    })
+}
+
+/// Runs `loopmix-node init` for a node that registers with directory
+/// authorities; `authority_args` are `--authority KEY=URL ... --threshold k`.
+pub fn init_directory_node(
+    bin: &Path,
+    dir: &Path,
+    role: Role,
+    authority_args: &[String],
+) -> anyhow::Result<NodeDir> {
+    #[derive(serde::Deserialize)]
+    struct Printed {
+        id: NodeId,
+    }
+    let stdout = run_init(bin, dir, role, authority_args)?;
+    let printed: Printed = serde_json::from_slice(&stdout)
+        .with_context(|| format!("init printed {:?}", String::from_utf8_lossy(&stdout)))?;
+    Ok(NodeDir {
+        dir: dir.to_path_buf(),
+        config: dir.join("node.toml"),
+        id: printed.id,
+        entry: None,
     })
 }
 
@@ -299,6 +325,9 @@ pub struct Peer {
     pub egress: Egress,
     pub allowed: PeerAllowList,
     sink: Arc<PeerSink>,
+    /// Our key ring when processing final hops (one static key, aliased to
+    /// every epoch we adopt).
+    ring: Option<KeyRing>,
     packet_size: Arc<AtomicUsize>,
     cancel: CancellationToken,
 }
@@ -318,17 +347,20 @@ impl Peer {
         let identity = Arc::new(identity);
         let sphinx = SphinxKeypair::generate();
         let sphinx_public = sphinx.public();
-        let processor = if process_final {
+        let ring = if process_final {
             let ring = KeyRing::default();
             ring.insert(KeySlot {
                 epoch,
                 key: sphinx,
                 replay: ReplayCache::new(1_000_000, 1e-6)?,
             });
-            Some(SphinxProcessor::new(ring, Duration::from_secs(60)))
+            Some(ring)
         } else {
             None
         };
+        let processor = ring
+            .clone()
+            .map(|r| SphinxProcessor::new(r, Duration::from_secs(60)));
         let allowed = PeerAllowList::default();
         let transport = Transport::bind(
             "127.0.0.1:0".parse()?,
@@ -367,9 +399,36 @@ impl Peer {
             egress,
             allowed,
             sink,
+            ring,
             packet_size,
             cancel,
         })
+    }
+
+    /// Our descriptor for `epoch` (role provider, our static Sphinx key).
+    pub fn descriptor(&self, epoch: u64) -> anyhow::Result<SignedDescriptor> {
+        let d = Descriptor::new(
+            self.id(),
+            self.sphinx_public,
+            epoch,
+            self.transport.local_addr()?,
+            Role::Provider,
+        );
+        Ok(d.sign(&self.identity)?)
+    }
+
+    /// Like [`adopt`](Self::adopt) for a directory document; also accepts
+    /// packets built for its epoch.
+    pub fn adopt_verified(&self, v: &VerifiedTopology) {
+        let t = v.topology();
+        self.allowed.replace(t.nodes().iter().map(|n| n.id));
+        self.packet_size
+            .store(t.params().packet_size(), Ordering::Relaxed);
+        if let Some(ring) = &self.ring
+            && let Some(slot) = ring.slots().first().cloned()
+        {
+            ring.alias(v.epoch(), slot);
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -463,7 +522,7 @@ pub fn launch_mixnet(
     }
     let mut doc = TopologyDocument {
         params,
-        nodes: dirs.iter().map(|d| d.entry.clone()).collect(),
+        nodes: dirs.iter().filter_map(|d| d.entry.clone()).collect(),
     };
     // Placeholders (port i + 1 on loopback) until the nodes report their ports.
     for (i, n) in doc.nodes.iter_mut().enumerate() {

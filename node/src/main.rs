@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
 use loopmix_core::topology::{NodeEntry, Role};
-use loopmix_node::config::NodeConfig;
+use loopmix_node::config::{AuthorityEntry, DirectorySection, NodeConfig};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -25,9 +25,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a node directory: fresh keys (PKCS#8 PEM, mode 0600) and a
-    /// commented default config `node.toml`. Prints the node's topology entry
-    /// as JSON on stdout.
+    /// Create a node directory: a fresh identity key (PKCS#8 PEM, mode 0600)
+    /// and a commented default config `node.toml`. With `--authority` the
+    /// node registers with those directory authorities and makes a Sphinx key
+    /// per epoch; without, it uses a fixed `topology.json` and a static
+    /// Sphinx key. Prints the node's entry (id, role, ...) as JSON on stdout.
     Init {
         /// Directory to create the files in (created if missing).
         #[arg(long)]
@@ -41,6 +43,15 @@ enum Cmd {
         /// HTTP address for GET /metrics.
         #[arg(long, default_value = "127.0.0.1:9189")]
         metrics: SocketAddr,
+        /// A directory authority to register with and trust, as
+        /// `KEY=URL` (base58 Ed25519 key, e.g. `…=http://192.0.2.1:8700`).
+        /// Repeat for each authority.
+        #[arg(long = "authority", value_parser = parse_authority)]
+        authorities: Vec<AuthorityEntry>,
+        /// k: signatures from pinned authorities a topology needs
+        /// (default: a majority of the authorities given).
+        #[arg(long)]
+        threshold: Option<usize>,
     },
     /// Print this node's topology entry (identity, Sphinx key, address, role).
     Show {
@@ -66,6 +77,16 @@ enum Cmd {
     Demo(loopmix_node::demo::DemoArgs),
 }
 
+fn parse_authority(s: &str) -> Result<AuthorityEntry, String> {
+    let (key, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected KEY=URL"))?;
+    Ok(AuthorityEntry {
+        key: key.parse().map_err(|e| format!("{key:?}: {e}"))?,
+        url: url.trim_end_matches('/').to_string(),
+    })
+}
+
 fn parse_role(s: &str) -> Result<Role, String> {
     match s {
         "mix" => Ok(Role::Mix),
@@ -84,15 +105,19 @@ fn init_logs(json: bool) {
     }
 }
 
-fn entry_for(cfg: &NodeConfig) -> anyhow::Result<NodeEntry> {
+/// The node's topology entry (fixed-topology mode), or its identity and
+/// role (directory mode, where the Sphinx key changes every epoch).
+fn entry_for(cfg: &NodeConfig) -> anyhow::Result<serde_json::Value> {
     let id = IdentityKeypair::read_pem(&cfg.node.identity_key)?;
-    let sphinx = SphinxKeypair::read_pem(&cfg.node.sphinx_key)?;
-    Ok(NodeEntry {
-        id: id.node_id(),
-        sphinx_key: sphinx.public(),
-        address: cfg.node.listen,
-        role: cfg.node.role,
-        layer: None,
+    Ok(match &cfg.node.sphinx_key {
+        Some(path) => serde_json::to_value(NodeEntry {
+            id: id.node_id(),
+            sphinx_key: SphinxKeypair::read_pem(path)?.public(),
+            address: cfg.node.listen,
+            role: cfg.node.role,
+            layer: None,
+        })?,
+        None => serde_json::json!({ "id": id.node_id(), "role": cfg.node.role }),
     })
 }
 
@@ -104,15 +129,30 @@ fn main() -> anyhow::Result<()> {
             role,
             listen,
             metrics,
+            authorities,
+            threshold,
         } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let config = dir.join("node.toml");
             if config.exists() {
                 anyhow::bail!("{} exists; refusing to overwrite", config.display());
             }
+            let directory = (!authorities.is_empty()).then(|| DirectorySection {
+                threshold: threshold.unwrap_or(authorities.len() / 2 + 1),
+                authorities,
+                ..DirectorySection::default()
+            });
+            if directory.is_none() && threshold.is_some() {
+                anyhow::bail!("--threshold needs at least one --authority");
+            }
             IdentityKeypair::generate().write_pem(&dir.join("identity.pem"))?;
-            SphinxKeypair::generate().write_pem(&dir.join("sphinx.pem"))?;
-            std::fs::write(&config, NodeConfig::template(role, listen, metrics))?;
+            if directory.is_none() {
+                SphinxKeypair::generate().write_pem(&dir.join("sphinx.pem"))?;
+            }
+            std::fs::write(
+                &config,
+                NodeConfig::template(role, listen, metrics, directory.as_ref()),
+            )?;
             let cfg = NodeConfig::load(&config)?;
             println!("{}", serde_json::to_string_pretty(&entry_for(&cfg)?)?);
             Ok(())

@@ -42,6 +42,10 @@ pub struct NodeMetrics {
     pub topology_updates: IntCounter,
     pub topology_rejected: IntCounter,
     pub replay_fill: Gauge,
+    pub registration_failures: IntCounter,
+    pub registered_epoch: IntGauge,
+    pub listed: IntGauge,
+    pub sphinx_keys: IntGauge,
     pub egress: EgressMetrics,
 }
 
@@ -175,6 +179,26 @@ impl NodeMetrics {
                 &r,
                 "loopmix_replay_cache_fill_ratio",
                 "Replay tags stored / designed capacity for the newest key (above 1 the FP rate rises)",
+            )?,
+            registration_failures: counter(
+                &r,
+                "loopmix_node_registration_failures_total",
+                "Registration rounds for an epoch that no authority accepted (the node will not be listed unless a retry succeeds)",
+            )?,
+            registered_epoch: gauge(
+                &r,
+                "loopmix_node_registered_epoch",
+                "Newest epoch this node's descriptor was accepted for",
+            )?,
+            listed: gauge(
+                &r,
+                "loopmix_node_listed",
+                "1 if the topology in force lists this node with its current Sphinx key, else 0 (no traffic reaches it)",
+            )?,
+            sphinx_keys: gauge(
+                &r,
+                "loopmix_node_sphinx_keys",
+                "Sphinx keys held (previous epoch during the overlap, current, registered upcoming ones)",
             )?,
             dropped,
             malformed_frames,

@@ -1,18 +1,19 @@
-//! Assembles and runs a mix node: keys, topology, transport, the packet
-//! pipeline, loop cover, topology reloads, metrics, and orderly shutdown.
+//! Assembles and runs a mix node: keys, topology source (directory or
+//! file), transport, the packet pipeline, loop cover, metrics, and orderly
+//! shutdown.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use loopmix_core::keys::{IdentityKeypair, NodeId, SphinxKeypair, SphinxPublicKey};
+use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
 use loopmix_core::mixing::loops::LoopTracker;
-use loopmix_core::mixing::processor::{KeyRing, KeySlot, SphinxProcessor};
-use loopmix_core::mixing::replay::ReplayCache;
-use loopmix_core::topology::{Role, Topology};
+use loopmix_core::mixing::processor::SphinxProcessor;
+use loopmix_core::pki::{DirectoryClient, DirectoryClientConfig, TrustAnchors, VerifiedTopology};
+use loopmix_core::topology::Role;
 use loopmix_core::transport::egress::Egress;
 use loopmix_core::transport::ingress::Ingress;
 use loopmix_core::transport::{PeerAllowList, Transport};
@@ -21,10 +22,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::NodeConfig;
+use crate::config::{DirectorySection, NodeConfig};
 use crate::cover::LoopCover;
+use crate::directory_sync::{Follower, Registrar};
+use crate::epoch_keys::EpochKeys;
 use crate::metrics::NodeMetrics;
 use crate::pipeline::{DelayStage, NodeIngress, Shared, spawn_workers};
+use crate::topology_source::{TopologySink, TopologyWatcher, check_self, read_topology_file};
 
 /// Written to `data_dir/bound.json` once the node listens, so tools (and
 /// tests using port 0) learn the real addresses.
@@ -35,39 +39,59 @@ pub struct BoundAddresses {
     pub pid: u32,
 }
 
-/// Checks that `topology` lists this node with our keys and role.
-pub fn check_self(
-    topology: &Topology,
-    me: NodeId,
-    sphinx: SphinxPublicKey,
-    role: Role,
-) -> Result<(), String> {
-    let Some(entry) = topology.get(&me) else {
-        return Err(format!("field `nodes`: this node ({me}) is not listed"));
-    };
-    if entry.sphinx_key != sphinx {
-        return Err(format!(
-            "field `sphinx_key` of node {me}: lists {}, but our key is {sphinx}",
-            entry.sphinx_key
-        ));
-    }
-    if entry.role != role {
-        return Err(format!(
-            "field `role` of node {me}: lists {}, but we are configured as {role}",
-            entry.role
-        ));
-    }
-    Ok(())
-}
-
-fn file_mtime(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(tmp, path)
+}
+
+/// Builds the directory client from `[directory]`.
+fn directory_client(
+    d: &DirectorySection,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Arc<DirectoryClient>> {
+    let trust = TrustAnchors::new(d.authorities.iter().map(|a| a.key), d.threshold)?;
+    let mut dc =
+        DirectoryClientConfig::new(d.authorities.iter().map(|a| a.url.clone()).collect(), trust);
+    dc.request_timeout = d.request_timeout;
+    Ok(Arc::new(DirectoryClient::new(dc, registry)?))
+}
+
+/// Waits for the first verified topology document; `None` on shutdown.
+async fn first_document(
+    dir: &DirectoryClient,
+    shutdown: &CancellationToken,
+) -> Option<Arc<VerifiedTopology>> {
+    let mut logged = false;
+    loop {
+        match dir.fetch_current().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                if !logged {
+                    warn!(error = %e, "no valid topology yet; waiting for the directory");
+                    logged = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// How the topology reaches this node.
+enum Source {
+    File {
+        path: PathBuf,
+        mtime: Option<SystemTime>,
+        reload_interval: Duration,
+    },
+    Directory {
+        dir: Arc<DirectoryClient>,
+        first: Arc<VerifiedTopology>,
+        key_overlap: Duration,
+    },
 }
 
 /// Runs the node until `shutdown` is cancelled.
@@ -79,22 +103,31 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         );
     }
     let identity = Arc::new(IdentityKeypair::read_pem(&cfg.node.identity_key)?);
-    let sphinx = SphinxKeypair::read_pem(&cfg.node.sphinx_key)?;
     let me = identity.node_id();
-    let topo_path = cfg.topology.file.clone();
-    // Taken before reading, so a rewrite racing with start-up is reloaded.
-    let topo_mtime = file_mtime(&topo_path);
-    let topology = Topology::from_file(&topo_path)
-        .with_context(|| format!("refusing to start: {}", topo_path.display()))?;
-    if let Err(e) = check_self(&topology, me, sphinx.public(), cfg.node.role) {
-        bail!("refusing to start: {}: {e}", topo_path.display());
-    }
     std::fs::create_dir_all(&cfg.node.data_dir)
         .with_context(|| format!("creating {}", cfg.node.data_dir.display()))?;
+    let keys = EpochKeys::new(&cfg.node.data_dir, cfg.replay.clone()).with_context(|| {
+        format!(
+            "creating key directories in {}",
+            cfg.node.data_dir.display()
+        )
+    })?;
+
+    // Fixed-topology mode checks the file before binding anything.
+    let mut static_topology = None;
+    if let (Some(t), Some(sphinx_path)) = (&cfg.topology, &cfg.node.sphinx_key) {
+        let sphinx = SphinxKeypair::read_pem(sphinx_path)?;
+        let (topology, mtime) = read_topology_file(&t.file)
+            .with_context(|| format!("refusing to start: {}", t.file.display()))?;
+        if let Err(e) = check_self(&topology, me, sphinx.public(), cfg.node.role) {
+            bail!("refusing to start: {}: {e}", t.file.display());
+        }
+        keys.install_static(topology.epoch(), sphinx)?;
+        static_topology = Some((topology, t.file.clone(), mtime, t.reload_interval));
+    }
 
     let metrics = NodeMetrics::new()?;
     let allowed = PeerAllowList::default();
-    allowed.replace(topology.nodes().iter().map(|n| n.id));
     let refused = metrics.refused.clone();
     let transport = Transport::bind(
         cfg.node.listen,
@@ -110,40 +143,75 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         metrics: metrics_listener.local_addr()?,
         pid: std::process::id(),
     };
+    let background = CancellationToken::new();
+    tokio::spawn(loopmix_core::metrics::serve(
+        metrics.registry.clone(),
+        metrics_listener,
+        background.clone(),
+    ));
+
+    let (topology, source) = match (static_topology, &cfg.directory) {
+        (Some((topology, path, mtime, reload_interval)), _) => (
+            topology,
+            Source::File {
+                path,
+                mtime,
+                reload_interval,
+            },
+        ),
+        (None, Some(d)) => {
+            let public = cfg.node.public_address.unwrap_or(bound.quic);
+            if public.ip().is_unspecified() {
+                bail!(
+                    "field `node.public_address`: required when `node.listen` ({}) is a wildcard address",
+                    cfg.node.listen
+                );
+            }
+            let dir = directory_client(d, &metrics.registry)?;
+            tokio::spawn(
+                Registrar {
+                    dir: dir.clone(),
+                    identity: identity.clone(),
+                    keys: keys.clone(),
+                    address: public,
+                    role: cfg.node.role,
+                    metrics: metrics.clone(),
+                    cancel: background.clone(),
+                }
+                .run(),
+            );
+            write_atomic(
+                &cfg.node.data_dir.join("bound.json"),
+                &serde_json::to_vec_pretty(&bound)?,
+            )?;
+            let Some(first) = first_document(&dir, &shutdown).await else {
+                background.cancel();
+                transport.close().await;
+                return Ok(());
+            };
+            keys.load_stored(first.epoch().saturating_sub(1))?;
+            (
+                first.topology().clone(),
+                Source::Directory {
+                    dir,
+                    first,
+                    key_overlap: d.key_overlap,
+                },
+            )
+        }
+        (None, None) => bail!("no topology source configured"),
+    };
+    allowed.replace(topology.nodes().iter().map(|n| n.id));
     write_atomic(
         &cfg.node.data_dir.join("bound.json"),
         &serde_json::to_vec_pretty(&bound)?,
     )?;
     info!(id = %me, quic = %bound.quic, metrics = %bound.metrics, epoch = topology.epoch(), "mix node listening");
 
-    // Keys and replay caches. The filter is reloaded if it was saved for
-    // this same key: a restart must not reopen the door to old replays.
-    let replay_path = cfg.node.data_dir.join("replay.bloom");
-    let sphinx_public = sphinx.public().0;
-    let replay = match ReplayCache::load(
-        &replay_path,
-        &sphinx_public,
-        cfg.replay.capacity,
-        cfg.replay.fp_rate,
-    ) {
-        Ok(Some(r)) => {
-            info!(fill = r.fill_ratio(), "replay filter restored");
-            r
-        }
-        Ok(None) => ReplayCache::new(cfg.replay.capacity, cfg.replay.fp_rate)?,
-        Err(e) => {
-            warn!(file = %replay_path.display(), error = %e, "cannot read replay filter; starting empty");
-            ReplayCache::new(cfg.replay.capacity, cfg.replay.fp_rate)?
-        }
-    };
-    let keys = KeyRing::default();
-    keys.insert(KeySlot {
-        epoch: topology.epoch(),
-        key: sphinx,
-        replay,
-    });
-    let processor = Arc::new(SphinxProcessor::new(keys.clone(), cfg.mixing.max_delay));
-
+    let processor = Arc::new(SphinxProcessor::new(
+        keys.ring().clone(),
+        cfg.mixing.max_delay,
+    ));
     metrics.topology_epoch.set(topology.epoch() as i64);
     metrics.topology_updates.inc();
     let packet_size = Arc::new(AtomicUsize::new(topology.params().packet_size()));
@@ -201,12 +269,6 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         .run(),
     );
 
-    let background = CancellationToken::new();
-    tokio::spawn(loopmix_core::metrics::serve(
-        metrics.registry.clone(),
-        metrics_listener,
-        background.clone(),
-    ));
     if cfg.cover.enabled {
         tokio::spawn(
             LoopCover {
@@ -222,21 +284,52 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
             "loop cover disabled: this node gives less anonymity and cannot detect (n-1) attacks"
         );
     }
-    tokio::spawn(
-        TopologyWatcher {
-            path: topo_path,
-            seen: topo_mtime,
-            interval: cfg.topology.reload_interval,
-            shared: shared.clone(),
-            keys: keys.clone(),
-            allowed,
-            egress: egress.clone(),
-            packet_size,
-            role: cfg.node.role,
-            cancel: background.clone(),
+
+    let topology_sink = TopologySink {
+        shared: shared.clone(),
+        allowed,
+        egress: egress.clone(),
+        packet_size,
+    };
+    match source {
+        Source::File {
+            path,
+            mtime,
+            reload_interval,
+        } => {
+            tokio::spawn(
+                TopologyWatcher {
+                    path,
+                    seen: mtime,
+                    interval: reload_interval,
+                    sink: topology_sink,
+                    keys: keys.ring().clone(),
+                    role: cfg.node.role,
+                    cancel: background.clone(),
+                }
+                .run(),
+            );
         }
-        .run(),
-    );
+        Source::Directory {
+            dir,
+            first,
+            key_overlap,
+        } => {
+            let follower = Follower {
+                dir: dir.clone(),
+                keys: keys.clone(),
+                sink: topology_sink,
+                role: cfg.node.role,
+                key_overlap,
+                cancel: background.clone(),
+            };
+            follower.apply(&first, None);
+            tokio::spawn(follower.run(first));
+            let cancel = background.clone();
+            tokio::spawn(async move { dir.run(cancel).await });
+        }
+    }
+
     // Gauges that are cheaper to sample than to maintain per packet.
     {
         let (shared, keys, cancel) = (shared.clone(), keys.clone(), background.clone());
@@ -248,7 +341,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
                     _ = tick.tick() => {}
                 }
                 shared.metrics.ingress_queue.set(job_rx.len() as i64);
-                if let Some(newest) = keys.slots().last() {
+                if let Some(newest) = keys.ring().slots().last() {
                     shared.metrics.replay_fill.set(newest.replay.fill_ratio());
                 }
             }
@@ -256,7 +349,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
     }
 
     {
-        let (keys, path, cancel) = (keys.clone(), replay_path.clone(), background.clone());
+        let (keys, cancel) = (keys.clone(), background.clone());
         let every = cfg.replay.flush_interval.max(Duration::from_secs(1));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -266,8 +359,8 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
                     _ = cancel.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                let (keys, path) = (keys.clone(), path.clone());
-                let _ = tokio::task::spawn_blocking(move || save_replay(&keys, &path)).await;
+                let keys = keys.clone();
+                let _ = tokio::task::spawn_blocking(move || keys.save_replays()).await;
             }
         });
     }
@@ -286,8 +379,8 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
     })
     .await;
     {
-        let (keys, path) = (keys.clone(), replay_path.clone());
-        let _ = tokio::task::spawn_blocking(move || save_replay(&keys, &path)).await;
+        let keys = keys.clone();
+        let _ = tokio::task::spawn_blocking(move || keys.save_replays()).await;
     }
     if let Err(e) = delay_stage.await {
         error!(error = %e, "delay stage failed");
@@ -296,88 +389,4 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
     transport.close().await;
     info!(took = ?started.elapsed(), "stopped");
     Ok(())
-}
-
-fn save_replay(keys: &KeyRing, path: &Path) {
-    if let Some(slot) = keys.slots().last()
-        && let Err(e) = slot.replay.save(path, &slot.key.public().0)
-    {
-        warn!(file = %path.display(), error = %e, "cannot save replay filter");
-    }
-}
-
-/// Re-reads the topology file when it changes. A document that does not
-/// validate, or no longer lists this node with our key, is refused and the
-/// last valid one stays in force.
-struct TopologyWatcher {
-    path: std::path::PathBuf,
-    /// Modification time of the version in force.
-    seen: Option<SystemTime>,
-    interval: Duration,
-    shared: Arc<Shared>,
-    keys: KeyRing,
-    allowed: PeerAllowList,
-    egress: Egress,
-    packet_size: Arc<AtomicUsize>,
-    role: Role,
-    cancel: CancellationToken,
-}
-
-impl TopologyWatcher {
-    async fn run(self) {
-        let mut seen = self.seen;
-        let mut tick = tokio::time::interval(self.interval.max(Duration::from_millis(50)));
-        loop {
-            tokio::select! {
-                _ = self.cancel.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let now = file_mtime(&self.path);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            self.reload();
-        }
-    }
-
-    fn reload(&self) {
-        let m = &self.shared.metrics;
-        let topology = match Topology::from_file(&self.path) {
-            Ok(t) => t,
-            Err(e) => {
-                m.topology_rejected.inc();
-                warn!(file = %self.path.display(), error = %e, "topology update refused; keeping the last valid one");
-                return;
-            }
-        };
-        let current = self.shared.topology();
-        let Some(slot) = self.keys.slots().last().cloned() else {
-            return;
-        };
-        if let Err(e) = check_self(&topology, self.shared.me, slot.key.public(), self.role) {
-            m.topology_rejected.inc();
-            warn!(file = %self.path.display(), error = %e, "topology update refused; keeping the last valid one");
-            return;
-        }
-        let (old_epoch, new_epoch) = (current.epoch(), topology.epoch());
-        if new_epoch != old_epoch {
-            // A static key across epochs keeps its one replay cache; packets
-            // built for the previous epoch are still accepted (overlap).
-            self.keys.alias(new_epoch, slot);
-            self.keys.retain(|e| e == new_epoch || e == old_epoch);
-        }
-        self.allowed.replace(topology.nodes().iter().map(|n| n.id));
-        self.egress.retain(|id| topology.contains(id));
-        self.packet_size
-            .store(topology.params().packet_size(), Ordering::Relaxed);
-        m.topology_epoch.set(new_epoch as i64);
-        m.topology_updates.inc();
-        info!(
-            epoch = new_epoch,
-            nodes = topology.nodes().len(),
-            "topology updated"
-        );
-        self.shared.set_topology(topology);
-    }
 }

@@ -273,7 +273,7 @@ fn bad_topology_refuses_to_start_and_names_the_problem() {
 
     // A valid document that does not list this node.
     let other = init_node(&bin(), &tmp.path().join("o"), 1).unwrap();
-    let mut entry = other.entry.clone();
+    let mut entry = other.entry.clone().unwrap();
     entry.address = "127.0.0.1:9".parse().unwrap();
     let doc = loopmix_core::topology::TopologyDocument {
         params: params(1.0, 0.0),

@@ -1,0 +1,2 @@
+//! Provider role: the node a client talks to, which keeps its inbox.
+pub mod inbox;
