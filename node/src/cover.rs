@@ -96,8 +96,16 @@ impl LoopCover {
                 }
                 _ = sleep_until(due), if due.is_some() => {
                     while ticker.poll(&mut rng, Instant::now()).is_some() {
-                        let prepared: Option<Prepared> = next.await.unwrap_or_default();
+                        let mut prepared: Option<Prepared> = next.await.unwrap_or_default();
                         next = self.prepare();
+                        // Built before an epoch change: its keys may be
+                        // retired by the time it reaches a hop. Rebuild now
+                        // (one build, well under a millisecond) rather than
+                        // skip the tick, so the send times stay Poisson.
+                        let topology = self.shared.topology();
+                        if prepared.as_ref().is_some_and(|p| p.key_epoch != topology.epoch()) {
+                            prepared = build_loop(&topology, self.shared.me);
+                        }
                         if let Some(p) = prepared {
                             self.send(p);
                         }

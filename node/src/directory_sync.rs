@@ -4,8 +4,9 @@
 //! * [`Registrar`] asks an authority which epochs accept registrations and,
 //!   for each, makes (and stores) that epoch's Sphinx key, signs a
 //!   descriptor and posts it to every authority, until all accepted it or
-//!   registration closes. An epoch no authority accepted is counted in
-//!   `loopmix_node_registration_failures_total` and logged as an error.
+//!   registration closes. An epoch no authority accepted, and a round in
+//!   which no authority answered at all, are counted in
+//!   `loopmix_node_registration_failures_total` and logged.
 //! * [`Follower`] applies each new verified document the directory client
 //!   adopts (it refreshes before an epoch ends) and retires the previous
 //!   epoch's key `key_overlap` after the boundary.
@@ -60,6 +61,7 @@ impl Registrar {
                     )
                 }
                 Err(e) => {
+                    self.metrics.registration_failures.inc();
                     if !unreachable_logged {
                         warn!(error = %e, "no authority reachable; will keep trying to register");
                         unreachable_logged = true;
