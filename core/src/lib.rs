@@ -13,12 +13,14 @@
 //! * [`pki`]: signed descriptors and topology documents, k-of-n verification,
 //!   deterministic document building, the directory client.
 
+pub mod e2e;
 pub mod keys;
 pub mod message;
 pub mod metrics;
 pub mod mixing;
 pub mod pki;
 pub mod poisson;
+pub mod provider_link;
 pub mod sphinx;
 pub mod topology;
 pub mod transport;

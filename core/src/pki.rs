@@ -24,6 +24,7 @@ pub mod build;
 pub mod client;
 pub mod descriptor;
 pub mod document;
+pub mod pinned;
 
 pub use build::{build_document, layer_sort_key};
 pub use client::{
@@ -34,6 +35,7 @@ pub use document::{
     AuthoritySignature, EpochDocument, EpochSchedule, SignedTopology, TrustAnchors, TrustError,
     VerifiedTopology, VerifyError,
 };
+pub use pinned::{AuthorityEntry, validate_pinned};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use loopmix_core::keys::NodeId;
+use loopmix_core::pki::{AuthorityEntry, validate_pinned};
 use loopmix_core::topology::Role;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,42 @@ pub struct NodeConfig {
     pub replay: ReplaySection,
     #[serde(default)]
     pub cover: CoverSection,
+    /// Only read when `node.role = "provider"`.
+    #[serde(default)]
+    pub provider: ProviderSection,
+}
+
+/// A provider's inboxes and its link with clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderSection {
+    /// Registered clients (inboxes) at most.
+    pub max_clients: usize,
+    /// Messages one inbox holds at most; beyond, packets drop as `inbox_full`
+    /// (unacknowledged, so their senders retry later).
+    pub inbox_max_messages: usize,
+    /// Bytes one inbox holds at most.
+    pub inbox_max_bytes: u64,
+    /// Messages older than this are deleted unread.
+    #[serde(with = "humantime_serde")]
+    pub inbox_max_age: Duration,
+    /// Messages per pull answer, padded with dummies to exactly this many.
+    pub pull_slots: usize,
+    /// Final-hop packets waiting to be stored; beyond, dropped as `overload`.
+    pub delivery_queue: usize,
+}
+
+impl Default for ProviderSection {
+    fn default() -> Self {
+        Self {
+            max_clients: 100_000,
+            inbox_max_messages: 10_000,
+            inbox_max_bytes: 64 * 1024 * 1024,
+            inbox_max_age: Duration::from_secs(7 * 24 * 3600),
+            pull_slots: 16,
+            delivery_queue: 4096,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,15 +105,6 @@ pub struct DirectorySection {
     /// boundary and still in flight are processed. Then both are deleted.
     #[serde(default = "default_key_overlap", with = "humantime_serde")]
     pub key_overlap: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthorityEntry {
-    /// The authority's Ed25519 public key (base58), pinned.
-    pub key: NodeId,
-    /// Its base URL, e.g. `http://192.0.2.1:8700`.
-    pub url: String,
 }
 
 impl Default for DirectorySection {
@@ -259,6 +286,13 @@ impl NodeConfig {
             ("mixing.delay_queue_limit", cfg.mixing.delay_queue_limit),
             ("mixing.egress_queue", cfg.mixing.egress_queue),
             ("replay.capacity", cfg.replay.capacity),
+            ("provider.max_clients", cfg.provider.max_clients),
+            (
+                "provider.inbox_max_messages",
+                cfg.provider.inbox_max_messages,
+            ),
+            ("provider.pull_slots", cfg.provider.pull_slots),
+            ("provider.delivery_queue", cfg.provider.delivery_queue),
         ] {
             if v == 0 {
                 return Err(invalid(field, "must be > 0".into()));
@@ -383,6 +417,33 @@ reload_interval = "2s"
                 .to_string(),
             ),
         };
+        let provider = if role == Role::Provider {
+            let p = ProviderSection::default();
+            format!(
+                r#"
+[provider]
+# Inboxes live in data_dir/inbox.redb (every write fsync'd before the
+# packet is acknowledged). Full inboxes refuse (and do not acknowledge) new
+# packets; old messages are deleted unread after inbox_max_age.
+max_clients = {mc}
+inbox_max_messages = {mm}
+inbox_max_bytes = {mb}
+inbox_max_age = "{age}"
+# Each pull answer holds exactly this many messages (dummies pad it), so its
+# size does not tell how much mail there was.
+pull_slots = {ps}
+delivery_queue = {dq}
+"#,
+                mc = p.max_clients,
+                mm = p.inbox_max_messages,
+                mb = p.inbox_max_bytes,
+                age = humantime::format_duration(p.inbox_max_age),
+                ps = p.pull_slots,
+                dq = p.delivery_queue,
+            )
+        } else {
+            String::new()
+        };
         let m = MixingSection::default();
         let r = ReplaySection::default();
         let c = CoverSection::default();
@@ -441,7 +502,7 @@ enabled = {ce}
 # "0s" = derive from the topology: 3 x expected route delay + 5 s.
 loop_timeout = "0s"
 pending_limit = {cp}
-"#,
+{provider}"#,
             max_delay = humantime::format_duration(m.max_delay),
             late = humantime::format_duration(m.late_tolerance),
             iq = m.ingress_queue,
@@ -453,6 +514,7 @@ pending_limit = {cp}
             rfl = humantime::format_duration(r.flush_interval),
             sphinx = sphinx,
             source = source,
+            provider = provider,
             ce = c.enabled,
             cp = c.pending_limit,
         )
@@ -460,34 +522,10 @@ pending_limit = {cp}
 }
 
 fn validate_directory(d: &DirectorySection) -> Result<(), (&'static str, String)> {
-    if d.authorities.is_empty() {
-        return Err(("directory.authorities", "at least one authority".into()));
-    }
-    let mut keys = std::collections::BTreeSet::new();
-    for a in &d.authorities {
-        if !keys.insert(a.key) {
-            return Err((
-                "directory.authorities",
-                format!("key {} listed twice", a.key),
-            ));
-        }
-        if !a.url.starts_with("http://") && !a.url.starts_with("https://") {
-            return Err((
-                "directory.authorities",
-                format!("url {:?}: expected http://host:port", a.url),
-            ));
-        }
-    }
-    if d.threshold == 0 || d.threshold > d.authorities.len() {
-        return Err((
-            "directory.threshold",
-            format!(
-                "must be in 1..={} (the number of authorities)",
-                d.authorities.len()
-            ),
-        ));
-    }
-    Ok(())
+    validate_pinned(&d.authorities, d.threshold).map_err(|(field, reason)| match field {
+        "threshold" => ("directory.threshold", reason),
+        _ => ("directory.authorities", reason),
+    })
 }
 
 #[cfg(test)]
@@ -552,6 +590,22 @@ mod tests {
         std::fs::write(&p, both).unwrap();
         let e = NodeConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn provider_template_parses_to_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        let t = NodeConfig::template(
+            Role::Provider,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+        );
+        assert!(t.contains("[provider]"));
+        std::fs::write(&p, t).unwrap();
+        let c = NodeConfig::load(&p).unwrap();
+        assert_eq!(c.provider, ProviderSection::default());
     }
 
     #[test]

@@ -240,6 +240,12 @@ impl NodeProcess {
         }
     }
 
+    /// SIGKILL, like a crash; waits for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM (graceful shutdown).
     pub fn terminate(&self) -> anyhow::Result<()> {
         let st = Command::new("kill")
@@ -287,6 +293,16 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // LOOPMIX_TEST_LOGS=1 shows the logs of passing tests too.
+        if std::thread::panicking() || std::env::var_os("LOOPMIX_TEST_LOGS").is_some() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "---- log of {} ----\n{}",
+                self.dir.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
     }
 }
 
@@ -597,4 +613,78 @@ pub fn launch_mixnet(
         )?;
     }
     Ok(Mixnet { nodes, dirs, doc })
+}
+
+/// Nodes of a directory-run network: `mixes` mixes then `providers`
+/// providers, each registered with the authorities `authority_args` name
+/// (`--authority KEY=URL ... --threshold k`).
+pub struct DirectoryNetwork {
+    pub nodes: Vec<NodeProcess>,
+    pub dirs: Vec<NodeDir>,
+    pub mixes: usize,
+}
+
+impl DirectoryNetwork {
+    /// Inits and starts every node under `root`; `tweak` edits each config.
+    pub fn launch(
+        bin: &Path,
+        root: &Path,
+        authority_args: &[String],
+        mixes: usize,
+        providers: usize,
+        tweak: impl Fn(String) -> String,
+    ) -> anyhow::Result<Self> {
+        let mut dirs = Vec::new();
+        for i in 0..mixes + providers {
+            let (role, name) = if i < mixes {
+                (Role::Mix, format!("mix{i}"))
+            } else {
+                (Role::Provider, format!("provider{}", i - mixes))
+            };
+            let nd = init_directory_node(bin, &root.join(name), role, authority_args)?;
+            edit_config(&nd, &tweak)?;
+            dirs.push(nd);
+        }
+        let nodes = dirs
+            .iter()
+            .map(|d| NodeProcess::start(bin, d))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self { nodes, dirs, mixes })
+    }
+
+    /// Waits until every node runs a topology that lists it.
+    pub fn wait_listed(&self, timeout: Duration) -> anyhow::Result<()> {
+        for n in &self.nodes {
+            n.wait_metric("loopmix_node_listed", timeout, |v| v == 1.0)?;
+        }
+        Ok(())
+    }
+
+    pub fn provider(&self, i: usize) -> &NodeProcess {
+        &self.nodes[self.mixes + i]
+    }
+
+    pub fn provider_dir(&self, i: usize) -> &NodeDir {
+        &self.dirs[self.mixes + i]
+    }
+
+    /// Restarts node `i` (after a kill) on the same addresses, so the
+    /// published topology still reaches it.
+    pub fn restart(&mut self, bin: &Path, i: usize) -> anyhow::Result<()> {
+        let bound = self.nodes[i].bound.clone();
+        edit_config(&self.dirs[i], |t| {
+            t.replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{}\"", bound.quic),
+                1,
+            )
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{}\"", bound.metrics),
+                1,
+            )
+        })?;
+        self.nodes[i] = NodeProcess::start(bin, &self.dirs[i])?;
+        Ok(())
+    }
 }

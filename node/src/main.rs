@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
+use loopmix_core::pki::AuthorityEntry;
 use loopmix_core::topology::{NodeEntry, Role};
-use loopmix_node::config::{AuthorityEntry, DirectorySection, NodeConfig};
+use loopmix_node::config::{DirectorySection, NodeConfig};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -46,7 +47,7 @@ enum Cmd {
         /// A directory authority to register with and trust, as
         /// `KEY=URL` (base58 Ed25519 key, e.g. `…=http://192.0.2.1:8700`).
         /// Repeat for each authority.
-        #[arg(long = "authority", value_parser = parse_authority)]
+        #[arg(long = "authority")]
         authorities: Vec<AuthorityEntry>,
         /// k: signatures from pinned authorities a topology needs
         /// (default: a majority of the authorities given).
@@ -75,16 +76,6 @@ enum Cmd {
     /// Start a small demo mixnet on loopback (one real node process per
     /// layer) and send a message through it every second.
     Demo(loopmix_node::demo::DemoArgs),
-}
-
-fn parse_authority(s: &str) -> Result<AuthorityEntry, String> {
-    let (key, url) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected KEY=URL"))?;
-    Ok(AuthorityEntry {
-        key: key.parse().map_err(|e| format!("{key:?}: {e}"))?,
-        url: url.trim_end_matches('/').to_string(),
-    })
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {

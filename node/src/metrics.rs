@@ -16,9 +16,17 @@ pub const DROP_REASONS: &[&str] = &[
     "link_down",
     "late",
     "shutdown",
+    "unknown_destination",
+    "inbox_full",
+    "storage",
 ];
 
-pub const REFUSAL_REASONS: &[&str] = &["unknown_peer_key", "bad_peer_key", "server_key_mismatch"];
+pub const REFUSAL_REASONS: &[&str] = &[
+    "unknown_peer_key",
+    "bad_peer_key",
+    "server_key_mismatch",
+    "too_many_clients",
+];
 
 #[derive(Clone)]
 pub struct NodeMetrics {
@@ -46,6 +54,11 @@ pub struct NodeMetrics {
     pub registered_epoch: IntGauge,
     pub listed: IntGauge,
     pub sphinx_keys: IntGauge,
+    pub delivery_queue: IntGauge,
+    pub delivered: IntCounter,
+    pub acks_sent: IntCounter,
+    pub acks_failed: IntCounter,
+    pub cover_drops_received: IntCounter,
     pub egress: EgressMetrics,
 }
 
@@ -199,6 +212,31 @@ impl NodeMetrics {
                 &r,
                 "loopmix_node_sphinx_keys",
                 "Sphinx keys held (previous epoch during the overlap, current, registered upcoming ones)",
+            )?,
+            delivery_queue: gauge(
+                &r,
+                "loopmix_provider_delivery_queue_length",
+                "Final-hop packets waiting to be stored in an inbox",
+            )?,
+            delivered: counter(
+                &r,
+                "loopmix_provider_delivered_total",
+                "Final-hop packets durably stored in a client's inbox",
+            )?,
+            acks_sent: counter(
+                &r,
+                "loopmix_provider_acks_sent_total",
+                "SURB-ACKs sent after a data packet was stored",
+            )?,
+            acks_failed: counter(
+                &r,
+                "loopmix_provider_acks_failed_total",
+                "SURB-ACKs that could not be used or queued (malformed, unknown first hop, link down)",
+            )?,
+            cover_drops_received: counter(
+                &r,
+                "loopmix_provider_drop_cover_received_total",
+                "Drop cover packets that ended here, as designed",
             )?,
             dropped,
             malformed_frames,

@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
+use loopmix_core::e2e::payload_plaintext_len;
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
 use loopmix_core::mixing::loops::LoopTracker;
 use loopmix_core::mixing::processor::SphinxProcessor;
-use loopmix_core::pki::{DirectoryClient, DirectoryClientConfig, TrustAnchors, VerifiedTopology};
+use loopmix_core::pki::{DirectoryClient, DirectoryClientConfig, VerifiedTopology};
 use loopmix_core::topology::Role;
 use loopmix_core::transport::egress::Egress;
-use loopmix_core::transport::ingress::Ingress;
+use loopmix_core::transport::ingress::{ClientPolicy, Ingress};
 use loopmix_core::transport::{PeerAllowList, Transport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -28,6 +29,9 @@ use crate::directory_sync::{Follower, Registrar};
 use crate::epoch_keys::EpochKeys;
 use crate::metrics::NodeMetrics;
 use crate::pipeline::{DelayStage, NodeIngress, Shared, spawn_workers};
+use crate::provider::delivery::DeliveryStage;
+use crate::provider::inbox::{InboxLimits, InboxStore};
+use crate::provider::link::{ControlConfig, ProviderControl};
 use crate::topology_source::{TopologySink, TopologyWatcher, check_self, read_topology_file};
 
 /// Written to `data_dir/bound.json` once the node listens, so tools (and
@@ -50,11 +54,8 @@ fn directory_client(
     d: &DirectorySection,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<Arc<DirectoryClient>> {
-    let trust = TrustAnchors::new(d.authorities.iter().map(|a| a.key), d.threshold)?;
-    let mut dc =
-        DirectoryClientConfig::new(d.authorities.iter().map(|a| a.url.clone()).collect(), trust);
-    dc.request_timeout = d.request_timeout;
-    Ok(Arc::new(DirectoryClient::new(dc, registry)?))
+    let cfg = DirectoryClientConfig::pinned(&d.authorities, d.threshold, d.request_timeout)?;
+    Ok(Arc::new(DirectoryClient::new(cfg, registry)?))
 }
 
 /// Waits for the first verified topology document; `None` on shutdown.
@@ -80,6 +81,77 @@ async fn first_document(
     }
 }
 
+struct ProviderParts {
+    control: Arc<ProviderControl>,
+    delivery: std::thread::JoinHandle<()>,
+}
+
+/// Opens the inbox store, starts the delivery stage, lets clients connect.
+fn start_provider(
+    cfg: &NodeConfig,
+    shared: &Arc<Shared>,
+    egress: &Egress,
+    allowed: &PeerAllowList,
+    background: &CancellationToken,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<ProviderParts> {
+    let p = &cfg.provider;
+    // Inbox entries are whole payload plaintexts, so a pull slot fits one.
+    let message_len = payload_plaintext_len(shared.topology().params().payload_size);
+    let limits = InboxLimits {
+        max_messages_per_inbox: p.inbox_max_messages,
+        max_bytes_per_inbox: p.inbox_max_bytes,
+        max_age: p.inbox_max_age,
+        max_message_bytes: message_len,
+        max_clients: p.max_clients,
+    };
+    let path = cfg.node.data_dir.join("inbox.redb");
+    let inbox = Arc::new(
+        InboxStore::open(&path, limits).with_context(|| format!("opening {}", path.display()))?,
+    );
+    let control = ProviderControl::new(
+        inbox.clone(),
+        &ControlConfig {
+            pull_slots: p.pull_slots,
+            slot_data_len: message_len,
+            ..ControlConfig::default()
+        },
+        &shared.metrics.registry,
+    )?;
+    let (queue, delivery) = DeliveryStage {
+        inbox: inbox.clone(),
+        shared: shared.clone(),
+        egress: egress.clone(),
+        stop: stop.clone(),
+    }
+    .spawn(p.delivery_queue)?;
+    let _ = shared.final_hop.set(queue);
+    allowed.accept_clients(true);
+    // Old mail goes unread after `inbox_max_age`.
+    let cancel = background.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let inbox = inbox.clone();
+            let now = loopmix_core::pki::unix_now() * 1000;
+            match tokio::task::spawn_blocking(move || inbox.expire(now)).await {
+                Ok(Ok(n)) if n > 0 => info!(messages = n, "expired unread messages"),
+                Ok(Err(e)) => warn!(error = %e, "inbox expiry failed"),
+                _ => {}
+            }
+        }
+    });
+    info!(inbox = %path.display(), "provider: accepting clients");
+    Ok(ProviderParts {
+        control: Arc::new(control),
+        delivery,
+    })
+}
+
 /// How the topology reaches this node.
 enum Source {
     File {
@@ -96,12 +168,6 @@ enum Source {
 
 /// Runs the node until `shutdown` is cancelled.
 pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if cfg.node.role != Role::Mix {
-        bail!(
-            "{}: field `node.role`: only \"mix\" is implemented so far",
-            cfg.node.identity_key.display()
-        );
-    }
     let identity = Arc::new(IdentityKeypair::read_pem(&cfg.node.identity_key)?);
     let me = identity.node_id();
     std::fs::create_dir_all(&cfg.node.data_dir)
@@ -206,7 +272,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         &cfg.node.data_dir.join("bound.json"),
         &serde_json::to_vec_pretty(&bound)?,
     )?;
-    info!(id = %me, quic = %bound.quic, metrics = %bound.metrics, epoch = topology.epoch(), "mix node listening");
+    info!(id = %me, role = %cfg.node.role, quic = %bound.quic, metrics = %bound.metrics, epoch = topology.epoch(), "node listening");
 
     let processor = Arc::new(SphinxProcessor::new(
         keys.ring().clone(),
@@ -259,15 +325,24 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         tx: job_tx,
         shared: shared.clone(),
     });
-    tokio::spawn(
-        Ingress::new(
-            transport.clone(),
-            sink,
-            packet_size.clone(),
-            ingress_cancel.clone(),
-        )
-        .run(),
+    let mut ingress = Ingress::new(
+        transport.clone(),
+        sink,
+        packet_size.clone(),
+        ingress_cancel.clone(),
     );
+    let mut delivery_thread = None;
+    if cfg.node.role == Role::Provider {
+        let p = start_provider(&cfg, &shared, &egress, &allowed, &background, &stop_workers)?;
+        ingress = ingress
+            .with_control(p.control)
+            .with_client_policy(ClientPolicy {
+                max_connections: cfg.provider.max_clients,
+                ..ClientPolicy::default()
+            });
+        delivery_thread = Some(p.delivery);
+    }
+    tokio::spawn(ingress.run());
 
     if cfg.cover.enabled {
         tokio::spawn(
@@ -384,6 +459,11 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
     }
     if let Err(e) = delay_stage.await {
         error!(error = %e, "delay stage failed");
+    }
+    if let Some(t) = delivery_thread {
+        // The workers (its only senders besides `shared`) are gone; what is
+        // queued is stored before we exit.
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     egress.flush_and_close(Duration::from_secs(3)).await;
     transport.close().await;

@@ -10,7 +10,7 @@
 //! the later ones apply back-pressure, which lands as drops at the first.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::metrics::NodeMetrics;
+use crate::provider::delivery::{DeliveryQueue, FinalPacket};
 
 /// State shared by the pipeline stages.
 pub struct Shared {
@@ -34,6 +35,9 @@ pub struct Shared {
     topology: RwLock<Arc<Topology>>,
     pub metrics: NodeMetrics,
     pub loops: Mutex<LoopTracker<Instant>>,
+    /// Providers only: where final-hop packets for clients (and drop cover
+    /// for us) go. Unset on a mix, which drops them.
+    pub final_hop: OnceLock<DeliveryQueue>,
 }
 
 impl Shared {
@@ -48,6 +52,7 @@ impl Shared {
             topology: RwLock::new(Arc::new(topology)),
             metrics,
             loops: Mutex::new(loops),
+            final_hop: OnceLock::new(),
         }
     }
 
@@ -205,19 +210,34 @@ fn worker(
             Ok(Processed::Final {
                 destination,
                 identifier,
-                ..
+                payload,
             }) => {
                 let sent = if destination == shared.me {
                     shared.loops().returned(&identifier)
                 } else {
                     None
                 };
-                match sent {
-                    Some(at) => {
-                        shared.metrics.cover_returned.inc();
-                        shared.metrics.loop_rtt.observe(at.elapsed().as_secs_f64());
-                    }
-                    None => shared.drop_packet("unexpected_final_hop"),
+                if let Some(at) = sent {
+                    shared.metrics.cover_returned.inc();
+                    shared.metrics.loop_rtt.observe(at.elapsed().as_secs_f64());
+                    continue;
+                }
+                let Some(queue) = shared.final_hop.get() else {
+                    shared.drop_packet("unexpected_final_hop");
+                    continue;
+                };
+                let Ok(plaintext) = payload.recover_plaintext() else {
+                    shared.drop_packet("malformed");
+                    continue;
+                };
+                let offered = queue.offer(FinalPacket {
+                    destination,
+                    identifier,
+                    key_epoch: job.frame.key_epoch,
+                    plaintext,
+                });
+                if !offered {
+                    shared.drop_packet("overload");
                 }
             }
         }

@@ -291,6 +291,11 @@ async fn mixes_follow_the_directory_rotate_keys_and_survive_an_authority_down() 
         sent.len()
     );
 
+    eprintln!(
+        "{} packets over key epochs {epochs:?}, all delivered; first epoch with every node: {e0}",
+        sent.len()
+    );
+
     for (m, d) in mixes.iter().zip(&dirs) {
         let text = m.metrics_text().unwrap();
         for reason in ["unknown_key", "replay", "malformed"] {

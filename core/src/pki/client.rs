@@ -19,7 +19,6 @@
 //! a network observer learns (that this host fetches the public topology) is
 //! the same with TLS.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -154,7 +153,6 @@ pub struct DirectoryClient {
     http: reqwest::Client,
     current: watch::Sender<Option<Arc<VerifiedTopology>>>,
     upcoming: Mutex<Option<Arc<VerifiedTopology>>>,
-    next_url: AtomicUsize,
     metrics: ClientMetrics,
 }
 
@@ -178,7 +176,6 @@ impl DirectoryClient {
             http,
             current,
             upcoming: Mutex::new(None),
-            next_url: AtomicUsize::new(0),
             metrics: ClientMetrics::new(registry)?,
         })
     }
@@ -523,9 +520,13 @@ impl DirectoryClient {
     }
 
     /// The URLs starting at a rotating index, to spread load.
+    /// All URLs, starting at a random one: spreads load, and no fixed
+    /// interleaving of callers can keep one authority (or a bad mirror)
+    /// always first or never first.
     fn rotated_urls(&self) -> Vec<String> {
+        use rand::RngExt;
         let n = self.cfg.urls.len();
-        let start = self.next_url.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        let start = rand::rng().random_range(0..n.max(1));
         (0..n)
             .filter_map(|i| self.cfg.urls.get((start + i) % n).cloned())
             .collect()

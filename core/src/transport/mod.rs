@@ -5,6 +5,12 @@
 //! carry a 1.4 KB packet before path-MTU discovery, and are dropped under
 //! pacing). Every connection is mutually authenticated with pinned Ed25519
 //! raw public keys ([`tls`]).
+//!
+//! A provider also accepts clients (keys not in the topology, see
+//! [`PeerAllowList::accept_clients`]); they send Sphinx packets on the same
+//! unidirectional streams and run the control protocol
+//! ([`crate::provider_link`]) on bidirectional streams, which only client
+//! connections may open ([`ingress::ClientPolicy`]).
 
 pub mod egress;
 pub mod ingress;
@@ -18,7 +24,7 @@ use quinn::{Endpoint, EndpointConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::keys::{IdentityKeypair, NodeId};
-pub use tls::{PeerAllowList, RefusalHook};
+pub use tls::{PeerAllowList, PeerKind, RefusalHook};
 
 /// Socket buffers sized for bursts of ~1.4 KB packets at high rates; the
 /// kernel caps them at `net.core.{r,w}mem_max`.
@@ -53,6 +59,9 @@ fn transport_config() -> quinn::TransportConfig {
     // long: cover traffic flows on them).
     t.keep_alive_interval(Some(Duration::from_secs(3)));
     t.max_idle_timeout(Some(VarInt::from_u32(10_000).into()));
+    // No bidirectional streams between nodes. The ingress raises this per
+    // connection for clients of a provider (control streams), so the node
+    // links of a provider stay exactly like a mix's.
     t.max_concurrent_bidi_streams(VarInt::from_u32(0));
     t.max_concurrent_uni_streams(VarInt::from_u32(8));
     t.stream_receive_window(VarInt::from_u32(4 * 1024 * 1024));
@@ -68,51 +77,53 @@ pub struct Transport {
     endpoint: Endpoint,
     identity: Arc<IdentityKeypair>,
     on_refuse: RefusalHook,
+    allowed: PeerAllowList,
 }
 
 impl Transport {
-    /// Binds `listen` and accepts connections from identities in `allowed`.
+    /// Binds `listen` and accepts connections from identities in `allowed`
+    /// (and from clients, if `allowed` accepts them).
     pub fn bind(
         listen: SocketAddr,
         identity: Arc<IdentityKeypair>,
         allowed: PeerAllowList,
         on_refuse: RefusalHook,
     ) -> Result<Self, TransportError> {
-        let server_tls = tls::server_config(&identity, allowed, on_refuse.clone())?;
+        let server_tls = tls::server_config(&identity, allowed.clone(), on_refuse.clone())?;
         let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls))
             .map_err(|e| TransportError::Config(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
         server.transport_config(Arc::new(transport_config()));
-
-        let bind_err = |source| TransportError::Bind {
-            addr: listen,
-            source,
-        };
-        let socket = Socket::new(
-            Domain::for_address(listen),
-            Type::DGRAM,
-            Some(Protocol::UDP),
-        )
-        .map_err(bind_err)?;
-        // Best effort: a smaller buffer only costs drops under bursts.
-        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-        socket.bind(&listen.into()).map_err(bind_err)?;
-        socket.set_nonblocking(true).map_err(bind_err)?;
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| TransportError::Config("no async runtime".into()))?;
-        let endpoint = Endpoint::new(
-            EndpointConfig::default(),
-            Some(server),
-            socket.into(),
-            runtime,
-        )
-        .map_err(bind_err)?;
+        let endpoint = endpoint(listen, Some(server))?;
         Ok(Self {
             endpoint,
             identity,
             on_refuse,
+            allowed,
         })
+    }
+
+    /// Binds `listen` for outgoing connections only (a client). With no
+    /// server configuration, quinn does no TLS work for inbound handshakes
+    /// and never completes one (it answers at most a stateless reset).
+    pub fn dial_only(
+        listen: SocketAddr,
+        identity: Arc<IdentityKeypair>,
+        on_refuse: RefusalHook,
+    ) -> Result<Self, TransportError> {
+        let endpoint = endpoint(listen, None)?;
+        Ok(Self {
+            endpoint,
+            identity,
+            on_refuse,
+            allowed: PeerAllowList::default(),
+        })
+    }
+
+    /// The allow-list inbound handshakes are checked against (empty for a
+    /// [`Transport::dial_only`] endpoint).
+    pub fn allow_list(&self) -> &PeerAllowList {
+        &self.allowed
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -161,6 +172,31 @@ impl Transport {
         self.endpoint.close(VarInt::from_u32(0), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
+}
+
+/// A UDP socket with large buffers, wrapped in a quinn endpoint.
+fn endpoint(
+    listen: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<Endpoint, TransportError> {
+    let bind_err = |source| TransportError::Bind {
+        addr: listen,
+        source,
+    };
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )
+    .map_err(bind_err)?;
+    // Best effort: a smaller buffer only costs drops under bursts.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&listen.into()).map_err(bind_err)?;
+    socket.set_nonblocking(true).map_err(bind_err)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| TransportError::Config("no async runtime".into()))?;
+    Endpoint::new(EndpointConfig::default(), server, socket.into(), runtime).map_err(bind_err)
 }
 
 /// The authenticated identity of the peer of an established connection.

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ed25519_dalek::VerifyingKey;
@@ -27,29 +28,82 @@ pub const ALPN: &[u8] = b"loopmix/1";
 
 /// The set of identities allowed to connect to us. Shared with the verifier
 /// so a topology update takes effect for the next handshake.
+///
+/// A provider also accepts keys that are not in the list, as *clients*
+/// ([`PeerAllowList::accept_clients`], off by default, so a mix refuses
+/// them). Whether a connected peer is a listed node or a client is decided
+/// with [`PeerAllowList::contains`] / [`PeerAllowList::kind_of`] when the
+/// connection is accepted.
 #[derive(Clone, Default)]
-pub struct PeerAllowList(Arc<RwLock<HashSet<NodeId>>>);
+pub struct PeerAllowList {
+    nodes: Arc<RwLock<HashSet<NodeId>>>,
+    clients: Arc<AtomicBool>,
+}
 
 impl PeerAllowList {
     pub fn replace(&self, ids: impl IntoIterator<Item = NodeId>) {
         let set: HashSet<NodeId> = ids.into_iter().collect();
-        match self.0.write() {
+        match self.nodes.write() {
             Ok(mut g) => *g = set,
             Err(p) => *p.into_inner() = set,
         }
     }
 
     pub fn insert(&self, id: NodeId) {
-        match self.0.write() {
+        match self.nodes.write() {
             Ok(mut g) => g.insert(id),
             Err(p) => p.into_inner().insert(id),
         };
     }
 
+    /// Whether `id` is a listed (topology) node.
     pub fn contains(&self, id: &NodeId) -> bool {
-        match self.0.read() {
+        match self.nodes.read() {
             Ok(g) => g.contains(id),
             Err(p) => p.into_inner().contains(id),
+        }
+    }
+
+    /// Accept (`true`) or refuse (`false`, the default) keys that are not
+    /// listed, as clients. Applies from the next handshake on; connections
+    /// already up stay up.
+    pub fn accept_clients(&self, on: bool) {
+        self.clients.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether unlisted keys are accepted as clients.
+    pub fn accepts_clients(&self) -> bool {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// What `id` is to us now: a listed node, or (when clients are
+    /// accepted) a client. `None`: it would be refused.
+    pub fn kind_of(&self, id: &NodeId) -> Option<PeerKind> {
+        if self.contains(id) {
+            Some(PeerKind::Node)
+        } else if self.accepts_clients() {
+            Some(PeerKind::Client)
+        } else {
+            None
+        }
+    }
+}
+
+/// Who is on the other end of an accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerKind {
+    /// A node of the current topology (mix or provider).
+    Node,
+    /// A key not in the topology, accepted because this node serves clients.
+    Client,
+}
+
+impl PeerKind {
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PeerKind::Node => "node",
+            PeerKind::Client => "client",
         }
     }
 }
@@ -167,7 +221,8 @@ impl ServerCertVerifier for PinnedServer {
     }
 }
 
-/// Server side: accepts any key in the allow-list.
+/// Server side: accepts any key in the allow-list, and any other valid key
+/// when the list accepts clients.
 struct AllowListedClients {
     allowed: PeerAllowList,
     algs: WebPkiSupportedAlgorithms,
@@ -192,7 +247,7 @@ impl ClientCertVerifier for AllowListedClients {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         match node_id_from_spki(end_entity.as_ref()) {
-            Some(id) if self.allowed.contains(&id) => Ok(ClientCertVerified::assertion()),
+            Some(id) if self.allowed.kind_of(&id).is_some() => Ok(ClientCertVerified::assertion()),
             Some(_) => {
                 (self.on_refuse)("unknown_peer_key");
                 Err(rustls::Error::InvalidCertificate(

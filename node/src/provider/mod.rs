@@ -1,2 +1,8 @@
 //! Provider role: the node a client talks to, which keeps its inbox.
+//!
+//! * [`inbox`]: durable per-client inboxes (redb).
+//! * [`delivery`]: final-hop packets stored, then acknowledged (SURB-ACKs).
+//! * [`link`]: the control protocol clients use to register, pull, confirm.
+pub mod delivery;
 pub mod inbox;
+pub mod link;

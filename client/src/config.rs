@@ -1,0 +1,226 @@
+//! `loopmix-client` configuration: a TOML file, strictly parsed.
+//!
+//! `loopmix-client init` writes [`ClientConfig::template`], which documents
+//! every key. Relative paths are relative to the config file's directory.
+//! Sending rates (λ_P, λ_L, λ_D) and the per-hop delay (μ) are not here: they
+//! are network parameters, taken from the signed topology, so every client
+//! of a network looks the same on the wire.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use loopmix_core::keys::NodeId;
+use loopmix_core::pki::{AuthorityEntry, validate_pinned};
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_VERSION: u32 = 1;
+pub const CONFIG_FILE: &str = "client.toml";
+pub const IDENTITY_FILE: &str = "identity.pem";
+pub const ENCRYPTION_FILE: &str = "encryption.pem";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub version: u32,
+    pub client: ClientSection,
+    pub directory: DirectorySection,
+    #[serde(default)]
+    pub messages: MessagesSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    /// Ed25519 identity: inbox id, Sphinx destination, TLS key to the provider.
+    pub identity_key: PathBuf,
+    /// X25519 key fragments are sealed to.
+    pub encryption_key: PathBuf,
+    /// Node id of the provider holding this client's inbox.
+    pub provider: NodeId,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySection {
+    pub authorities: Vec<AuthorityEntry>,
+    pub threshold: usize,
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagesSection {
+    /// Largest message `send` accepts.
+    pub max_message_bytes: usize,
+    /// Messages queued for sending at most; `send` refuses beyond.
+    pub send_queue: usize,
+    /// How often the inbox is pulled.
+    #[serde(with = "humantime_serde")]
+    pub pull_interval: Duration,
+    /// Transmissions of one fragment before the message is reported failed.
+    pub max_attempts: u32,
+}
+
+impl Default for MessagesSection {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1 << 20,
+            send_queue: 256,
+            pull_interval: Duration::from_millis(500),
+            max_attempts: 10,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{path}: field `{field}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+}
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg: ClientConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            reason,
+        };
+        if cfg.version != CONFIG_VERSION {
+            return Err(invalid(
+                "version",
+                format!(
+                    "unsupported version {}, expected {CONFIG_VERSION}",
+                    cfg.version
+                ),
+            ));
+        }
+        validate_pinned(&cfg.directory.authorities, cfg.directory.threshold)
+            .map_err(|(f, r)| invalid(&format!("directory.{f}"), r))?;
+        let m = &cfg.messages;
+        if m.max_message_bytes == 0 || m.send_queue == 0 || m.max_attempts == 0 {
+            return Err(invalid(
+                "messages",
+                "max_message_bytes, send_queue and max_attempts must be > 0".into(),
+            ));
+        }
+        if m.pull_interval < Duration::from_millis(10) {
+            return Err(invalid("messages.pull_interval", "at least 10ms".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.client.identity_key,
+            &mut cfg.client.encryption_key,
+            &mut cfg.client.data_dir,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The commented default config `init` writes.
+    pub fn template(provider: NodeId, authorities: &[AuthorityEntry], threshold: usize) -> String {
+        let m = MessagesSection::default();
+        let mut auth = String::new();
+        for a in authorities {
+            auth.push_str(&format!(
+                "\n[[directory.authorities]]\nkey = \"{}\"\nurl = \"{}\"\n",
+                a.key, a.url
+            ));
+        }
+        format!(
+            r#"# loopmix-client configuration. Paths are relative to this file.
+version = {CONFIG_VERSION}
+
+[client]
+# Ed25519 identity (PKCS#8 PEM, 0600): inbox id and TLS key to the provider.
+identity_key = "{IDENTITY_FILE}"
+# X25519 key (PKCS#8 PEM, 0600) other clients seal fragments to.
+encryption_key = "{ENCRYPTION_FILE}"
+# The provider holding this client's inbox (node id, base58). It is part of
+# the client's address.
+provider = "{provider}"
+data_dir = "data"
+
+[directory]
+# Topology documents are accepted only with `threshold` valid signatures from
+# the pinned authorities below. Sending rates and delays come from there.
+threshold = {threshold}
+request_timeout = "10s"
+{auth}
+[messages]
+max_message_bytes = {mb}
+send_queue = {sq}
+# How often the inbox is pulled (each pull answer has a constant size).
+pull_interval = "{pi}"
+# Transmissions of one fragment before the message is reported failed.
+max_attempts = {ma}
+"#,
+            mb = m.max_message_bytes,
+            sq = m.send_queue,
+            pi = humantime::format_duration(m.pull_interval),
+            ma = m.max_attempts,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loopmix_core::keys::IdentityKeypair;
+
+    #[test]
+    fn template_round_trips_and_errors_name_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(CONFIG_FILE);
+        let auths: Vec<AuthorityEntry> = (0..3)
+            .map(|i| AuthorityEntry {
+                key: IdentityKeypair::generate().node_id(),
+                url: format!("http://127.0.0.1:{}", 8700 + i),
+            })
+            .collect();
+        let provider = IdentityKeypair::generate().node_id();
+        let t = ClientConfig::template(provider, &auths, 2);
+        std::fs::write(&p, &t).unwrap();
+        let c = ClientConfig::load(&p).unwrap();
+        assert_eq!(c.client.provider, provider);
+        assert_eq!(c.directory.authorities, auths);
+        assert_eq!(c.messages, MessagesSection::default());
+        assert_eq!(c.client.identity_key, dir.path().join(IDENTITY_FILE));
+
+        std::fs::write(&p, t.replace("threshold = 2", "threshold = 5")).unwrap();
+        let e = ClientConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("directory.threshold"), "{e}");
+    }
+}
