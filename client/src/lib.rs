@@ -2,6 +2,11 @@
 //!
 //! * [`config`]: the TOML configuration.
 //! * [`keys`]: the client's identity and encryption keys, and its address.
+//! * [`engine`]: the sans-IO messaging engine (fragments, acks, retransmission,
+//!   reply blocks, cover packets).
+//! * [`runtime`]: the I/O shell: directory, provider link, Poisson streams.
 
 pub mod config;
+pub mod engine;
 pub mod keys;
+pub mod runtime;

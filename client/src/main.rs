@@ -6,8 +6,12 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use loopmix_client::config::{CONFIG_FILE, ClientConfig};
 use loopmix_client::keys::ClientKeys;
+use loopmix_client::runtime::{Client, ClientEvent};
+use loopmix_core::e2e::ClientAddress;
 use loopmix_core::keys::NodeId;
 use loopmix_core::pki::AuthorityEntry;
+use prometheus::Registry;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +50,41 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Send one message and wait until every fragment is acknowledged.
+    Send {
+        #[arg(long)]
+        config: PathBuf,
+        /// Recipient address (identity.encryption@provider).
+        #[arg(long)]
+        to: ClientAddress,
+        /// The message text (or use --file).
+        #[arg(long, conflicts_with = "file")]
+        message: Option<String>,
+        /// Send this file's bytes.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Reply blocks to include, so the recipient can answer without
+        /// learning this client's address.
+        #[arg(long, default_value_t = 0)]
+        reply_blocks: usize,
+        /// After delivery, wait this many seconds for an answer and print it.
+        #[arg(long)]
+        wait_reply: Option<u64>,
+    },
+    /// Receive messages and print each on stdout (one per line).
+    Receive {
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Answer every message that carries reply blocks with this text.
+        #[arg(long)]
+        reply: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,5 +114,118 @@ fn main() -> anyhow::Result<()> {
             println!("{}", keys.address(cfg.client.provider));
             Ok(())
         }
+        Cmd::Send {
+            config,
+            to,
+            message,
+            file,
+            reply_blocks,
+            wait_reply,
+        } => {
+            init_logs();
+            let body = match (message, file) {
+                (Some(m), None) => m.into_bytes(),
+                (None, Some(f)) => {
+                    std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?
+                }
+                _ => bail!("give --message or --file"),
+            };
+            let cfg = ClientConfig::load(&config)?;
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let (client, mut events) = Client::start(cfg, &Registry::new()).await?;
+                let id = client.send(&to, body, reply_blocks)?;
+                loop {
+                    match events.recv().await {
+                        Some(ClientEvent::Delivered { message }) if message == id => break,
+                        Some(ClientEvent::Failed { message, reason }) if message == id => {
+                            bail!("message not delivered: {reason}")
+                        }
+                        Some(_) => {}
+                        None => bail!("client stopped"),
+                    }
+                }
+                eprintln!("delivered to {to}'s provider");
+                if let Some(secs) = wait_reply {
+                    let wait = tokio::time::timeout(Duration::from_secs(secs), async {
+                        while let Some(ev) = events.recv().await {
+                            if let ClientEvent::Received { body, .. } = ev {
+                                return Some(body);
+                            }
+                        }
+                        None
+                    });
+                    match wait.await {
+                        Ok(Some(body)) => print_message(&body)?,
+                        _ => bail!("no answer within {secs} s"),
+                    }
+                }
+                client.shutdown();
+                Ok(())
+            })
+        }
+        Cmd::Receive {
+            config,
+            count,
+            timeout,
+            reply,
+        } => {
+            init_logs();
+            let cfg = ClientConfig::load(&config)?;
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let (client, mut events) = Client::start(cfg, &Registry::new()).await?;
+                eprintln!("receiving as {}", client.address());
+                let deadline =
+                    timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+                let mut got = 0usize;
+                while count.is_none_or(|c| got < c) {
+                    let ev = match deadline {
+                        Some(d) => match tokio::time::timeout_at(d, events.recv()).await {
+                            Ok(ev) => ev,
+                            Err(_) => break,
+                        },
+                        None => events.recv().await,
+                    };
+                    let Some(ev) = ev else { break };
+                    if let ClientEvent::Received {
+                        body,
+                        reply: handle,
+                        ..
+                    } = ev
+                    {
+                        got += 1;
+                        print_message(&body)?;
+                        if let (Some(text), Some(h)) = (&reply, handle)
+                            && let Err(e) = client.reply(h, text.clone().into_bytes())
+                        {
+                            eprintln!("cannot reply: {e}");
+                        }
+                    }
+                }
+                // Give queued replies their λ_P slots before stopping.
+                if reply.is_some() {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                client.shutdown();
+                Ok(())
+            })
+        }
     }
+}
+
+fn print_message(body: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(body)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -5,8 +5,9 @@
 //! `overload`). One thread stores them in the [`InboxStore`]: a write is
 //! committed durably before anything else happens, and only then is a data
 //! packet's SURB-ACK sent into the network. A provider that crashes between
-//! the two sends no ack; the sender retransmits and the duplicate is stored
-//! once (same identifier). Database latency stays off the Sphinx workers.
+//! the two sends no ack; the sender retransmits (a new packet, new
+//! identifier) and the client's reassembler discards the duplicate.
+//! Database latency stays off the Sphinx workers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,9 +103,10 @@ impl DeliveryStage {
         let (stored, surb_ack) = match payload {
             Payload::Data { surb_ack, sealed } => {
                 // The client never needs the SURB-ACK; keeping it would let a
-                // later reader of the inbox send the ack again.
+                // later reader of the inbox send the ack again. Zeroed, not
+                // removed, so the stored item keeps the payload's layout.
                 let kept = Payload::Data {
-                    surb_ack: Vec::new(),
+                    surb_ack: vec![0; surb_ack.len()],
                     sealed,
                 };
                 match kept.encode(p.plaintext.len()) {

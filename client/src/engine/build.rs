@@ -1,0 +1,230 @@
+//! Building every packet the engine sends (PROTOCOL.md 6.2–6.5), with the
+//! keys of one topology. Pure functions: the topology, the RNG and our own
+//! names come in, wire bytes go out.
+//!
+//! Routes are always `first → one random mix per layer → last`; delays are
+//! drawn per hop from Exp(μ) with the engine's RNG. (sphinx-packet draws the
+//! header's ephemeral secret from the OS RNG itself, so packets are never
+//! reproducible byte for byte; routes, delays and identifiers are.)
+
+use std::time::Duration;
+
+use loopmix_core::e2e::{
+    ClientAddress, KIND_DATA, Payload, REPLY_KEY_LEN, ReplyBlock, data_sealed_len, make_surb,
+    payload_plaintext_len, reply_ciphertext_len, seal, seal_reply, surb_hops, use_surb,
+};
+use loopmix_core::keys::NodeId;
+use loopmix_core::sphinx::{
+    HEADER_SIZE, IDENTIFIER_LEN, build_packet, destination_of, sample_delays,
+};
+use loopmix_core::topology::{NodeEntry, Role, Topology};
+use rand::RngExt;
+use rand::rngs::StdRng;
+use sphinx_packet::constants::NODE_ADDRESS_LENGTH;
+use sphinx_packet::header::delays::Delay;
+
+/// Why a packet could not be built. Each one is permanent for the packet's
+/// message under the topology in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum BuildError {
+    #[error("our provider {0} is not a provider of epoch {1}")]
+    OwnProvider(NodeId, u64),
+    #[error("the recipient's provider {0} is not a provider of epoch {1}")]
+    Provider(NodeId, u64),
+    #[error("the reply block starts at {0}, not at our provider")]
+    ReplyFirstHop(NodeId),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn other(e: impl std::fmt::Display) -> BuildError {
+    BuildError::Other(e.to_string())
+}
+
+/// Who we are: the names every route and SURB of ours needs.
+#[derive(Clone, Copy)]
+pub(super) struct Me {
+    pub identity: NodeId,
+    pub provider: NodeId,
+}
+
+/// 1/μ of the topology as a `Duration` (validated finite and ≥ 0).
+pub(super) fn mean_delay(t: &Topology) -> Duration {
+    Duration::try_from_secs_f64(t.params().mean_hop_delay_ms / 1000.0).unwrap_or(Duration::ZERO)
+}
+
+fn provider<'a>(t: &'a Topology, id: &NodeId) -> Option<&'a NodeEntry> {
+    t.get(id).filter(|e| e.role == Role::Provider)
+}
+
+/// `first → L1 → … → L_layers → last`, one uniformly random mix per layer.
+fn route<'a>(
+    t: &'a Topology,
+    rng: &mut StdRng,
+    first: Option<&'a NodeEntry>,
+    last: &'a NodeEntry,
+) -> Vec<&'a NodeEntry> {
+    let mut r: Vec<&NodeEntry> = first.into_iter().collect();
+    r.extend(t.random_mix_path(rng));
+    r.push(last);
+    r
+}
+
+fn delays(t: &Topology, rng: &mut StdRng, hops: usize) -> Vec<Delay> {
+    sample_delays(rng, hops, mean_delay(t))
+}
+
+/// The sum of every sampled delay (PROTOCOL.md 6.4 counts all of them).
+pub(super) fn delay_sum(delays: &[Delay]) -> Duration {
+    delays
+        .iter()
+        .fold(Duration::ZERO, |acc, d| acc.saturating_add(d.to_duration()))
+}
+
+fn own_provider<'a>(t: &'a Topology, me: &Me) -> Result<&'a NodeEntry, BuildError> {
+    provider(t, &me.provider).ok_or(BuildError::OwnProvider(me.provider, t.epoch()))
+}
+
+/// A forward packet from our provider through the mixes to `last`.
+fn forward(
+    t: &Topology,
+    rng: &mut StdRng,
+    me: &Me,
+    last: &NodeEntry,
+    destination: NodeId,
+    identifier: [u8; IDENTIFIER_LEN],
+    payload: &Payload,
+) -> Result<(Vec<u8>, Vec<Delay>), BuildError> {
+    let ps = t.params().payload_size;
+    let first = own_provider(t, me)?;
+    let plaintext = payload.encode(payload_plaintext_len(ps)).map_err(other)?;
+    let hops = route(t, rng, Some(first), last);
+    let d = delays(t, rng, hops.len());
+    let packet = build_packet(
+        &plaintext,
+        &hops,
+        &destination_of(&destination, identifier),
+        &d,
+        ps,
+    )
+    .map_err(other)?;
+    Ok((packet, d))
+}
+
+/// A data packet as it leaves: the packet, the ack id its SURB-ACK answers
+/// with, and the sum of both routes' sampled delays (for the ack timeout).
+pub(super) struct DataPacket {
+    pub packet: Vec<u8>,
+    pub ack_id: [u8; IDENTIFIER_LEN],
+    pub delays: Duration,
+}
+
+/// One encoded fragment for `to` (PROTOCOL.md 6.3, 6.4): sealed to its
+/// encryption key, next to a fresh SURB-ACK for `L1' → L2' → L3' → our
+/// provider` (fresh mixes, destination us, identifier a fresh ack id).
+pub(super) fn data_packet(
+    t: &Topology,
+    rng: &mut StdRng,
+    me: &Me,
+    to: &ClientAddress,
+    fragment: &[u8],
+) -> Result<DataPacket, BuildError> {
+    let ps = t.params().payload_size;
+    let last = provider(t, &to.provider).ok_or(BuildError::Provider(to.provider, t.epoch()))?;
+    let ack_route = route(t, rng, None, own_provider(t, me)?);
+    let ack_delays = delays(t, rng, ack_route.len());
+    let ack_id: [u8; IDENTIFIER_LEN] = rng.random();
+    let surb_ack = make_surb(&ack_route, me.identity, ack_id, &ack_delays).map_err(other)?;
+    let sealed = seal(
+        &to.encryption,
+        KIND_DATA,
+        fragment,
+        data_sealed_len(ps, surb_ack.len()),
+        rng,
+    )
+    .map_err(other)?;
+    let payload = Payload::Data { surb_ack, sealed };
+    let identifier: [u8; IDENTIFIER_LEN] = rng.random();
+    let (packet, fwd_delays) = forward(t, rng, me, last, to.identity, identifier, &payload)?;
+    Ok(DataPacket {
+        packet,
+        ack_id,
+        delays: delay_sum(&fwd_delays).saturating_add(delay_sum(&ack_delays)),
+    })
+}
+
+/// A loop (6.2): our provider → mixes → our provider, destination us,
+/// identifier `id`.
+pub(super) fn loop_packet(
+    t: &Topology,
+    rng: &mut StdRng,
+    me: &Me,
+    id: [u8; IDENTIFIER_LEN],
+) -> Result<Vec<u8>, BuildError> {
+    let last = own_provider(t, me)?;
+    forward(t, rng, me, last, me.identity, id, &Payload::Loop).map(|(p, _)| p)
+}
+
+/// A drop (6.2): to a uniformly random provider, destination that provider.
+pub(super) fn drop_packet(t: &Topology, rng: &mut StdRng, me: &Me) -> Result<Vec<u8>, BuildError> {
+    let providers: Vec<&NodeEntry> = t.providers().collect();
+    let Some(last) = providers.get(rng.random_range(0..providers.len().max(1))) else {
+        return Err(BuildError::OwnProvider(me.provider, t.epoch()));
+    };
+    let id: [u8; IDENTIFIER_LEN] = rng.random();
+    forward(t, rng, me, last, last.id, id, &Payload::Drop).map(|(p, _)| p)
+}
+
+/// A reply block (6.5) that a recipient at `their_provider` can answer
+/// over: `their provider → mixes → our provider`, destination us. Returns
+/// the identifier the reply will arrive with and the block.
+pub(super) fn reply_block(
+    t: &Topology,
+    rng: &mut StdRng,
+    me: &Me,
+    their_provider: &NodeId,
+) -> Result<([u8; IDENTIFIER_LEN], ReplyBlock), BuildError> {
+    let first =
+        provider(t, their_provider).ok_or(BuildError::Provider(*their_provider, t.epoch()))?;
+    let hops = route(t, rng, Some(first), own_provider(t, me)?);
+    let d = delays(t, rng, hops.len());
+    let id: [u8; IDENTIFIER_LEN] = rng.random();
+    let surb = make_surb(&hops, me.identity, id, &d).map_err(other)?;
+    let key: [u8; REPLY_KEY_LEN] = rng.random();
+    Ok((
+        id,
+        ReplyBlock {
+            epoch: t.epoch(),
+            surb,
+            key,
+        },
+    ))
+}
+
+/// The first hop written in a version-259 SURB (`header ‖ first hop ‖
+/// seeds`), if `surb` has a SURB's length.
+pub(super) fn surb_first_hop(surb: &[u8]) -> Option<NodeId> {
+    surb_hops(surb.len())?;
+    let bytes = surb.get(HEADER_SIZE..HEADER_SIZE + NODE_ADDRESS_LENGTH)?;
+    bytes.try_into().ok().map(NodeId)
+}
+
+/// One encoded fragment sent over `block` (6.5). The packet enters the
+/// network at our provider, so the block must start there.
+pub(super) fn reply_packet(
+    t: &Topology,
+    me: &Me,
+    block: &ReplyBlock,
+    fragment: &[u8],
+) -> Result<Vec<u8>, BuildError> {
+    let ps = t.params().payload_size;
+    let ciphertext = seal_reply(&block.key, fragment, reply_ciphertext_len(ps)).map_err(other)?;
+    let plaintext = Payload::Reply { ciphertext }
+        .encode(payload_plaintext_len(ps))
+        .map_err(other)?;
+    let (first_hop, packet) = use_surb(&block.surb, &plaintext, ps).map_err(other)?;
+    if first_hop != me.provider || provider(t, &first_hop).is_none() {
+        return Err(BuildError::ReplyFirstHop(first_hop));
+    }
+    Ok(packet)
+}

@@ -1,0 +1,229 @@
+//! The two bounded, expiring stores of reply state:
+//!
+//! * [`ReplyKeys`] (sender side): for every reply block we handed out, the
+//!   identifier its reply will arrive with and the key to open it. Single
+//!   use: forgotten once a reply opened with it.
+//! * [`HeldBlocks`] (recipient side): reply blocks that came with received
+//!   messages, behind opaque [`ReplyHandle`]s. Blocks leave the store when a
+//!   reply takes them, so none is used twice.
+//!
+//! Both evict the oldest entry when full and drop entries older than a TTL
+//! (a reply block is useless after its sender forgot the key, and after its
+//! key epoch ended anyway).
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use loopmix_core::e2e::{REPLY_KEY_LEN, ReplyBlock};
+
+/// An insertion-ordered map with a size limit and a time to live. Removing
+/// an entry leaves a stale line in `order`, compacted when `order` grows
+/// past twice the limit, so memory stays bounded.
+struct Expiring<K, V> {
+    map: HashMap<K, (V, Instant)>,
+    order: VecDeque<(K, Instant)>,
+    limit: usize,
+    ttl: Duration,
+}
+
+impl<K: Copy + Eq + Hash, V> Expiring<K, V> {
+    fn new(limit: usize, ttl: Duration) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            limit: limit.max(1),
+            ttl,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Inserts, evicting the oldest entries to stay within the limit.
+    /// Returns how many were evicted.
+    fn insert(&mut self, k: K, v: V, now: Instant) -> usize {
+        let mut evicted = 0;
+        while self.map.len() >= self.limit {
+            let Some((old, at)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&old).is_some_and(|(_, t)| *t == at) {
+                self.map.remove(&old);
+                evicted += 1;
+            }
+        }
+        self.map.insert(k, (v, now));
+        self.order.push_back((k, now));
+        if self.order.len() > self.limit.saturating_mul(2) {
+            let map = &self.map;
+            self.order
+                .retain(|(k, at)| map.get(k).is_some_and(|(_, t)| t == at));
+        }
+        evicted
+    }
+
+    fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        self.map.get_mut(k).map(|(v, _)| v)
+    }
+
+    fn get(&self, k: &K) -> Option<&V> {
+        self.map.get(k).map(|(v, _)| v)
+    }
+
+    fn remove(&mut self, k: &K) -> Option<V> {
+        self.map.remove(k).map(|(v, _)| v)
+    }
+
+    /// Drops entries inserted `ttl` or longer before `now`; how many.
+    fn expire(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        while let Some(&(k, at)) = self.order.front() {
+            if now.saturating_duration_since(at) < self.ttl {
+                break;
+            }
+            self.order.pop_front();
+            if self.map.get(&k).is_some_and(|(_, t)| *t == at) {
+                self.map.remove(&k);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// Reply keys by the identifier their reply arrives with.
+pub(super) struct ReplyKeys(Expiring<[u8; 16], [u8; REPLY_KEY_LEN]>);
+
+impl ReplyKeys {
+    pub fn new(limit: usize, ttl: Duration) -> Self {
+        Self(Expiring::new(limit, ttl))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn insert(&mut self, id: [u8; 16], key: [u8; REPLY_KEY_LEN], now: Instant) -> usize {
+        self.0.insert(id, key, now)
+    }
+
+    pub fn get(&self, id: &[u8; 16]) -> Option<&[u8; REPLY_KEY_LEN]> {
+        self.0.get(id)
+    }
+
+    pub fn remove(&mut self, id: &[u8; 16]) {
+        if let Some(mut key) = self.0.remove(id) {
+            key.fill(0);
+        }
+    }
+
+    pub fn expire(&mut self, now: Instant) -> usize {
+        self.0.expire(now)
+    }
+
+    #[cfg(test)]
+    pub fn ids(&self) -> Vec<[u8; 16]> {
+        self.0.map.keys().copied().collect()
+    }
+}
+
+/// An opaque, copyable token for the reply blocks of one received message.
+/// It names an entry in the engine that received the message and nothing
+/// else: no address, no route, no key. Blocks are taken out of the engine
+/// when a reply uses them, so copying the handle never lets a block be used
+/// twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplyHandle(pub(super) u64);
+
+/// Reply blocks behind handles.
+pub(super) struct HeldBlocks {
+    store: Expiring<u64, Vec<ReplyBlock>>,
+    next: u64,
+}
+
+impl HeldBlocks {
+    pub fn new(limit: usize, ttl: Duration) -> Self {
+        Self {
+            store: Expiring::new(limit, ttl),
+            next: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn insert(&mut self, blocks: Vec<ReplyBlock>, now: Instant) -> ReplyHandle {
+        self.next = self.next.wrapping_add(1);
+        self.store.insert(self.next, blocks, now);
+        ReplyHandle(self.next)
+    }
+
+    pub fn blocks(&self, h: &ReplyHandle) -> Option<&[ReplyBlock]> {
+        self.store.get(&h.0).map(Vec::as_slice)
+    }
+
+    /// Keeps only the blocks for which `usable` holds; how many are left.
+    pub fn retain(&mut self, h: &ReplyHandle, usable: impl FnMut(&ReplyBlock) -> bool) -> usize {
+        let Some(blocks) = self.store.get_mut(&h.0) else {
+            return 0;
+        };
+        blocks.retain(usable);
+        let left = blocks.len();
+        if left == 0 {
+            self.store.remove(&h.0);
+        }
+        left
+    }
+
+    /// Takes `n` blocks (the caller checked there are that many).
+    pub fn take(&mut self, h: &ReplyHandle, n: usize) -> Vec<ReplyBlock> {
+        let Some(blocks) = self.store.get_mut(&h.0) else {
+            return Vec::new();
+        };
+        let taken: Vec<ReplyBlock> = blocks.drain(..n.min(blocks.len())).collect();
+        if blocks.is_empty() {
+            self.store.remove(&h.0);
+        }
+        taken
+    }
+
+    pub fn expire(&mut self, now: Instant) -> usize {
+        self.store.expire(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiring_is_bounded_and_expires_in_order() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut e: Expiring<u32, u32> = Expiring::new(3, 10 * s);
+        for i in 0..3 {
+            assert_eq!(e.insert(i, i, t0 + i * s), 0);
+        }
+        assert_eq!(e.insert(3, 3, t0 + 3 * s), 1, "the oldest is evicted");
+        assert!(e.get(&0).is_none() && e.get(&3).is_some());
+        assert_eq!(e.remove(&3), Some(3));
+        // Used entries leave stale order lines; they stay bounded.
+        for i in 10..1000 {
+            assert_eq!(e.insert(i, i, t0 + 4 * s), 0);
+            e.remove(&i);
+        }
+        assert!(e.order.len() <= 7, "{}", e.order.len());
+        assert_eq!(e.expire(t0 + 11 * s), 1, "entry 1, inserted at 1 s");
+        assert_eq!(e.expire(t0 + 14 * s), 1, "entry 2");
+        assert_eq!(e.len(), 0);
+        // Re-inserting a key restarts its clock.
+        e.insert(7, 1, t0);
+        e.insert(7, 2, t0 + 5 * s);
+        assert_eq!(e.expire(t0 + 12 * s), 0);
+        assert_eq!(e.get(&7), Some(&2));
+        assert_eq!(e.expire(t0 + 15 * s), 1);
+    }
+}

@@ -1,0 +1,568 @@
+//! The client's I/O shell around the sans-IO [`Engine`]: the directory, the
+//! link to the provider, the three Poisson streams, and the pull loop.
+//!
+//! ```text
+//! λ_P ticker ─► engine.real_or_drop ─┐
+//! λ_L ticker ─► engine.loop_packet  ─┼─► Egress (QUIC uni stream) ─► provider
+//! λ_D ticker ─► engine.drop_packet  ─┘
+//! pull every pull_interval ◄─ provider inbox ─► engine.on_inbox ─► events ─► app
+//!                                                        confirm ─► provider
+//! ```
+//! Every stream builds its next packet ahead of its tick on the blocking
+//! pool (Sphinx construction plus a SURB costs about a millisecond), so send
+//! times stay Poisson under CPU load. An observer of the client's link sees
+//! the same rates whether the user is idle or busy: real packets replace
+//! drop packets in λ_P slots, they are never added.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use loopmix_core::e2e::ClientAddress;
+use loopmix_core::keys::NodeId;
+use loopmix_core::message::MessageId;
+use loopmix_core::metrics::{counter, counter_vec, float_gauge, histogram};
+use loopmix_core::pki::{DirectoryClient, DirectoryClientConfig, VerifiedTopology};
+use loopmix_core::poisson::PoissonTicker;
+use loopmix_core::provider_link::{self, Request, Response};
+use loopmix_core::topology::Topology;
+use loopmix_core::transport::egress::{Egress, EgressMetrics, OutPacket};
+use loopmix_core::transport::{PeerAllowList, Transport};
+use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, Registry};
+use rand::SeedableRng;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::ClientConfig;
+use crate::engine::{Engine, EngineConfig, Event, OutKind, Outgoing, ReplyHandle, SendError};
+use crate::keys::ClientKeys;
+
+/// Client metrics (one registry per client).
+#[derive(Clone)]
+pub struct ClientMetrics {
+    pub sent: IntCounterVec,
+    pub received: IntCounter,
+    pub delivered: IntCounter,
+    pub failed: IntCounter,
+    pub loop_rtt: Histogram,
+    pub loop_return_ratio: Gauge,
+    pub loops_lost: IntCounter,
+    pub pulls: IntCounterVec,
+}
+
+impl ClientMetrics {
+    fn new(r: &Registry) -> anyhow::Result<Self> {
+        let sent = counter_vec(
+            r,
+            "loopmix_client_packets_sent_total",
+            "Packets handed to the provider link, by stream and kind (real, retransmission, reply, drop, loop)",
+            &["kind"],
+        )?;
+        for k in ["real", "retransmission", "reply", "drop", "loop"] {
+            sent.with_label_values(&[k]);
+        }
+        Ok(Self {
+            sent,
+            received: counter(
+                r,
+                "loopmix_client_messages_received_total",
+                "Complete messages received",
+            )?,
+            delivered: counter(
+                r,
+                "loopmix_client_messages_delivered_total",
+                "Sent messages whose every fragment was acknowledged",
+            )?,
+            failed: counter(
+                r,
+                "loopmix_client_messages_failed_total",
+                "Sent messages given up after max_attempts",
+            )?,
+            loop_rtt: histogram(
+                r,
+                "loopmix_client_loop_rtt_seconds",
+                "Round trip of returned loop packets (includes the wait for the next pull)",
+                vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0],
+            )?,
+            loop_return_ratio: float_gauge(
+                r,
+                "loopmix_client_loop_return_ratio",
+                "Returned / resolved loops; loops that never come back reveal a dead or attacking mix",
+            )?,
+            loops_lost: counter(
+                r,
+                "loopmix_client_loops_lost_total",
+                "Loop packets not back in time",
+            )?,
+            pulls: counter_vec(
+                r,
+                "loopmix_client_pulls_total",
+                "Inbox pulls by result",
+                &["result"],
+            )?,
+        })
+    }
+}
+
+/// Something the application learns.
+#[derive(Debug)]
+pub enum ClientEvent {
+    Received {
+        message: MessageId,
+        body: Vec<u8>,
+        reply: Option<ReplyHandle>,
+    },
+    Delivered {
+        message: MessageId,
+    },
+    Failed {
+        message: MessageId,
+        reason: String,
+    },
+}
+
+/// A running client. Dropping it does not stop it; call [`Client::shutdown`].
+pub struct Client {
+    engine: Arc<Mutex<Engine>>,
+    address: ClientAddress,
+    cancel: CancellationToken,
+    pub metrics: ClientMetrics,
+}
+
+fn lock(e: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    match e.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Client {
+    pub fn address(&self) -> ClientAddress {
+        self.address
+    }
+
+    /// Queues `body` for `to`; it leaves in the next λ_P slots.
+    pub fn send(
+        &self,
+        to: &ClientAddress,
+        body: Vec<u8>,
+        reply_blocks: usize,
+    ) -> Result<MessageId, SendError> {
+        lock(&self.engine).send(to, body, reply_blocks, Instant::now())
+    }
+
+    /// Answers a received message over the reply blocks it carried.
+    pub fn reply(&self, to: ReplyHandle, body: Vec<u8>) -> Result<MessageId, SendError> {
+        lock(&self.engine).reply(to, body, Instant::now())
+    }
+
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Starts the client: waits for a verified topology that lists our
+    /// provider, connects, registers, and runs until [`shutdown`](Self::shutdown).
+    /// Events arrive on the returned channel; the inbox is confirmed to the
+    /// provider only once the events are queued there.
+    pub async fn start(
+        cfg: ClientConfig,
+        registry: &Registry,
+    ) -> anyhow::Result<(Client, mpsc::Receiver<ClientEvent>)> {
+        let ClientKeys {
+            identity,
+            encryption,
+        } = ClientKeys::load(&cfg)?;
+        let identity = Arc::new(identity);
+        let provider = cfg.client.provider;
+        let metrics = ClientMetrics::new(registry)?;
+        let dcfg = DirectoryClientConfig::pinned(
+            &cfg.directory.authorities,
+            cfg.directory.threshold,
+            cfg.directory.request_timeout,
+        )?;
+        let dir = Arc::new(DirectoryClient::new(dcfg, registry)?);
+        let first = first_topology(&dir, provider).await?;
+        let ecfg = EngineConfig {
+            max_message_bytes: cfg.messages.max_message_bytes,
+            send_queue: cfg.messages.send_queue,
+            max_attempts: cfg.messages.max_attempts,
+            pull_interval: cfg.messages.pull_interval,
+            ..EngineConfig::default()
+        };
+        let mut engine = Engine::new(identity.node_id(), encryption, provider, ecfg);
+        engine.set_topology(Arc::new(first.topology().clone()));
+        let address = engine.address();
+        let engine = Arc::new(Mutex::new(engine));
+
+        let provider_addr = provider_address(first.topology(), provider)?;
+        let bind: SocketAddr = if provider_addr.is_ipv4() {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        // Nobody dials a client: the allow-list stays empty.
+        let transport =
+            Transport::bind(bind, identity, PeerAllowList::default(), Arc::new(|_| {}))?;
+        let egress = Egress::new(
+            transport.clone(),
+            1024,
+            EgressMetrics {
+                sent: counter(
+                    registry,
+                    "loopmix_client_link_packets_total",
+                    "Packets written to the provider link",
+                )?,
+                dropped: counter_vec(
+                    registry,
+                    "loopmix_client_link_dropped_total",
+                    "Packets the provider link could not take, by reason",
+                    &["reason"],
+                )?,
+                links_up: loopmix_core::metrics::gauge(
+                    registry,
+                    "loopmix_client_link_up",
+                    "1 while the packet link to the provider is connected",
+                )?,
+            },
+        );
+        let cancel = CancellationToken::new();
+        let (events_tx, events_rx) = mpsc::channel(256);
+        let shell = Shell {
+            engine: engine.clone(),
+            dir: dir.clone(),
+            egress,
+            transport,
+            provider,
+            metrics: metrics.clone(),
+            events: events_tx,
+            pull_interval: cfg.messages.pull_interval,
+            cancel: cancel.clone(),
+        };
+        shell.spawn_all();
+        info!(%address, "client running");
+        Ok((
+            Client {
+                engine,
+                address,
+                cancel,
+                metrics,
+            },
+            events_rx,
+        ))
+    }
+}
+
+fn provider_address(t: &Topology, provider: NodeId) -> anyhow::Result<SocketAddr> {
+    match t.get(&provider) {
+        Some(e) => Ok(e.address),
+        None => bail!(
+            "provider {provider} is not in the topology of epoch {}",
+            t.epoch()
+        ),
+    }
+}
+
+/// Waits (up to a minute) for a verified document that lists our provider.
+async fn first_topology(
+    dir: &DirectoryClient,
+    provider: NodeId,
+) -> anyhow::Result<Arc<VerifiedTopology>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = match dir.fetch_current().await {
+            Ok(v) if v.topology().contains(&provider) => return Ok(v),
+            Ok(v) => format!("provider {provider} not listed in epoch {}", v.epoch()),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > deadline {
+            bail!("no usable topology: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+struct Shell {
+    engine: Arc<Mutex<Engine>>,
+    dir: Arc<DirectoryClient>,
+    egress: Egress,
+    transport: Transport,
+    provider: NodeId,
+    metrics: ClientMetrics,
+    events: mpsc::Sender<ClientEvent>,
+    pull_interval: Duration,
+    cancel: CancellationToken,
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Payload,
+    Loop,
+    Drop,
+}
+
+impl Stream {
+    fn rate(self, t: &Topology) -> f64 {
+        let p = t.params();
+        match self {
+            Stream::Payload => p.lambda_p_per_s,
+            Stream::Loop => p.lambda_l_per_s,
+            Stream::Drop => p.lambda_d_per_s,
+        }
+    }
+}
+
+impl Shell {
+    fn spawn_all(self) {
+        let me = Arc::new(self);
+        {
+            let (dir, cancel) = (me.dir.clone(), me.cancel.clone());
+            tokio::spawn(async move { dir.run(cancel).await });
+        }
+        tokio::spawn(me.clone().follow_topology());
+        for s in [Stream::Payload, Stream::Loop, Stream::Drop] {
+            tokio::spawn(me.clone().poisson(s));
+        }
+        tokio::spawn(me.clone().ticks());
+        tokio::spawn(me.pull_loop());
+    }
+
+    fn topology(&self) -> Option<Arc<VerifiedTopology>> {
+        self.dir.current()
+    }
+
+    async fn follow_topology(self: Arc<Self>) {
+        let mut rx = self.dir.subscribe();
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+            let doc = rx.borrow_and_update().clone();
+            if let Some(doc) = doc {
+                lock(&self.engine).set_topology(Arc::new(doc.topology().clone()));
+                debug!(epoch = doc.epoch(), "topology in force");
+            }
+        }
+    }
+
+    /// One Poisson stream: the next packet is built before its tick.
+    async fn poisson(self: Arc<Self>, stream: Stream) {
+        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+        let mut rate = self.topology().map_or(0.0, |t| stream.rate(t.topology()));
+        let mut ticker = PoissonTicker::new(&mut rng, rate, Instant::now());
+        let mut next = self.clone().build(stream);
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let due = ticker.next_deadline();
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = check.tick() => {
+                    let r = self.topology().map_or(0.0, |t| stream.rate(t.topology()));
+                    if r != rate {
+                        rate = r;
+                        ticker.set_rate(&mut rng, rate, Instant::now());
+                    }
+                }
+                _ = sleep_until(due), if due.is_some() => {
+                    while ticker.poll(&mut rng, Instant::now()).is_some() {
+                        let built = next.await.ok().flatten();
+                        next = self.clone().build(stream);
+                        if let Some(out) = built {
+                            self.send(out);
+                        }
+                    }
+                }
+            }
+        }
+        next.abort();
+    }
+
+    fn build(self: Arc<Self>, stream: Stream) -> tokio::task::JoinHandle<Option<Outgoing>> {
+        tokio::task::spawn_blocking(move || {
+            let mut e = lock(&self.engine);
+            match stream {
+                Stream::Payload => e.real_or_drop(Instant::now()),
+                Stream::Loop => e.loop_packet(Instant::now()),
+                Stream::Drop => e.drop_packet(),
+            }
+        })
+    }
+
+    fn send(&self, out: Outgoing) {
+        let label = match out.kind {
+            OutKind::Real => "real",
+            OutKind::Retransmission => "retransmission",
+            OutKind::Reply => "reply",
+            OutKind::Drop => "drop",
+            OutKind::Loop => "loop",
+        };
+        self.metrics.sent.with_label_values(&[label]).inc();
+        // Every packet enters the mixnet at our provider, whatever its
+        // Sphinx first hop says (a reply block's first hop is our provider).
+        let Some(addr) = self
+            .topology()
+            .and_then(|t| t.topology().get(&self.provider).map(|e| e.address))
+        else {
+            return;
+        };
+        if out.first_hop != self.provider {
+            debug!(first_hop = %out.first_hop.short(), "packet not starting at our provider; dropped");
+            return;
+        }
+        let pkt = OutPacket {
+            key_epoch: out.key_epoch,
+            packet: out.packet,
+        };
+        if let Err(r) = self.egress.send(self.provider, addr, pkt) {
+            debug!(reason = r.label(), "provider link refused a packet");
+        }
+    }
+
+    async fn ticks(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let events = lock(&self.engine).tick(Instant::now());
+            if !self.forward(events).await {
+                return;
+            }
+        }
+    }
+
+    /// Hands engine events to the application; `false` once it has gone.
+    async fn forward(&self, events: Vec<Event>) -> bool {
+        for ev in events {
+            let out = match ev {
+                Event::Received {
+                    message,
+                    body,
+                    reply,
+                } => {
+                    self.metrics.received.inc();
+                    ClientEvent::Received {
+                        message,
+                        body,
+                        reply,
+                    }
+                }
+                Event::Delivered { message } => {
+                    self.metrics.delivered.inc();
+                    ClientEvent::Delivered { message }
+                }
+                Event::Failed { message, reason } => {
+                    self.metrics.failed.inc();
+                    ClientEvent::Failed { message, reason }
+                }
+                Event::LoopReturned { rtt } => {
+                    self.metrics.loop_rtt.observe(rtt.as_secs_f64());
+                    continue;
+                }
+                Event::LoopLost => {
+                    self.metrics.loops_lost.inc();
+                    continue;
+                }
+            };
+            if self.events.send(out).await.is_err() {
+                return false;
+            }
+        }
+        if let Some(r) = lock(&self.engine).stats().loop_return_ratio {
+            self.metrics.loop_return_ratio.set(r);
+        }
+        true
+    }
+
+    /// Keeps a control connection to the provider, registers, pulls.
+    async fn pull_loop(self: Arc<Self>) {
+        let timeout = Duration::from_secs(10);
+        let mut conn: Option<quinn::Connection> = None;
+        let mut every = tokio::time::interval(self.pull_interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = false;
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            if conn.as_ref().is_none_or(|c| c.close_reason().is_some()) {
+                conn = match self.connect_and_register(timeout).await {
+                    Ok(c) => {
+                        warned = false;
+                        Some(c)
+                    }
+                    Err(e) => {
+                        self.metrics.pulls.with_label_values(&["unreachable"]).inc();
+                        if !warned {
+                            warn!(error = %e, "provider unreachable; retrying");
+                            warned = true;
+                        }
+                        None
+                    }
+                };
+            }
+            let Some(c) = conn.clone() else { continue };
+            match provider_link::request(&c, &Request::Pull, timeout).await {
+                Ok(Response::Messages { slots }) => {
+                    self.metrics.pulls.with_label_values(&["ok"]).inc();
+                    if slots.is_empty() {
+                        continue;
+                    }
+                    let mut seqs = Vec::with_capacity(slots.len());
+                    let mut events = Vec::new();
+                    {
+                        let mut e = lock(&self.engine);
+                        let now = Instant::now();
+                        for s in slots {
+                            events.extend(e.on_inbox(s.identifier, &s.data, now));
+                            seqs.push(s.seq);
+                        }
+                    }
+                    if !self.forward(events).await {
+                        return;
+                    }
+                    // Confirmed only now: the events are with the application.
+                    if let Err(e) =
+                        provider_link::request(&c, &Request::Confirm(seqs), timeout).await
+                    {
+                        debug!(error = %e, "confirm failed; the messages come again and are discarded as duplicates");
+                    }
+                    every.reset_immediately();
+                }
+                Ok(other) => {
+                    self.metrics.pulls.with_label_values(&["refused"]).inc();
+                    debug!(answer = ?other, "pull refused");
+                    conn = None;
+                }
+                Err(e) => {
+                    self.metrics.pulls.with_label_values(&["failed"]).inc();
+                    debug!(error = %e, "pull failed");
+                    conn = None;
+                }
+            }
+        }
+    }
+
+    async fn connect_and_register(&self, timeout: Duration) -> anyhow::Result<quinn::Connection> {
+        let addr = self
+            .topology()
+            .and_then(|t| t.topology().get(&self.provider).map(|e| e.address))
+            .context("provider not in the topology")?;
+        let conn = self.transport.connect(self.provider, addr).await?;
+        match provider_link::request(&conn, &Request::Register, timeout).await? {
+            Response::Ok => Ok(conn),
+            other => bail!("registration refused: {other:?}"),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,176 @@
+//! End-to-end messaging: three real authority processes, three layers of
+//! two real mix processes, two real provider processes, and two clients
+//! (the loopmix-client library) exchanging messages through them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use loopmix_client::config::{CONFIG_FILE, ClientConfig};
+use loopmix_client::keys::ClientKeys;
+use loopmix_client::runtime::{Client, ClientEvent};
+use loopmix_core::keys::NodeId;
+use loopmix_core::message::MessageId;
+use loopmix_core::pki::AuthorityEntry;
+use loopmix_directory::harness::Authorities;
+use loopmix_node::harness::{DirectoryNetwork, workspace_bin};
+use prometheus::Registry;
+use tokio::sync::mpsc;
+
+/// Network parameters for tests: fast cover and short delays so a test runs
+/// in seconds, the same shape as production.
+fn fast_network(t: String) -> String {
+    t.replace("mean_hop_delay_ms = 50.0", "mean_hop_delay_ms = 20.0")
+        .replace("lambda_p_per_s = 2.0", "lambda_p_per_s = 20.0")
+        .replace("lambda_l_per_s = 1.0", "lambda_l_per_s = 2.0")
+        .replace("lambda_d_per_s = 1.0", "lambda_d_per_s = 2.0")
+        .replace("lambda_m_per_s = 1.0", "lambda_m_per_s = 2.0")
+        .replace("payload_size = 1024", "payload_size = 2048")
+}
+
+fn client_config(dir: &Path, provider: NodeId, auths: &Authorities) -> ClientConfig {
+    std::fs::create_dir_all(dir).unwrap();
+    ClientKeys::create(dir).unwrap();
+    let entries: Vec<AuthorityEntry> = auths
+        .auths
+        .iter()
+        .map(|a| AuthorityEntry {
+            key: a.key,
+            url: a.url.clone(),
+        })
+        .collect();
+    let text = ClientConfig::template(provider, &entries, auths.k)
+        .replace("pull_interval = \"500ms\"", "pull_interval = \"200ms\"");
+    std::fs::write(dir.join(CONFIG_FILE), text).unwrap();
+    ClientConfig::load(&dir.join(CONFIG_FILE)).unwrap()
+}
+
+async fn next_event(
+    rx: &mut mpsc::Receiver<ClientEvent>,
+    secs: u64,
+    what: &str,
+    mut want: impl FnMut(&ClientEvent) -> bool,
+) -> ClientEvent {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(ev)) if want(&ev) => return ev,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("client stopped while waiting for {what}"),
+            Err(_) => panic!("timed out after {secs}s waiting for {what}"),
+        }
+    }
+}
+
+fn delivered(id: MessageId) -> impl FnMut(&ClientEvent) -> bool {
+    move |ev| matches!(ev, ClientEvent::Delivered { message } if *message == id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_replies_and_a_provider_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir_bin = workspace_bin("loopmix-directory").unwrap();
+    let node_bin = workspace_bin("loopmix-node").unwrap();
+    let auths = Authorities::launch(
+        &dir_bin,
+        &tmp.path().join("auth"),
+        3,
+        2,
+        "10s",
+        "3s",
+        fast_network,
+    )
+    .unwrap();
+    let mut net = DirectoryNetwork::launch(
+        &node_bin,
+        &tmp.path().join("nodes"),
+        &auths.node_init_args(),
+        6,
+        2,
+        |t| t,
+    )
+    .unwrap();
+    net.wait_listed(Duration::from_secs(90)).unwrap();
+    let (pa, pb) = (net.provider_dir(0).id, net.provider_dir(1).id);
+
+    let (a, mut a_rx) = Client::start(
+        client_config(&tmp.path().join("alice"), pa, &auths),
+        &Registry::new(),
+    )
+    .await
+    .unwrap();
+    let b_cfg = client_config(&tmp.path().join("bob"), pb, &auths);
+    let (b, mut b_rx) = Client::start(b_cfg.clone(), &Registry::new())
+        .await
+        .unwrap();
+
+    // A message of several payloads, with reply blocks, arrives intact.
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let sent = a.send(&b.address(), body.clone(), 2).unwrap();
+    let got = next_event(&mut b_rx, 60, "the message at B", |ev| {
+        matches!(ev, ClientEvent::Received { .. })
+    })
+    .await;
+    let ClientEvent::Received {
+        body: got_body,
+        reply,
+        ..
+    } = got
+    else {
+        unreachable!()
+    };
+    assert_eq!(got_body, body, "message corrupted");
+    next_event(&mut a_rx, 60, "A's delivery confirmation", delivered(sent)).await;
+
+    // B answers over the reply blocks; it never learned A's address.
+    let reply = reply.expect("reply blocks");
+    b.reply(reply, b"pong from someone who does not know you".to_vec())
+        .unwrap();
+    let ev = next_event(&mut a_rx, 60, "the reply at A", |ev| {
+        matches!(ev, ClientEvent::Received { .. })
+    })
+    .await;
+    let ClientEvent::Received { body, .. } = ev else {
+        unreachable!()
+    };
+    assert_eq!(body, b"pong from someone who does not know you");
+
+    // B goes offline; a message for it is stored at its provider, which is
+    // then SIGKILLed and restarted: the message survives.
+    b.shutdown();
+    drop(b_rx);
+    let provider_b = net.mixes + 1;
+    let stored_before = net.nodes[provider_b]
+        .metric("loopmix_provider_delivered_total")
+        .unwrap();
+    let second = a
+        .send(&b.address(), b"kept across a crash".to_vec(), 0)
+        .unwrap();
+    next_event(
+        &mut a_rx,
+        60,
+        "ack of the stored message",
+        delivered(second),
+    )
+    .await;
+    assert!(
+        net.nodes[provider_b]
+            .metric("loopmix_provider_delivered_total")
+            .unwrap()
+            > stored_before
+    );
+    net.nodes[provider_b].kill();
+    net.restart(&node_bin, provider_b).unwrap();
+    let (_b2, mut b2_rx) = Client::start(b_cfg, &Registry::new()).await.unwrap();
+    let ev = next_event(&mut b2_rx, 60, "the stored message after the crash", |ev| {
+        matches!(ev, ClientEvent::Received { .. })
+    })
+    .await;
+    let ClientEvent::Received { body, .. } = ev else {
+        unreachable!()
+    };
+    assert_eq!(body, b"kept across a crash");
+    a.shutdown();
+}
