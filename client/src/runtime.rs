@@ -158,6 +158,19 @@ impl Client {
         lock(&self.engine).reply(to, body, Instant::now())
     }
 
+    /// The engine's counters and queue sizes.
+    pub fn stats(&self) -> crate::engine::EngineStats {
+        lock(&self.engine).stats()
+    }
+
+    /// Epoch of the topology the engine builds with, and whether it lists
+    /// our provider (nothing can be sent otherwise).
+    pub fn topology_state(&self) -> Option<(u64, bool)> {
+        let e = lock(&self.engine);
+        let provider = self.address.provider;
+        e.topology().map(|t| (t.epoch(), t.contains(&provider)))
+    }
+
     pub fn shutdown(&self) {
         self.cancel.cancel();
     }

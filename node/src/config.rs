@@ -168,6 +168,10 @@ pub struct MixingSection {
     /// at most this long; what is still queued then is counted as `shutdown`.
     #[serde(with = "humantime_serde")]
     pub shutdown_drain: Duration,
+    /// TESTING ONLY: drop this fraction of processed packets at random
+    /// (counted as `fault_injected`), to show that clients recover from loss.
+    /// Not in the template; never set it on a real network.
+    pub fault_drop_rate: f64,
 }
 
 impl Default for MixingSection {
@@ -181,6 +185,7 @@ impl Default for MixingSection {
             delay_queue_limit: 500_000,
             egress_queue: 16_384,
             shutdown_drain: Duration::from_secs(10),
+            fault_drop_rate: 0.0,
         }
     }
 }
@@ -276,6 +281,12 @@ impl NodeConfig {
                     "unsupported version {}, expected {CONFIG_VERSION}",
                     cfg.version
                 ),
+            ));
+        }
+        if !(0.0..1.0).contains(&cfg.mixing.fault_drop_rate) {
+            return Err(invalid(
+                "mixing.fault_drop_rate",
+                "must be in [0, 1)".into(),
             ));
         }
         if !(cfg.replay.fp_rate > 0.0 && cfg.replay.fp_rate < 1.0) {

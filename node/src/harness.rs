@@ -625,14 +625,15 @@ pub struct DirectoryNetwork {
 }
 
 impl DirectoryNetwork {
-    /// Inits and starts every node under `root`; `tweak` edits each config.
+    /// Inits and starts every node under `root`; `tweak(i, text)` edits
+    /// node `i`'s config.
     pub fn launch(
         bin: &Path,
         root: &Path,
         authority_args: &[String],
         mixes: usize,
         providers: usize,
-        tweak: impl Fn(String) -> String,
+        tweak: impl Fn(usize, String) -> String,
     ) -> anyhow::Result<Self> {
         let mut dirs = Vec::new();
         for i in 0..mixes + providers {
@@ -642,7 +643,7 @@ impl DirectoryNetwork {
                 (Role::Provider, format!("provider{}", i - mixes))
             };
             let nd = init_directory_node(bin, &root.join(name), role, authority_args)?;
-            edit_config(&nd, &tweak)?;
+            edit_config(&nd, |t| tweak(i, t))?;
             dirs.push(nd);
         }
         let nodes = dirs

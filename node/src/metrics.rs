@@ -19,6 +19,7 @@ pub const DROP_REASONS: &[&str] = &[
     "unknown_destination",
     "inbox_full",
     "storage",
+    "fault_injected",
 ];
 
 pub const REFUSAL_REASONS: &[&str] = &[

@@ -286,12 +286,20 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
     } else {
         cfg.cover.loop_timeout
     };
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         me,
         topology,
         metrics.clone(),
         LoopTracker::new(cfg.cover.pending_limit, loop_timeout, 200),
-    ));
+    );
+    if cfg.mixing.fault_drop_rate > 0.0 {
+        warn!(
+            rate = cfg.mixing.fault_drop_rate,
+            "TEST FAULT INJECTION: dropping this fraction of forwarded packets"
+        );
+        shared.fault_drop_rate = cfg.mixing.fault_drop_rate;
+    }
+    let shared = Arc::new(shared);
     let egress = Egress::new(
         transport.clone(),
         cfg.mixing.egress_queue,

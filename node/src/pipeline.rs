@@ -38,6 +38,8 @@ pub struct Shared {
     /// Providers only: where final-hop packets for clients (and drop cover
     /// for us) go. Unset on a mix, which drops them.
     pub final_hop: OnceLock<DeliveryQueue>,
+    /// Test-only fault injection (`mixing.fault_drop_rate`); 0 normally.
+    pub fault_drop_rate: f64,
 }
 
 impl Shared {
@@ -53,6 +55,7 @@ impl Shared {
             metrics,
             loops: Mutex::new(loops),
             final_hop: OnceLock::new(),
+            fault_drop_rate: 0.0,
         }
     }
 
@@ -189,6 +192,12 @@ fn worker(
             }) => {
                 if clamped {
                     shared.metrics.delay_clamped.inc();
+                }
+                if shared.fault_drop_rate > 0.0
+                    && rand::RngExt::random_bool(&mut rand::rng(), shared.fault_drop_rate)
+                {
+                    shared.drop_packet("fault_injected");
+                    continue;
                 }
                 if !shared.topology().contains(&next_hop) {
                     shared.drop_packet("unknown_next_hop");

@@ -19,7 +19,13 @@ use loopmix_core::e2e::{Payload, payload_plaintext_len, use_surb};
 use loopmix_core::keys::NodeId;
 use loopmix_core::pki::unix_now;
 use loopmix_core::transport::egress::{Egress, OutPacket};
-use tracing::debug;
+use tracing::{debug, warn};
+
+/// (destination, identifier, bytes to store, SURB-ACK and its key epoch)
+type ToStore = (NodeId, [u8; 16], Vec<u8>, Option<(Vec<u8>, u64)>);
+
+/// Packets stored per transaction at most.
+const MAX_BATCH: usize = 256;
 
 use super::inbox::{InboxError, InboxStore};
 use crate::pipeline::Shared;
@@ -71,9 +77,22 @@ impl DeliveryStage {
     }
 
     fn run(self, rx: Receiver<FinalPacket>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(p) => self.deliver(p),
+                Ok(p) => {
+                    // Group commit: everything already queued goes into the
+                    // same transaction, so one fsync covers many packets and
+                    // the stage keeps up with bursts.
+                    batch.push(p);
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    self.deliver(std::mem::take(&mut batch));
+                }
                 Err(RecvTimeoutError::Timeout) if self.stop.load(Ordering::Relaxed) => return,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -82,68 +101,90 @@ impl DeliveryStage {
         }
     }
 
-    fn deliver(&self, p: FinalPacket) {
+    fn deliver(&self, packets: Vec<FinalPacket>) {
         let m = &self.shared.metrics;
-        let payload = match Payload::decode(&p.plaintext) {
-            Ok(payload) => payload,
-            Err(e) => {
-                debug!(error = %e, "undecodable final-hop payload");
-                m.dropped.with_label_values(&["malformed"]).inc();
-                return;
+        let mut to_store: Vec<ToStore> = Vec::new();
+        for p in packets {
+            let payload = match Payload::decode(&p.plaintext) {
+                Ok(payload) => payload,
+                Err(e) => {
+                    debug!(error = %e, "undecodable final-hop payload");
+                    m.dropped.with_label_values(&["malformed"]).inc();
+                    continue;
+                }
+            };
+            if p.destination == self.shared.me {
+                // Drop cover addressed to us: its whole purpose was to be sent.
+                match payload {
+                    Payload::Drop => m.cover_drops_received.inc(),
+                    _ => m.dropped.with_label_values(&["unexpected_final_hop"]).inc(),
+                }
+                continue;
             }
-        };
-        if p.destination == self.shared.me {
-            // Drop cover addressed to us: its whole purpose was to be sent.
             match payload {
-                Payload::Drop => m.cover_drops_received.inc(),
-                _ => m.dropped.with_label_values(&["unexpected_final_hop"]).inc(),
-            }
-            return;
-        }
-        let (stored, surb_ack) = match payload {
-            Payload::Data { surb_ack, sealed } => {
-                // The client never needs the SURB-ACK; keeping it would let a
-                // later reader of the inbox send the ack again. Zeroed, not
-                // removed, so the stored item keeps the payload's layout.
-                let kept = Payload::Data {
-                    surb_ack: vec![0; surb_ack.len()],
-                    sealed,
-                };
-                match kept.encode(p.plaintext.len()) {
-                    Ok(bytes) => (bytes, Some(surb_ack)),
-                    Err(_) => {
-                        m.dropped.with_label_values(&["malformed"]).inc();
-                        return;
+                Payload::Data { surb_ack, sealed } => {
+                    // The client never needs the SURB-ACK; keeping it would
+                    // let a later reader of the inbox send the ack again.
+                    // Zeroed, not removed, so the item keeps its layout.
+                    let kept = Payload::Data {
+                        surb_ack: vec![0; surb_ack.len()],
+                        sealed,
+                    };
+                    match kept.encode(p.plaintext.len()) {
+                        Ok(bytes) => to_store.push((
+                            p.destination,
+                            p.identifier,
+                            bytes,
+                            Some((surb_ack, p.key_epoch)),
+                        )),
+                        Err(_) => m.dropped.with_label_values(&["malformed"]).inc(),
                     }
                 }
-            }
-            Payload::Drop => {
                 // A drop packet must be addressed to a provider, never a client.
-                m.dropped.with_label_values(&["malformed"]).inc();
-                return;
-            }
-            Payload::Ack | Payload::Reply { .. } | Payload::Loop => (p.plaintext, None),
-        };
-        match self
-            .inbox
-            .store(&p.destination, p.identifier, &stored, unix_now() * 1000)
-        {
-            Ok(_) => m.delivered.inc(),
-            Err(e) => {
-                let label = match e {
-                    InboxError::UnknownClient(_) => "unknown_destination",
-                    InboxError::Full { .. } => "inbox_full",
-                    _ => "storage",
-                };
-                m.dropped.with_label_values(&[label]).inc();
-                debug!(error = %e, "final-hop packet not stored");
-                return;
+                Payload::Drop => m.dropped.with_label_values(&["malformed"]).inc(),
+                Payload::Ack | Payload::Reply { .. } | Payload::Loop => {
+                    to_store.push((p.destination, p.identifier, p.plaintext, None))
+                }
             }
         }
-        if let Some(surb) = surb_ack
-            && !surb.is_empty()
-        {
-            self.send_ack(&surb, p.key_epoch);
+        if to_store.is_empty() {
+            return;
+        }
+        let items: Vec<(NodeId, [u8; 16], &[u8])> = to_store
+            .iter()
+            .map(|(d, id, bytes, _)| (*d, *id, bytes.as_slice()))
+            .collect();
+        let results = match self.inbox.store_batch(&items, unix_now() * 1000) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, packets = items.len(), "inbox write failed; packets not stored (senders will retry)");
+                m.dropped
+                    .with_label_values(&["storage"])
+                    .inc_by(items.len() as u64);
+                return;
+            }
+        };
+        // Acks only now: the whole batch is durable.
+        for ((_, _, _, ack), result) in to_store.iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    m.delivered.inc();
+                    if let Some((surb, key_epoch)) = ack
+                        && !surb.is_empty()
+                    {
+                        self.send_ack(surb, *key_epoch);
+                    }
+                }
+                Err(e) => {
+                    let label = match e {
+                        InboxError::UnknownClient(_) => "unknown_destination",
+                        InboxError::Full { .. } => "inbox_full",
+                        _ => "storage",
+                    };
+                    m.dropped.with_label_values(&[label]).inc();
+                    debug!(error = %e, "final-hop packet not stored");
+                }
+            }
         }
     }
 
@@ -153,7 +194,9 @@ impl DeliveryStage {
         let topology = self.shared.topology();
         let size = topology.params().payload_size;
         let plaintext_len = payload_plaintext_len(size);
-        let built = Payload::Ack
+        // Sent as a loop payload: the sender's provider, which stores it,
+        // must not tell acks (one per real fragment) from loops.
+        let built = Payload::Loop
             .encode(plaintext_len)
             .ok()
             .and_then(|ack| use_surb(surb, &ack, size).ok());

@@ -297,10 +297,45 @@ impl InboxStore {
         })
     }
 
-    /// Durably appends `message` to `client`'s inbox; on `Ok` (either
-    /// variant) the message is on disk and may be acknowledged.
+    /// Durably appends one message (see [`store_batch`](Self::store_batch)).
     pub fn store(
         &self,
+        client: &NodeId,
+        id: [u8; 16],
+        message: &[u8],
+        now_unix_ms: u64,
+    ) -> Result<Stored, InboxError> {
+        self.store_batch(&[(*client, id, message)], now_unix_ms)?
+            .pop()
+            .unwrap_or(Err(InboxError::Storage("empty batch".into())))
+    }
+
+    /// Durably appends several messages in **one** committed transaction
+    /// (group commit: one fsync for the batch, not one per message). Each
+    /// item gets its own outcome (unknown client, full, too large, or a
+    /// duplicate of a message already held, which is safe to acknowledge);
+    /// a storage failure fails the whole batch and stores nothing. Every
+    /// `Ok` outcome is durable when this returns.
+    pub fn store_batch(
+        &self,
+        items: &[(NodeId, [u8; 16], &[u8])],
+        now_unix_ms: u64,
+    ) -> Result<Vec<Result<Stored, InboxError>>, InboxError> {
+        let txn = self.begin_durable()?;
+        let mut out = Vec::with_capacity(items.len());
+        for (client, id, message) in items {
+            match self.store_in(&txn, client, *id, message, now_unix_ms) {
+                Err(InboxError::Storage(e)) => return Err(InboxError::Storage(e)),
+                r => out.push(r),
+            }
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    fn store_in(
+        &self,
+        txn: &redb::WriteTransaction,
         client: &NodeId,
         id: [u8; 16],
         message: &[u8],
@@ -314,44 +349,40 @@ impl InboxStore {
         }
         let c = client.0;
         let len = message.len() as u64;
-        let txn = self.begin_durable()?;
-        {
-            let mut inboxes = txn.open_table(INBOXES)?;
-            let mut counters = match inboxes.get(c)? {
-                Some(row) => Counters::from_row(row.value()),
-                None => return Err(InboxError::UnknownClient(*client)),
-            };
-            let mut ids = txn.open_table(IDS)?;
-            // Checked before the limits: a retransmission of a message we
-            // hold must be acknowledged even when the inbox is full. Seeing
-            // it here means its commit finished, hence is durable.
-            if ids.get((c, id))?.is_some() {
-                return Ok(Stored::Duplicate);
-            }
-            if counters.messages >= self.limits.max_messages_per_inbox as u64 {
-                return Err(InboxError::Full {
-                    client: *client,
-                    limit: InboxLimit::Messages(self.limits.max_messages_per_inbox),
-                });
-            }
-            if counters.bytes.saturating_add(len) > self.limits.max_bytes_per_inbox {
-                return Err(InboxError::Full {
-                    client: *client,
-                    limit: InboxLimit::Bytes(self.limits.max_bytes_per_inbox),
-                });
-            }
-            let seq = counters.next_seq;
-            txn.open_table(MESSAGES)?
-                .insert((c, seq), (id, now_unix_ms, message))?;
-            ids.insert((c, id), seq)?;
-            txn.open_table(BY_TIME)?.insert((now_unix_ms, c, seq), ())?;
-            counters.next_seq += 1;
-            counters.messages += 1;
-            counters.bytes += len;
-            inboxes.insert(c, counters.row())?;
-            adjust_total_bytes(&txn, len, 0)?;
+        let mut inboxes = txn.open_table(INBOXES)?;
+        let mut counters = match inboxes.get(c)? {
+            Some(row) => Counters::from_row(row.value()),
+            None => return Err(InboxError::UnknownClient(*client)),
+        };
+        let mut ids = txn.open_table(IDS)?;
+        // Checked before the limits: a retransmission of a message we hold
+        // must be acknowledged even when the inbox is full. Seeing it here
+        // means its commit finished (or is this one), hence is durable.
+        if ids.get((c, id))?.is_some() {
+            return Ok(Stored::Duplicate);
         }
-        txn.commit()?;
+        if counters.messages >= self.limits.max_messages_per_inbox as u64 {
+            return Err(InboxError::Full {
+                client: *client,
+                limit: InboxLimit::Messages(self.limits.max_messages_per_inbox),
+            });
+        }
+        if counters.bytes.saturating_add(len) > self.limits.max_bytes_per_inbox {
+            return Err(InboxError::Full {
+                client: *client,
+                limit: InboxLimit::Bytes(self.limits.max_bytes_per_inbox),
+            });
+        }
+        let seq = counters.next_seq;
+        txn.open_table(MESSAGES)?
+            .insert((c, seq), (id, now_unix_ms, message))?;
+        ids.insert((c, id), seq)?;
+        txn.open_table(BY_TIME)?.insert((now_unix_ms, c, seq), ())?;
+        counters.next_seq += 1;
+        counters.messages += 1;
+        counters.bytes += len;
+        inboxes.insert(c, counters.row())?;
+        adjust_total_bytes(txn, len, 0)?;
         Ok(Stored::New)
     }
 
