@@ -497,6 +497,7 @@ impl Shell {
         let mut every = tokio::time::interval(self.pull_interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut warned = false;
+        let mut unconfirmed: Vec<u64> = Vec::new();
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -522,34 +523,66 @@ impl Shell {
             match provider_link::request(&c, &Request::Pull, timeout).await {
                 Ok(Response::Messages { slots }) => {
                     self.metrics.pulls.with_label_values(&["ok"]).inc();
-                    if slots.is_empty() {
+                    if slots.is_empty() && unconfirmed.is_empty() {
                         continue;
                     }
-                    let mut seqs = Vec::with_capacity(slots.len());
                     let mut events = Vec::new();
                     {
                         let mut e = lock(&self.engine);
                         let now = Instant::now();
-                        for s in slots {
+                        for s in &slots {
+                            // Items seen before (their confirm was lost) are
+                            // duplicates to the engine; confirm them again.
                             events.extend(e.on_inbox(s.identifier, &s.data, now));
-                            seqs.push(s.seq);
+                            if !unconfirmed.contains(&s.seq) {
+                                unconfirmed.push(s.seq);
+                            }
                         }
                     }
                     if !self.forward(events).await {
                         return;
                     }
                     // Confirmed only now: the events are with the application.
-                    if let Err(e) =
-                        provider_link::request(&c, &Request::Confirm(seqs), timeout).await
+                    // Until the provider says ok, the seqs are kept and sent
+                    // again: an unconfirmed item blocks the inbox head.
+                    let batch: Vec<u64> = unconfirmed
+                        .iter()
+                        .copied()
+                        .take(provider_link::MAX_CONFIRM)
+                        .collect();
+                    match provider_link::request(&c, &Request::Confirm(batch.clone()), timeout)
+                        .await
                     {
-                        debug!(error = %e, "confirm failed; the messages come again and are discarded as duplicates");
+                        Ok(Response::Ok) => {
+                            unconfirmed.retain(|s| !batch.contains(s));
+                            // More may be waiting: pull again at once.
+                            if !slots.is_empty() {
+                                every.reset_immediately();
+                            }
+                        }
+                        Ok(other) => {
+                            self.metrics
+                                .pulls
+                                .with_label_values(&["confirm_refused"])
+                                .inc();
+                            debug!(answer = ?other, "confirm refused; retrying with the next pull");
+                        }
+                        Err(e) => {
+                            self.metrics.pulls.with_label_values(&["failed"]).inc();
+                            debug!(error = %e, "confirm failed; retrying with the next pull");
+                        }
                     }
-                    every.reset_immediately();
                 }
                 Ok(other) => {
+                    // Refused (rate limited, busy): keep the connection and
+                    // try again at the next tick; re-register if the
+                    // provider no longer knows us.
                     self.metrics.pulls.with_label_values(&["refused"]).inc();
                     debug!(answer = ?other, "pull refused");
-                    conn = None;
+                    if matches!(other, Response::Error { code, .. } if code == provider_link::code::NOT_REGISTERED)
+                    {
+                        conn = None;
+                    }
                 }
                 Err(e) => {
                     self.metrics.pulls.with_label_values(&["failed"]).inc();

@@ -64,14 +64,25 @@ async fn next_event(
     }
 }
 
+/// A provider's non-zero drop, delivery, ack and request counters.
+fn provider_counters(net: &DirectoryNetwork, i: usize) -> Vec<String> {
+    let text = net.provider(i).metrics_text().unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            (l.starts_with("loopmix_packets_dropped_total")
+                || l.starts_with("loopmix_provider_delivered")
+                || l.starts_with("loopmix_provider_acks")
+                || l.starts_with("loopmix_provider_requests_total"))
+                && !l.ends_with(" 0")
+        })
+        .map(|l| l.to_string())
+        .collect()
+}
+
 fn delivered(id: MessageId) -> impl FnMut(&ClientEvent) -> bool {
     move |ev| matches!(ev, ClientEvent::Delivered { message } if *message == id)
 }
 
-// Ignored until the intermittent stalls are fixed (see the issue note): it
-// passed end to end once, but the 1-in-3 failures below would make CI red.
-// Run with `cargo test -p loopmix-client --test messaging -- --ignored --nocapture`.
-#[ignore = "flaky: first message or a 220-fragment message sometimes never acknowledged; under investigation"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_replies_and_a_provider_crash() {
     let tmp = tempfile::tempdir().unwrap();
@@ -121,10 +132,28 @@ async fn messages_replies_and_a_provider_crash() {
     // A message of several payloads, with reply blocks, arrives intact.
     let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
     let sent = a.send(&b.address(), body.clone(), 2).unwrap();
-    let got = next_event(&mut b_rx, 60, "the message at B", |ev| {
-        matches!(ev, ClientEvent::Received { .. })
-    })
-    .await;
+    let t_first = Instant::now();
+    let got = loop {
+        match tokio::time::timeout(Duration::from_secs(5), b_rx.recv()).await {
+            Ok(Some(ev @ ClientEvent::Received { .. })) => break ev,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("B stopped"),
+            Err(_) => {}
+        }
+        let drops = |i: usize| provider_counters(&net, i);
+        eprintln!(
+            "waiting for the first message at {:?}:\n A {:?}\n B {:?}\n PA {:?}\n PB {:?}",
+            t_first.elapsed(),
+            a.stats(),
+            b.stats(),
+            drops(0),
+            drops(1)
+        );
+        assert!(
+            t_first.elapsed() < Duration::from_secs(60),
+            "first message lost"
+        );
+    };
     let ClientEvent::Received {
         body: got_body,
         reply,

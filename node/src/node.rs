@@ -123,6 +123,7 @@ fn start_provider(
         shared: shared.clone(),
         egress: egress.clone(),
         stop: stop.clone(),
+        runtime: tokio::runtime::Handle::current(),
     }
     .spawn(p.delivery_queue)?;
     let _ = shared.final_hop.set(queue);

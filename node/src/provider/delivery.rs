@@ -63,6 +63,9 @@ pub struct DeliveryStage {
     /// Set at shutdown once no more packets can arrive; the thread then
     /// stores what is queued and exits.
     pub stop: Arc<AtomicBool>,
+    /// The node's runtime: sending an ack may open a new egress link, which
+    /// spawns a task, and this thread is not a runtime thread.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl DeliveryStage {
@@ -77,6 +80,7 @@ impl DeliveryStage {
     }
 
     fn run(self, rx: Receiver<FinalPacket>) {
+        let _runtime = self.runtime.enter();
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {

@@ -47,9 +47,10 @@ pub struct ControlConfig {
     /// Data bytes per slot \[4096\]. Must be at least the inbox's
     /// `max_message_bytes`, so every stored message fits a slot.
     pub slot_data_len: usize,
-    /// Sustained requests per second per client \[10\].
+    /// Sustained requests per second per client \[50\]: a busy client pulls
+    /// and confirms back to back (two requests per 16 messages).
     pub requests_per_second: u32,
-    /// Requests a client may make at once after being idle \[20\].
+    /// Requests a client may make at once after being idle \[100\].
     pub request_burst: u32,
     /// Time for reading a request, and for writing the answer \[10 s\].
     pub request_timeout: Duration,
@@ -62,8 +63,8 @@ impl Default for ControlConfig {
         Self {
             pull_slots: loopmix_core::provider_link::DEFAULT_PULL_SLOTS,
             slot_data_len: 4096,
-            requests_per_second: 10,
-            request_burst: 20,
+            requests_per_second: 50,
+            request_burst: 100,
             request_timeout: Duration::from_secs(10),
             max_concurrent_db: 8,
         }

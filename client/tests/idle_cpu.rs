@@ -1,0 +1,72 @@
+//! Measurement, not a CI test (ignored): CPU used by an idle client process
+//! at the default network rates (λ_P = 2, λ_L = 1, λ_D = 1 per second,
+//! pull every 500 ms). Run with
+//! `cargo test --release -p loopmix-client --test idle_cpu -- --ignored --nocapture`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use loopmix_directory::harness::Authorities;
+use loopmix_node::harness::{DirectoryNetwork, workspace_bin};
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+#[test]
+#[ignore = "measurement; prints the idle client's CPU share"]
+fn idle_client_cpu_at_default_rates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir_bin = workspace_bin("loopmix-directory").unwrap();
+    let node_bin = workspace_bin("loopmix-node").unwrap();
+    let client_bin = workspace_bin("loopmix-client").unwrap();
+    let auths =
+        Authorities::launch(&dir_bin, &tmp.path().join("auth"), 1, 1, "20s", "5s", |t| t).unwrap();
+    let net = DirectoryNetwork::launch(
+        &node_bin,
+        &tmp.path().join("nodes"),
+        &auths.node_init_args(),
+        3,
+        1,
+        |_, t| t,
+    )
+    .unwrap();
+    net.wait_listed(Duration::from_secs(120)).unwrap();
+    let dir = tmp.path().join("client");
+    let a = &auths.auths[0];
+    let out = Command::new(&client_bin)
+        .arg("init")
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--provider", &net.provider_dir(0).id.to_string()])
+        .args(["--authority", &format!("{}={}", a.key, a.url)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(&client_bin)
+        .args(["receive", "--timeout", "70", "--config"])
+        .arg(dir.join("client.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    let t0 = cpu_ticks(child.id()).unwrap();
+    std::thread::sleep(Duration::from_secs(50));
+    let t1 = cpu_ticks(child.id()).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let hz = 100.0; // USER_HZ on Linux
+    let share = (t1 - t0) as f64 / hz / 50.0 * 100.0;
+    eprintln!("idle client CPU at default rates: {share:.2}% of one core over 50 s");
+    assert!(share < 25.0, "idle client uses {share:.1}% of a core");
+}
