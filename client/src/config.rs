@@ -26,6 +26,17 @@ pub struct ClientConfig {
     pub directory: DirectorySection,
     #[serde(default)]
     pub messages: MessagesSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// Prometheus metrics of the client (packets per stream, loop round trips,
+/// retransmissions, loop return ratio).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve GET /metrics here; off when unset. Keep it on loopback.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +197,11 @@ send_queue = {sq}
 pull_interval = "{pi}"
 # Transmissions of one fragment before the message is reported failed.
 max_attempts = {ma}
+
+[metrics]
+# Prometheus text at GET /metrics (packets per stream, loop round trips,
+# retransmissions, loop return ratio). Off unless set; keep it on loopback.
+# listen = "127.0.0.1:9190"
 "#,
             mb = m.max_message_bytes,
             sq = m.send_queue,

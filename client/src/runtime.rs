@@ -241,6 +241,17 @@ impl Client {
             },
         );
         let cancel = CancellationToken::new();
+        if let Some(listen) = cfg.metrics.listen {
+            let listener = loopmix_core::metrics::bind(listen)
+                .await
+                .with_context(|| format!("binding metrics on {listen}"))?;
+            info!(metrics = %listener.local_addr()?, "serving client metrics");
+            tokio::spawn(loopmix_core::metrics::serve(
+                registry.clone(),
+                listener,
+                cancel.clone(),
+            ));
+        }
         let (events_tx, events_rx) = mpsc::channel(256);
         let shell = Shell {
             engine: engine.clone(),

@@ -60,6 +60,10 @@ pub struct NodeMetrics {
     pub acks_sent: IntCounter,
     pub acks_failed: IntCounter,
     pub cover_drops_received: IntCounter,
+    pub inbox_clients: IntGauge,
+    pub inbox_messages: IntGauge,
+    pub inbox_bytes: IntGauge,
+    pub inbox_expired: IntCounter,
     pub egress: EgressMetrics,
 }
 
@@ -238,6 +242,26 @@ impl NodeMetrics {
                 &r,
                 "loopmix_provider_drop_cover_received_total",
                 "Drop cover packets that ended here, as designed",
+            )?,
+            inbox_clients: gauge(
+                &r,
+                "loopmix_provider_inbox_clients",
+                "Registered clients (inboxes) at this provider",
+            )?,
+            inbox_messages: gauge(
+                &r,
+                "loopmix_provider_inbox_messages",
+                "Messages stored in all inboxes, not yet confirmed by their clients",
+            )?,
+            inbox_bytes: gauge(
+                &r,
+                "loopmix_provider_inbox_bytes",
+                "Bytes stored in all inboxes",
+            )?,
+            inbox_expired: counter(
+                &r,
+                "loopmix_provider_inbox_expired_total",
+                "Messages deleted unread after provider.inbox_max_age",
             )?,
             dropped,
             malformed_frames,

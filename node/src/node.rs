@@ -128,22 +128,42 @@ fn start_provider(
     .spawn(p.delivery_queue)?;
     let _ = shared.final_hop.set(queue);
     allowed.accept_clients(true);
-    // Old mail goes unread after `inbox_max_age`.
-    let cancel = background.clone();
+    // Old mail goes unread after `inbox_max_age` (checked every minute);
+    // the inbox totals are sampled every 5 s for the gauges.
+    let (cancel, metrics) = (background.clone(), shared.metrics.clone());
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = every.tick() => {}
             }
+            ticks += 1;
             let inbox = inbox.clone();
             let now = loopmix_core::pki::unix_now() * 1000;
-            match tokio::task::spawn_blocking(move || inbox.expire(now)).await {
-                Ok(Ok(n)) if n > 0 => info!(messages = n, "expired unread messages"),
-                Ok(Err(e)) => warn!(error = %e, "inbox expiry failed"),
+            let expire = ticks % 12 == 1;
+            let done = tokio::task::spawn_blocking(move || {
+                let expired = if expire {
+                    Some(inbox.expire(now))
+                } else {
+                    None
+                };
+                (expired, inbox.stats())
+            })
+            .await;
+            let Ok((expired, stats)) = done else { continue };
+            match expired {
+                Some(Ok(n)) if n > 0 => {
+                    metrics.inbox_expired.inc_by(n as u64);
+                    info!(messages = n, "expired unread messages");
+                }
+                Some(Err(e)) => warn!(error = %e, "inbox expiry failed"),
                 _ => {}
             }
+            metrics.inbox_clients.set(stats.clients as i64);
+            metrics.inbox_messages.set(stats.messages as i64);
+            metrics.inbox_bytes.set(stats.bytes as i64);
         }
     });
     info!(inbox = %path.display(), "provider: accepting clients");
