@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use loopmix_core::pki::{
@@ -29,20 +30,32 @@ fn node_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_loopmix-node"))
 }
 
-/// An HTTP front for one authority that corrupts every topology document
-/// it relays: one flipped byte, or signatures cut to one (below k = 2).
-/// Registrations get 503, so they must reach the other authorities.
-async fn tampering_proxy(upstream: String) -> (String, Arc<AtomicU64>) {
+/// An HTTP front for one authority that corrupts the first `corrupt`
+/// topology documents it relays (one flipped byte, or signatures cut to one,
+/// below k = 2) and relays everything else intact.
+async fn tampering_proxy(upstream: String, corrupt: u64) -> (String, Arc<AtomicU64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let tampered = Arc::new(AtomicU64::new(0));
     let count = tampered.clone();
-    let app = axum::Router::new().fallback(move |method: Method, uri: Uri| {
+    let app = axum::Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
         let (http, upstream, count) = (http.clone(), upstream.clone(), count.clone());
         async move {
             if method != Method::GET {
-                return (StatusCode::SERVICE_UNAVAILABLE, "read-only proxy").into_response();
+                // Registrations pass through untouched.
+                let Ok(resp) = http
+                    .post(format!("{upstream}{}", uri.path()))
+                    .header("content-type", "application/json")
+                    .body(body.to_vec())
+                    .send()
+                    .await
+                else {
+                    return StatusCode::BAD_GATEWAY.into_response();
+                };
+                let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+                let body = resp.bytes().await.unwrap_or_default().to_vec();
+                return (status, body).into_response();
             }
             let Ok(resp) = http.get(format!("{upstream}{}", uri.path())).send().await else {
                 return StatusCode::BAD_GATEWAY.into_response();
@@ -52,8 +65,12 @@ async fn tampering_proxy(upstream: String) -> (String, Arc<AtomicU64>) {
             if status != StatusCode::OK || !uri.path().starts_with("/v1/topology/") {
                 return (status, body).into_response();
             }
+            let n = count.fetch_add(1, Ordering::Relaxed);
+            if n >= corrupt {
+                return (status, body).into_response();
+            }
             let mut doc: SignedTopology = serde_json::from_slice(&body).unwrap();
-            if count.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+            if n % 2 == 0 {
                 let mut bytes = b64_decode(&doc.document).unwrap();
                 let mid = bytes.len() / 2;
                 bytes[mid] ^= 0x01;
@@ -155,14 +172,24 @@ async fn mixes_follow_the_directory_rotate_keys_and_survive_an_authority_down() 
     let dir_bin = workspace_bin("loopmix-directory").unwrap();
     let mut auths =
         Authorities::launch(&dir_bin, &tmp.path().join("auth"), 3, 2, "8s", "3s", |t| t).unwrap();
-    let (proxy, tampered) = tampering_proxy(auths.auths[0].url.clone()).await;
+    // Mix 0 fetches documents only through proxies, each of which corrupts
+    // the first two it relays: its first fetches must be refused.
+    let mut proxies = Vec::new();
+    let mut tampered = Vec::new();
+    for a in &auths.auths {
+        let (url, count) = tampering_proxy(a.url.clone(), 2).await;
+        proxies.push(url);
+        tampered.push(count);
+    }
 
-    // Six mixes; mix 0 reaches authority 0 only through the tampering proxy.
+    // Six mixes; mix 0 reaches the authorities' documents only via proxies.
     let mut dirs: Vec<NodeDir> = Vec::new();
     for i in 0..6 {
         let mut args = auths.node_init_args();
         if i == 0 {
-            args[1] = format!("{}={proxy}", auths.auths[0].key);
+            for (j, a) in auths.auths.iter().enumerate() {
+                args[2 * j + 1] = format!("{}={}", a.key, proxies[j]);
+            }
         }
         let nd = init_directory_node(
             &node_bin(),
@@ -325,7 +352,8 @@ async fn mixes_follow_the_directory_rotate_keys_and_survive_an_authority_down() 
 
     // The mix behind the tampering proxy refused what it relayed and still
     // follows the network.
-    assert!(tampered.load(Ordering::Relaxed) > 0, "proxy never asked");
+    let relayed: u64 = tampered.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+    assert!(relayed > 0, "proxies never asked");
     let text = mixes[0].metrics_text().unwrap();
     let rejected = metric_sum(&text, "loopmix_directory_documents_rejected_total{");
     assert!(rejected > 0.0, "tampered documents not counted:\n{text}");
