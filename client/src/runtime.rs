@@ -24,7 +24,7 @@ use loopmix_core::keys::NodeId;
 use loopmix_core::message::MessageId;
 use loopmix_core::metrics::{counter, counter_vec, float_gauge, histogram};
 use loopmix_core::pki::{DirectoryClient, DirectoryClientConfig, VerifiedTopology};
-use loopmix_core::poisson::PoissonTicker;
+use loopmix_core::poisson::{PoissonTicker, sleep_until};
 use loopmix_core::provider_link::{self, Request, Response};
 use loopmix_core::topology::Topology;
 use loopmix_core::transport::egress::{Egress, EgressMetrics, OutPacket};
@@ -614,12 +614,5 @@ impl Shell {
             Response::Ok => Ok(conn),
             other => bail!("registration refused: {other:?}"),
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }

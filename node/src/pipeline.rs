@@ -19,6 +19,7 @@ use loopmix_core::keys::NodeId;
 use loopmix_core::mixing::delay_queue::DelayQueue;
 use loopmix_core::mixing::loops::LoopTracker;
 use loopmix_core::mixing::processor::{Processed, SphinxProcessor};
+pub use loopmix_core::poisson::sleep_until;
 use loopmix_core::topology::Topology;
 use loopmix_core::transport::egress::{Egress, OutPacket};
 use loopmix_core::transport::ingress::IngressSink;
@@ -343,13 +344,5 @@ impl DelayStage {
             Ok(()) => m.forwarded.inc(),
             Err(refused) => self.shared.drop_packet(refused.label()),
         }
-    }
-}
-
-/// Sleeps until `deadline`, or forever when there is none.
-pub async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }
