@@ -5,8 +5,13 @@
 //! * [`engine`]: the sans-IO messaging engine (fragments, acks, retransmission,
 //!   reply blocks, cover packets).
 //! * [`runtime`]: the I/O shell: directory, provider link, Poisson streams.
+//! * [`stream`]: reliable byte streams over the mixnet (sans-IO mux + glue).
+//! * [`socks5`]: the SOCKS5 proxy; [`exit`]: the exit service.
 
 pub mod config;
 pub mod engine;
+pub mod exit;
 pub mod keys;
 pub mod runtime;
+pub mod socks5;
+pub mod stream;

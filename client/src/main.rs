@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use loopmix_client::config::{CONFIG_FILE, ClientConfig};
+use loopmix_client::exit::{self, ExitConfig, Policy, Rule};
 use loopmix_client::keys::ClientKeys;
 use loopmix_client::runtime::{Client, ClientEvent};
+use loopmix_client::socks5::{self, SocksConfig};
 use loopmix_core::e2e::ClientAddress;
 use loopmix_core::keys::NodeId;
 use loopmix_core::pki::AuthorityEntry;
@@ -70,6 +72,34 @@ enum Cmd {
         /// After delivery, wait this many seconds for an answer and print it.
         #[arg(long)]
         wait_reply: Option<u64>,
+    },
+    /// Run a SOCKS5 proxy (RFC 1928, CONNECT, no authentication): each
+    /// connection becomes a stream through the mixnet to an exit service.
+    /// Host names are resolved at the exit, never locally. Use
+    /// `curl --socks5-hostname` (not `--socks5`, which resolves locally).
+    Socks5 {
+        #[arg(long)]
+        config: PathBuf,
+        /// Address to accept SOCKS5 clients on. Port 0 picks one; the bound
+        /// address is written to `<data_dir>/socks5.addr`.
+        #[arg(long, default_value = "127.0.0.1:1080")]
+        listen: std::net::SocketAddr,
+        /// The exit service's address (identity.encryption@provider).
+        #[arg(long)]
+        exit: ClientAddress,
+    },
+    /// Run an exit service: opens the TCP connections that SOCKS5 clients'
+    /// streams ask for, if the policy allows them, and answers over the
+    /// reply blocks the clients supply (it never learns who they are).
+    Exit {
+        #[arg(long)]
+        config: PathBuf,
+        /// A target the exit may connect to, as HOST:PORTS — `*`,
+        /// `*.example.org`, `example.org`, `127.0.0.1`, `[::1]`,
+        /// `10.0.0.0/8`; ports `*`, `443`, `8000-8100`, `80,443`. Repeat
+        /// for more. Refused targets get SOCKS5 reply 0x02.
+        #[arg(long = "allow", required = true)]
+        allow: Vec<Rule>,
     },
     /// Receive messages and print each on stdout (one per line).
     Receive {
@@ -163,6 +193,30 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Cmd::Socks5 {
+            config,
+            listen,
+            exit,
+        } => {
+            let cfg = ClientConfig::load(&config)?;
+            serve_logs_and_runtime()?.block_on(async move {
+                let registry = Registry::new();
+                tokio::select! {
+                    r = socks5::run(cfg, SocksConfig::default(), listen, exit, &registry) => r,
+                    _ = shutdown_signal() => Ok(()),
+                }
+            })
+        }
+        Cmd::Exit { config, allow } => {
+            let cfg = ClientConfig::load(&config)?;
+            serve_logs_and_runtime()?.block_on(async move {
+                let registry = Registry::new();
+                tokio::select! {
+                    r = exit::run(cfg, ExitConfig::default(), Policy::new(allow), &registry) => r,
+                    _ = shutdown_signal() => Ok(()),
+                }
+            })
+        }
         Cmd::Receive {
             config,
             count,
@@ -212,6 +266,11 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn serve_logs_and_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    init_logs_at("info");
+    Ok(tokio::runtime::Runtime::new()?)
+}
+
 fn print_message(body: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -222,10 +281,31 @@ fn print_message(body: &[u8]) -> anyhow::Result<()> {
 }
 
 fn init_logs() {
+    init_logs_at("warn");
+}
+
+fn init_logs_at(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("stopping");
 }

@@ -123,6 +123,18 @@ pub enum ClientEvent {
     },
 }
 
+/// An application that makes its own traffic at λ_P slot time (the SOCKS5
+/// proxy and the exit service: their stream frames are built when a slot
+/// comes, so acknowledgements and window updates are as fresh as possible
+/// and all streams share the slots fairly).
+pub trait SlotFiller: Send + Sync {
+    /// Called under the engine lock when a λ_P packet is about to be built
+    /// and no fragment is queued: may queue one one-packet message
+    /// ([`Engine::send`] / [`Engine::reply_over`]). Queuing nothing makes
+    /// the slot a drop packet, as usual.
+    fn fill(&self, engine: &mut Engine, now: Instant);
+}
+
 /// A running client. Dropping it does not stop it; call [`Client::shutdown`].
 pub struct Client {
     engine: Arc<Mutex<Engine>>,
@@ -158,6 +170,12 @@ impl Client {
         lock(&self.engine).reply(to, body, Instant::now())
     }
 
+    /// Takes the reply blocks a received message carried, for an
+    /// application that pools them ([`Engine::take_reply_blocks`]).
+    pub fn take_reply_blocks(&self, h: ReplyHandle) -> Vec<loopmix_core::e2e::ReplyBlock> {
+        lock(&self.engine).take_reply_blocks(&h)
+    }
+
     /// The engine's counters and queue sizes.
     pub fn stats(&self) -> crate::engine::EngineStats {
         lock(&self.engine).stats()
@@ -182,6 +200,15 @@ impl Client {
     pub async fn start(
         cfg: ClientConfig,
         registry: &Registry,
+    ) -> anyhow::Result<(Client, mpsc::Receiver<ClientEvent>)> {
+        Self::start_with(cfg, registry, None).await
+    }
+
+    /// [`Client::start`] with an application that fills idle λ_P slots.
+    pub async fn start_with(
+        cfg: ClientConfig,
+        registry: &Registry,
+        filler: Option<Arc<dyn SlotFiller>>,
     ) -> anyhow::Result<(Client, mpsc::Receiver<ClientEvent>)> {
         let ClientKeys {
             identity,
@@ -245,7 +272,15 @@ impl Client {
             let listener = loopmix_core::metrics::bind(listen)
                 .await
                 .with_context(|| format!("binding metrics on {listen}"))?;
-            info!(metrics = %listener.local_addr()?, "serving client metrics");
+            let bound = listener.local_addr()?;
+            info!(metrics = %bound, "serving client metrics");
+            // Launchers (loopmix-localnet) read the port from here when the
+            // config asked for port 0.
+            std::fs::create_dir_all(&cfg.client.data_dir)?;
+            write_atomic(
+                &cfg.client.data_dir.join(METRICS_ADDR_FILE),
+                &format!("{bound}\n"),
+            )?;
             tokio::spawn(loopmix_core::metrics::serve(
                 registry.clone(),
                 listener,
@@ -263,6 +298,7 @@ impl Client {
             events: events_tx,
             pull_interval: cfg.messages.pull_interval,
             cancel: cancel.clone(),
+            filler,
         };
         shell.spawn_all();
         info!(%address, "client running");
@@ -276,6 +312,18 @@ impl Client {
             events_rx,
         ))
     }
+}
+
+/// Where a client with a metrics endpoint writes its bound address.
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
+
+/// Writes `text` to `path` through a temporary file and a rename, so a
+/// reader never sees half a file.
+pub fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
 }
 
 fn provider_address(t: &Topology, provider: NodeId) -> anyhow::Result<SocketAddr> {
@@ -317,6 +365,7 @@ struct Shell {
     events: mpsc::Sender<ClientEvent>,
     pull_interval: Duration,
     cancel: CancellationToken,
+    filler: Option<Arc<dyn SlotFiller>>,
 }
 
 #[derive(Clone, Copy)]
@@ -407,7 +456,13 @@ impl Shell {
         tokio::task::spawn_blocking(move || {
             let mut e = lock(&self.engine);
             match stream {
-                Stream::Payload => e.real_or_drop(Instant::now()),
+                Stream::Payload => {
+                    let now = Instant::now();
+                    if let Some(f) = self.filler.as_ref().filter(|_| !e.has_queued()) {
+                        f.fill(&mut e, now);
+                    }
+                    e.real_or_drop(now)
+                }
                 Stream::Loop => e.loop_packet(Instant::now()),
                 Stream::Drop => e.drop_packet(),
             }

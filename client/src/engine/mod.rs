@@ -72,7 +72,7 @@ use std::time::{Duration, Instant};
 
 use loopmix_core::e2e::envelope::ENVELOPE_HEADER_LEN;
 use loopmix_core::e2e::{
-    ClientAddress, EncryptionKeypair, Envelope, MAX_REPLY_BLOCKS, REPLY_BLOCK_OVERHEAD,
+    ClientAddress, EncryptionKeypair, Envelope, MAX_REPLY_BLOCKS, REPLY_BLOCK_OVERHEAD, ReplyBlock,
     data_fragment_capacity, reply_fragment_capacity, surb_len,
 };
 use loopmix_core::keys::NodeId;
@@ -586,6 +586,71 @@ impl Engine {
         }
         let blocks = blocks.into_iter().map(Some).collect();
         self.outbox.push(id, Target::Reply(blocks), fragments);
+        Ok(id)
+    }
+
+    /// Whether fragments wait for a λ_P slot (new or retransmissions).
+    pub fn has_queued(&self) -> bool {
+        self.outbox.queued_fragments() > 0
+    }
+
+    /// The longest body [`Engine::send`] fits in **one** packet together
+    /// with `reply_blocks` reply blocks, under the topology in force (0
+    /// without one). Stream traffic sizes its frames with this, so every
+    /// stream message is exactly one packet.
+    pub fn send_capacity(&self, reply_blocks: usize) -> usize {
+        let Some(t) = &self.topology else { return 0 };
+        // A reply block's route: their provider, one mix per layer, ours.
+        let block = REPLY_BLOCK_OVERHEAD + surb_len(usize::from(t.params().layers) + 2);
+        data_fragment_size(t.params().payload_size)
+            .saturating_sub(ENVELOPE_HEADER_LEN)
+            .saturating_sub(reply_blocks.saturating_mul(block))
+    }
+
+    /// The longest body [`Engine::reply_over`] fits in one reply packet.
+    pub fn reply_capacity(&self) -> usize {
+        let Some(t) = &self.topology else { return 0 };
+        reply_fragment_size(t.params().payload_size).saturating_sub(ENVELOPE_HEADER_LEN)
+    }
+
+    /// Takes every reply block behind `handle` out of the engine, for an
+    /// application that pools blocks itself (the exit service keeps one
+    /// pool per client session). Blocks of epochs no node holds keys for
+    /// any more are dropped.
+    pub fn take_reply_blocks(&mut self, handle: &ReplyHandle) -> Vec<ReplyBlock> {
+        let n = self.reply_blocks_left(handle);
+        self.held.take(handle, n)
+    }
+
+    /// Sends `body` as a one-packet reply over `block` (which the caller
+    /// took with [`Engine::take_reply_blocks`]). Like [`Engine::reply`],
+    /// not acknowledged: the application acknowledges end to end.
+    pub fn reply_over(
+        &mut self,
+        block: ReplyBlock,
+        body: Vec<u8>,
+        _now: Instant,
+    ) -> Result<MessageId, SendError> {
+        let t = self.topology_or_err()?;
+        let max = self.reply_capacity();
+        if body.len() > max {
+            return Err(SendError::TooLarge {
+                len: body.len(),
+                max,
+            });
+        }
+        self.check_room(body.len())?;
+        let size = reply_fragment_size(t.params().payload_size);
+        let id = self.fresh_message_id();
+        let fragments = Self::fragments(&Envelope::new(body), id, size, max)?;
+        if fragments.len() != 1 {
+            return Err(SendError::Build(format!(
+                "reply cut into {} fragments",
+                fragments.len()
+            )));
+        }
+        self.outbox
+            .push(id, Target::Reply(vec![Some(block)]), fragments);
         Ok(id)
     }
 

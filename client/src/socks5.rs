@@ -1,0 +1,359 @@
+//! The SOCKS5 proxy (`loopmix-client socks5`, RFC 1928): every accepted
+//! CONNECT becomes a stream to the exit.
+//!
+//! Only the parsing is done here, strictly and with a timeout; nothing is
+//! resolved or connected locally (a local DNS lookup would tell the local
+//! network where the user is going). Names travel to the exit as names.
+//! Replies: `0x07` for BIND / UDP ASSOCIATE / unknown commands, `0x08` for
+//! unknown address types, the exit's code for failed connects, `0x01` when
+//! the mixnet cannot carry the stream. A client offering no acceptable
+//! method gets `0xFF`; a SOCKS4 request gets a SOCKS4 rejection. Anything
+//! else is closed. (A hand-written parser: the crates' server helpers
+//! resolve and connect locally, which is exactly what must not happen.)
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use loopmix_core::e2e::ClientAddress;
+use prometheus::{IntCounterVec, Registry};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, info};
+
+use crate::config::ClientConfig;
+use crate::runtime::{Client, ClientEvent, write_atomic};
+use crate::stream::frame::valid_name;
+use crate::stream::io::{Down, Filler, Shared, pipe};
+use crate::stream::mux::Role;
+use crate::stream::{Mux, StreamConfig, StreamMetrics, Target, code};
+
+/// Where the proxy writes its bound address (in the client's data dir).
+pub const SOCKS_ADDR_FILE: &str = "socks5.addr";
+
+const VERSION: u8 = 5;
+const NO_AUTH: u8 = 0x00;
+const NO_ACCEPTABLE: u8 = 0xFF;
+const CMD_CONNECT: u8 = 0x01;
+pub const COMMAND_NOT_SUPPORTED: u8 = 0x07;
+pub const ADDRESS_NOT_SUPPORTED: u8 = 0x08;
+
+/// What a SOCKS5 handshake asked for, or why it failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    Connect(Target),
+    /// Answered with this reply code, then closed.
+    Refuse(u8),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not SOCKS5 (first byte {0:#04x})")]
+    Version(u8),
+    #[error("no acceptable authentication method offered")]
+    NoMethod,
+    #[error("malformed request")]
+    Malformed,
+}
+
+impl HandshakeError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Io(_) => "io",
+            Self::Version(4) => "socks4",
+            Self::Version(_) => "version",
+            Self::NoMethod => "no_method",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// Reads the method negotiation and the request, answering the
+/// negotiation. The caller sends the final reply.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+) -> Result<Request, HandshakeError> {
+    let ver = s.read_u8().await?;
+    if ver != VERSION {
+        if ver == 4 {
+            // SOCKS4: "request rejected or failed".
+            let _ = s.write_all(&[0, 91, 0, 0, 0, 0, 0, 0]).await;
+        }
+        return Err(HandshakeError::Version(ver));
+    }
+    let n = s.read_u8().await?;
+    let mut methods = vec![0u8; usize::from(n)];
+    s.read_exact(&mut methods).await?;
+    if !methods.contains(&NO_AUTH) {
+        s.write_all(&[VERSION, NO_ACCEPTABLE]).await?;
+        return Err(HandshakeError::NoMethod);
+    }
+    s.write_all(&[VERSION, NO_AUTH]).await?;
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).await?;
+    let [ver, cmd, rsv, atyp] = head;
+    if ver != VERSION || rsv != 0 {
+        return Err(HandshakeError::Malformed);
+    }
+    // The address is read in full even for commands we refuse, so the
+    // reply is not sent into the middle of the request.
+    let host = match atyp {
+        0x01 => {
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).await?;
+            Some(IpAddr::V4(Ipv4Addr::from(b)))
+        }
+        0x04 => {
+            let mut b = [0u8; 16];
+            s.read_exact(&mut b).await?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        0x03 => {
+            let len = s.read_u8().await?;
+            let mut b = vec![0u8; usize::from(len)];
+            s.read_exact(&mut b).await?;
+            let port = s.read_u16().await?;
+            if cmd != CMD_CONNECT {
+                return Ok(Request::Refuse(COMMAND_NOT_SUPPORTED));
+            }
+            return Ok(match String::from_utf8(b) {
+                Ok(name) if valid_name(&name) => Request::Connect(Target::Name(name, port)),
+                _ => Request::Refuse(code::HOST_UNREACHABLE),
+            });
+        }
+        _ => return Ok(Request::Refuse(ADDRESS_NOT_SUPPORTED)),
+    };
+    let port = s.read_u16().await?;
+    if cmd != CMD_CONNECT {
+        return Ok(Request::Refuse(COMMAND_NOT_SUPPORTED));
+    }
+    match host {
+        Some(ip) => Ok(Request::Connect(Target::Ip(SocketAddr::new(ip, port)))),
+        None => Err(HandshakeError::Malformed),
+    }
+}
+
+/// A reply with an all-zero IPv4 bound address (we bind nothing locally
+/// that the client could use).
+pub async fn reply<S: AsyncWrite + Unpin>(s: &mut S, code: u8) -> std::io::Result<()> {
+    s.write_all(&[VERSION, code, 0, 0x01, 0, 0, 0, 0, 0, 0])
+        .await
+}
+
+/// Proxy limits.
+#[derive(Debug, Clone)]
+pub struct SocksConfig {
+    pub streams: StreamConfig,
+    /// Connections handled at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a connection may take to send its request.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for SocksConfig {
+    fn default() -> Self {
+        Self {
+            streams: StreamConfig::default(),
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs the proxy on `listen` with streams to `exit` until stopped.
+pub async fn run(
+    cfg: ClientConfig,
+    socks: SocksConfig,
+    listen: SocketAddr,
+    exit: ClientAddress,
+    registry: &Registry,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the SOCKS5 port {listen}"))?;
+    let bound = listener.local_addr()?;
+    let data_dir = cfg.client.data_dir.clone();
+    let metrics = StreamMetrics::new(registry)?;
+    let handshakes = loopmix_core::metrics::counter_vec(
+        registry,
+        "loopmix_socks_handshakes_total",
+        "SOCKS5 handshakes by result",
+        &["result"],
+    )?;
+    let shared = Shared::new(
+        Mux::client(exit, socks.streams.clone(), metrics),
+        Role::Client,
+    );
+    let (client, mut events) =
+        Client::start_with(cfg, registry, Some(Arc::new(Filler(shared.clone()))))
+            .await
+            .context("starting the proxy's mixnet client")?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(shared.clone().housekeeping(cancel.clone()));
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if let ClientEvent::Received { body, .. } = ev {
+                    shared.on_message(&body, Vec::new());
+                }
+            }
+        });
+    }
+    write_atomic(&data_dir_file(&data_dir), &format!("{bound}\n"))?;
+    info!(socks5 = %bound, address = %client.address(), %exit, "SOCKS5 proxy listening");
+    let limit = Arc::new(Semaphore::new(socks.max_connections));
+    loop {
+        let permit = limit.clone().acquire_owned().await?;
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (shared, handshakes, timeout) =
+            (shared.clone(), handshakes.clone(), socks.handshake_timeout);
+        tokio::spawn(async move {
+            serve(shared, handshakes, timeout, sock).await;
+            debug!(%peer, "SOCKS5 connection done");
+            drop(permit);
+        });
+    }
+}
+
+fn data_dir_file(dir: &Path) -> std::path::PathBuf {
+    dir.join(SOCKS_ADDR_FILE)
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    handshakes: IntCounterVec,
+    timeout: Duration,
+    mut sock: TcpStream,
+) {
+    let count = |r: &str| handshakes.with_label_values(&[r]).inc();
+    let target = match tokio::time::timeout(timeout, handshake(&mut sock)).await {
+        Err(_) => return count("timeout"),
+        Ok(Err(e)) => {
+            debug!(error = %e, "SOCKS5 handshake failed");
+            return count(e.label());
+        }
+        Ok(Ok(Request::Refuse(c))) => {
+            let _ = reply(&mut sock, c).await;
+            return count("unsupported");
+        }
+        Ok(Ok(Request::Connect(t))) => t,
+    };
+    let _ = sock.set_nodelay(true);
+    let opened = shared.mux().open(target.clone(), Instant::now());
+    let key = match opened {
+        Ok(k) => k,
+        Err(why) => {
+            debug!(why, "cannot open a stream");
+            let _ = reply(&mut sock, code::GENERAL_FAILURE).await;
+            return count("no_stream");
+        }
+    };
+    let mut att = shared.attach(key);
+    // The mux answers every OPEN: OPENED, REFUSED, or a timeout.
+    match att.rx.recv().await {
+        Some(Down::Opened) => {
+            count("ok");
+            if reply(&mut sock, 0).await.is_ok() {
+                pipe(shared, sock, att).await;
+            } else {
+                shared.mux().abort(&key, code::GENERAL_FAILURE, "socket");
+            }
+        }
+        Some(Down::Refused(c)) | Some(Down::Reset(c)) => {
+            debug!(%target, code = c, "stream refused");
+            count("refused");
+            let _ = reply(&mut sock, c).await;
+        }
+        _ => {
+            count("failed");
+            let _ = reply(&mut sock, code::GENERAL_FAILURE).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn run_handshake(input: &[u8]) -> (Result<Request, HandshakeError>, Vec<u8>) {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(input).await.unwrap();
+        a.shutdown().await.unwrap();
+        let r = handshake(&mut b).await;
+        drop(b);
+        let mut out = Vec::new();
+        a.read_to_end(&mut out).await.unwrap();
+        (r, out)
+    }
+
+    #[tokio::test]
+    async fn connect_by_name_ipv4_ipv6() {
+        let mut req = vec![5, 1, 0, 5, 1, 0, 3, 11];
+        req.extend_from_slice(b"example.org");
+        req.extend_from_slice(&443u16.to_be_bytes());
+        let (r, out) = run_handshake(&req).await;
+        assert_eq!(
+            r.unwrap(),
+            Request::Connect(Target::Name("example.org".into(), 443))
+        );
+        assert_eq!(out, [5, 0]);
+
+        let (r, _) = run_handshake(&[5, 2, 2, 0, 5, 1, 0, 1, 127, 0, 0, 1, 0, 80]).await;
+        assert_eq!(
+            r.unwrap(),
+            Request::Connect(Target::Ip("127.0.0.1:80".parse().unwrap()))
+        );
+        let mut v6 = vec![5, 1, 0, 5, 1, 0, 4];
+        v6.extend_from_slice(&[0; 15]);
+        v6.push(1);
+        v6.extend_from_slice(&[0, 22]);
+        let (r, _) = run_handshake(&v6).await;
+        assert_eq!(
+            r.unwrap(),
+            Request::Connect(Target::Ip("[::1]:22".parse().unwrap()))
+        );
+    }
+
+    #[tokio::test]
+    async fn unsupported_and_garbage() {
+        // BIND and UDP ASSOCIATE: 0x07 (after reading the whole request).
+        for cmd in [2u8, 3, 9] {
+            let (r, _) = run_handshake(&[5, 1, 0, 5, cmd, 0, 1, 1, 2, 3, 4, 0, 80]).await;
+            assert_eq!(r.unwrap(), Request::Refuse(COMMAND_NOT_SUPPORTED));
+        }
+        let (r, _) = run_handshake(&[5, 1, 0, 5, 1, 0, 9]).await;
+        assert_eq!(r.unwrap(), Request::Refuse(ADDRESS_NOT_SUPPORTED));
+        // Only username/password offered: 0xFF.
+        let (r, out) = run_handshake(&[5, 1, 2]).await;
+        assert!(matches!(r, Err(HandshakeError::NoMethod)));
+        assert_eq!(out, [5, 0xFF]);
+        // SOCKS4 gets a SOCKS4 rejection; HTTP is just closed.
+        let (r, out) = run_handshake(&[4, 1, 0, 80, 1, 2, 3, 4, 0]).await;
+        assert_eq!(r.unwrap_err().label(), "socks4");
+        assert_eq!(out[..2], [0, 91]);
+        let (r, out) = run_handshake(b"GET / HTTP/1.1\r\n\r\n").await;
+        assert_eq!(r.unwrap_err().label(), "version");
+        assert!(out.is_empty());
+        // Truncated everywhere: an error, never a panic.
+        let full = [5u8, 1, 0, 5, 1, 0, 1, 1, 2, 3, 4, 0, 80];
+        for cut in 0..full.len() {
+            assert!(run_handshake(&full[..cut]).await.0.is_err(), "cut {cut}");
+        }
+        // Empty and invalid names.
+        let (r, _) = run_handshake(&[5, 1, 0, 5, 1, 0, 3, 0, 0, 80]).await;
+        assert_eq!(r.unwrap(), Request::Refuse(code::HOST_UNREACHABLE));
+    }
+}

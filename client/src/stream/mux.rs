@@ -1,0 +1,1069 @@
+//! Streams over one-packet messages, sans-IO (PROTOCOL.md 7).
+//!
+//! One [`Mux`] runs in the SOCKS5 client (role [`Role::Client`], one session
+//! to one exit) and one in the exit service (role [`Role::Exit`], one
+//! session per client). The I/O shells call in with bytes, frames and the
+//! time, and take [`MuxEvent`]s out; the runtime calls [`Mux::fill_client`]
+//! / [`Mux::fill_exit`] when a λ_P slot has nothing queued, so a packet
+//! carries the freshest acknowledgements and every stream gets its turn.
+//!
+//! * Client → exit messages are ordinary messages to the exit's address
+//!   (acknowledged hop by hop by the engine's SURB-ACKs) that also carry
+//!   reply blocks for the session's pool.
+//! * Exit → client messages go over those reply blocks, one per packet;
+//!   the exit never learns the client's address.
+//! * Both directions use the same reliable stream: segments, a window,
+//!   cumulative + selective acks, RTT-derived retransmission timeouts.
+//! * Reply-block supply: the exit reports in every message how many blocks
+//!   it holds and how many it would like; the client keeps
+//!   `held + in flight ≥ want + margin` (at least a small reserve while
+//!   streams are open, and a keep-alive grant if the exit falls silent).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use loopmix_core::e2e::{ClientAddress, MAX_REPLY_BLOCKS, ReplyBlock};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
+use rand::RngExt;
+
+use super::frame::{
+    ACK_LEN, DATA_OVERHEAD, Frame, HEADER_LEN, MAX_OPEN_LEN, Message, SessionId, Target,
+};
+use super::recv::Receiver;
+use super::send::{Rtt, Sender};
+use crate::engine::Engine;
+
+/// SOCKS5 reply codes (RFC 1928 §6), also used as stream error codes.
+pub mod code {
+    pub const GENERAL_FAILURE: u8 = 0x01;
+    pub const NOT_ALLOWED: u8 = 0x02;
+    pub const NETWORK_UNREACHABLE: u8 = 0x03;
+    pub const HOST_UNREACHABLE: u8 = 0x04;
+    pub const CONNECTION_REFUSED: u8 = 0x05;
+    pub const TTL_EXPIRED: u8 = 0x06;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Exit,
+}
+
+/// Limits and timers. Defaults suit the presets of loopmix-localnet.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// Segments in flight per stream and direction, and the reorder window.
+    pub window: u16,
+    /// Bytes buffered per stream and direction (unsent + unacknowledged).
+    pub buffer: usize,
+    pub min_rto: Duration,
+    pub max_rto: Duration,
+    /// Transmissions of one segment before the stream is reset.
+    pub max_sends: u32,
+    /// A stream with nothing acknowledged or received for this long is reset.
+    pub idle_timeout: Duration,
+    /// The client gives up on an OPEN unanswered this long.
+    pub open_timeout: Duration,
+    /// Streams per session at most.
+    pub max_streams: usize,
+    /// Exit: sessions at most, and reply blocks held per session at most.
+    pub max_sessions: usize,
+    pub max_blocks: usize,
+    /// Exit: a session not heard from for this long is dropped.
+    pub session_timeout: Duration,
+    /// Client: reply blocks kept at the exit while streams are open.
+    pub reserve_blocks: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            window: 64,
+            buffer: 256 * 1024,
+            min_rto: Duration::from_millis(1000),
+            max_rto: Duration::from_secs(30),
+            max_sends: 12,
+            idle_timeout: Duration::from_secs(120),
+            open_timeout: Duration::from_secs(60),
+            max_streams: 256,
+            max_sessions: 256,
+            max_blocks: 256,
+            session_timeout: Duration::from_secs(180),
+            reserve_blocks: 4,
+        }
+    }
+}
+
+/// One stream, named by its session and number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey {
+    pub session: SessionId,
+    pub stream: u32,
+}
+
+/// What the I/O shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MuxEvent {
+    /// Client: the exit connected the stream.
+    Opened(StreamKey),
+    /// Client: the exit refused or failed the stream (a SOCKS5 code).
+    Refused(StreamKey, u8),
+    /// Exit: connect to `target` and call [`Mux::connected`].
+    Connect(StreamKey, Target),
+    /// In-order bytes for the application's socket.
+    Data(StreamKey, Vec<u8>),
+    /// The peer will send no more: shut the socket's write half.
+    Fin(StreamKey),
+    /// The stream is gone (peer reset, timeout, failure): close the socket.
+    Reset(StreamKey, u8),
+    /// Send-buffer room freed: the socket reader may push again.
+    Room(StreamKey),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Client: OPEN sent (or to send), no answer yet.
+    Opening {
+        target: Target,
+        last_sent: Option<Instant>,
+        since: Instant,
+    },
+    /// Exit: connecting to the target.
+    Connecting,
+    Open,
+}
+
+struct Stream {
+    state: State,
+    sender: Sender,
+    receiver: Receiver,
+    /// Bytes handed to the application and not yet written by it.
+    unwritten: usize,
+    last_progress: Instant,
+}
+
+impl Stream {
+    fn new(cfg: &StreamConfig, state: State, now: Instant) -> Self {
+        Self {
+            state,
+            sender: Sender::new(
+                cfg.buffer,
+                cfg.window,
+                Rtt::new(cfg.min_rto, cfg.max_rto),
+                cfg.max_sends,
+            ),
+            receiver: Receiver::new(cfg.window),
+            unwritten: 0,
+            last_progress: now,
+        }
+    }
+
+    /// The window we advertise: what the reorder buffer and the
+    /// application's unwritten bytes leave free (in ~1 KiB segments).
+    fn window(&self) -> u16 {
+        let used = self.receiver.held() + self.unwritten.div_ceil(1024);
+        let used = u16::try_from(used).unwrap_or(u16::MAX);
+        self.receiver.max_window().saturating_sub(used)
+    }
+
+    fn ack_frame(&mut self, stream: u32) -> Frame {
+        self.receiver.ack_due = false;
+        let (next, sack) = self.receiver.ack();
+        Frame::Ack {
+            stream,
+            next,
+            sack,
+            window: self.window(),
+        }
+    }
+}
+
+struct Session {
+    id: SessionId,
+    streams: BTreeMap<u32, Stream>,
+    /// Frames that are not part of a stream's reliable data.
+    control: VecDeque<Frame>,
+    /// Round-robin cursor: the stream served last.
+    cursor: u32,
+    /// Recently closed streams: their late frames are ignored, not reset.
+    closed: VecDeque<u32>,
+    last_heard: Instant,
+    /// Exit: the pool of reply blocks, oldest first; the highest grant
+    /// count seen.
+    pool: VecDeque<ReplyBlock>,
+    grants_seen: u32,
+    /// Client: grants sent; the exit's last report.
+    grants_sent: u32,
+    reported_held: u16,
+    reported_want: u16,
+    reported_seen: u32,
+    last_reply: Option<Instant>,
+    last_grant: Option<Instant>,
+    refill_turn: bool,
+}
+
+const MAX_CLOSED: usize = 1024;
+const MAX_CONTROL: usize = 1024;
+
+impl Session {
+    fn new(id: SessionId, now: Instant) -> Self {
+        Self {
+            id,
+            streams: BTreeMap::new(),
+            control: VecDeque::new(),
+            cursor: 0,
+            closed: VecDeque::new(),
+            last_heard: now,
+            pool: VecDeque::new(),
+            grants_seen: 0,
+            grants_sent: 0,
+            reported_held: 0,
+            reported_want: 0,
+            reported_seen: 0,
+            last_reply: None,
+            last_grant: None,
+            refill_turn: false,
+        }
+    }
+
+    fn key(&self, stream: u32) -> StreamKey {
+        StreamKey {
+            session: self.id,
+            stream,
+        }
+    }
+
+    fn queue_control(&mut self, f: Frame) {
+        if self.control.len() < MAX_CONTROL {
+            self.control.push_back(f);
+        }
+    }
+
+    fn close(&mut self, stream: u32) -> bool {
+        if self.streams.remove(&stream).is_none() {
+            return false;
+        }
+        if self.closed.len() >= MAX_CLOSED {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(stream);
+        true
+    }
+
+    /// Ids in round-robin order, starting after the cursor.
+    fn rr_order(&self) -> Vec<u32> {
+        let after = self
+            .streams
+            .range(self.cursor.saturating_add(1)..)
+            .map(|(k, _)| *k);
+        let before = self.streams.range(..=self.cursor).map(|(k, _)| *k);
+        after.chain(before).collect()
+    }
+
+    fn has_something(&self, now: Instant) -> bool {
+        !self.control.is_empty()
+            || self.streams.values().any(|s| {
+                s.receiver.ack_due
+                    || (s.state == State::Open && s.sender.wants_to_send(now))
+                    || matches!(&s.state, State::Opening { .. })
+            })
+    }
+
+    /// Exit: reply blocks this session could use now.
+    fn want(&self, now: Instant, mss: usize, cap: usize) -> usize {
+        let mut n = self.control.len().min(4);
+        for s in self.streams.values() {
+            n += usize::from(s.receiver.ack_due);
+            if s.state == State::Open {
+                n += s.sender.backlog(now, mss);
+            }
+        }
+        n.min(cap)
+    }
+}
+
+/// Counters and gauges (names in PROTOCOL.md 7.5).
+#[derive(Clone)]
+pub struct StreamMetrics {
+    pub streams_open: IntGauge,
+    pub opens: IntCounterVec,
+    pub resets: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub retransmissions: IntCounter,
+    pub bad: IntCounterVec,
+    pub sessions: IntGauge,
+    pub blocks: IntGauge,
+}
+
+impl StreamMetrics {
+    pub fn new(r: &Registry) -> anyhow::Result<Self> {
+        use loopmix_core::metrics::{counter, counter_vec, gauge};
+        Ok(Self {
+            streams_open: gauge(r, "loopmix_streams_open", "Streams open now")?,
+            opens: counter_vec(
+                r,
+                "loopmix_stream_opens_total",
+                "Stream open attempts by result (ok, refused, failed, timeout)",
+                &["result"],
+            )?,
+            resets: counter_vec(
+                r,
+                "loopmix_stream_resets_total",
+                "Streams ended abnormally, by reason",
+                &["reason"],
+            )?,
+            bytes: counter_vec(
+                r,
+                "loopmix_stream_bytes_total",
+                "Stream payload bytes, by direction (sent = taken from local sockets)",
+                &["direction"],
+            )?,
+            retransmissions: counter(
+                r,
+                "loopmix_stream_retransmissions_total",
+                "Stream segments sent again after their timeout",
+            )?,
+            bad: counter_vec(
+                r,
+                "loopmix_stream_bad_messages_total",
+                "Stream messages or frames refused, by reason",
+                &["reason"],
+            )?,
+            sessions: gauge(r, "loopmix_exit_sessions", "Client sessions at this exit")?,
+            blocks: gauge(
+                r,
+                "loopmix_exit_reply_blocks",
+                "Reply blocks held for all sessions",
+            )?,
+        })
+    }
+}
+
+pub struct Mux {
+    role: Role,
+    cfg: StreamConfig,
+    sessions: HashMap<SessionId, Session>,
+    /// Exit: sessions in round-robin order for reply slots.
+    order: VecDeque<SessionId>,
+    /// Client: our session and the exit.
+    own: Option<(SessionId, ClientAddress)>,
+    next_stream: u32,
+    events: Vec<MuxEvent>,
+    metrics: StreamMetrics,
+}
+
+/// Bytes an OPEN or control frame may need; space kept for them.
+const CONTROL_ROOM: usize = 2 * ACK_LEN;
+
+impl Mux {
+    /// The SOCKS5 side: one session with `exit`.
+    pub fn client(exit: ClientAddress, cfg: StreamConfig, metrics: StreamMetrics) -> Self {
+        let id: SessionId = rand::rng().random();
+        let mut m = Self::new(Role::Client, cfg, metrics);
+        m.sessions.insert(id, Session::new(id, Instant::now()));
+        m.own = Some((id, exit));
+        m
+    }
+
+    pub fn exit(cfg: StreamConfig, metrics: StreamMetrics) -> Self {
+        Self::new(Role::Exit, cfg, metrics)
+    }
+
+    fn new(role: Role, cfg: StreamConfig, metrics: StreamMetrics) -> Self {
+        Self {
+            role,
+            cfg,
+            sessions: HashMap::new(),
+            order: VecDeque::new(),
+            own: None,
+            next_stream: 1,
+            events: Vec::new(),
+            metrics,
+        }
+    }
+
+    pub fn take_events(&mut self) -> Vec<MuxEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn bad(&self, reason: &str) {
+        self.metrics.bad.with_label_values(&[reason]).inc();
+    }
+
+    fn update_gauges(&self) {
+        let streams: usize = self.sessions.values().map(|s| s.streams.len()).sum();
+        self.metrics.streams_open.set(streams as i64);
+        if self.role == Role::Exit {
+            self.metrics.sessions.set(self.sessions.len() as i64);
+            let blocks: usize = self.sessions.values().map(|s| s.pool.len()).sum();
+            self.metrics.blocks.set(blocks as i64);
+        }
+    }
+
+    pub fn streams_open(&self) -> usize {
+        self.sessions.values().map(|s| s.streams.len()).sum()
+    }
+
+    fn stream_mut(&mut self, key: &StreamKey) -> Option<&mut Stream> {
+        self.sessions
+            .get_mut(&key.session)?
+            .streams
+            .get_mut(&key.stream)
+    }
+
+    // ---- the application side ----
+
+    /// Client: opens a stream to `target`; its OPEN leaves in the next slot.
+    pub fn open(&mut self, target: Target, now: Instant) -> Result<StreamKey, &'static str> {
+        let (id, _) = self.own.ok_or("not a client")?;
+        let cfg = self.cfg.clone();
+        let stream = self.next_stream;
+        let session = self.sessions.get_mut(&id).ok_or("no session")?;
+        if session.streams.len() >= cfg.max_streams {
+            return Err("too many streams");
+        }
+        self.next_stream = self.next_stream.wrapping_add(1).max(1);
+        let state = State::Opening {
+            target,
+            last_sent: None,
+            since: now,
+        };
+        session
+            .streams
+            .insert(stream, Stream::new(&cfg, state, now));
+        self.update_gauges();
+        Ok(StreamKey {
+            session: id,
+            stream,
+        })
+    }
+
+    /// Exit: the connect for `key` finished (`Err(code)`: a SOCKS5 code).
+    pub fn connected(&mut self, key: StreamKey, result: Result<(), u8>, now: Instant) {
+        let Some(session) = self.sessions.get_mut(&key.session) else {
+            return;
+        };
+        let Some(s) = session.streams.get_mut(&key.stream) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                s.state = State::Open;
+                s.last_progress = now;
+                session.queue_control(Frame::Opened { stream: key.stream });
+                self.metrics.opens.with_label_values(&["ok"]).inc();
+            }
+            Err(code) => {
+                session.close(key.stream);
+                session.queue_control(Frame::Refused {
+                    stream: key.stream,
+                    code,
+                });
+                self.metrics.opens.with_label_values(&["refused"]).inc();
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Bytes from the local socket; how many were taken (the rest waits
+    /// for a [`MuxEvent::Room`]).
+    pub fn push(&mut self, key: &StreamKey, bytes: &[u8]) -> Option<usize> {
+        let s = self.stream_mut(key)?;
+        let n = s.sender.push(bytes);
+        self.metrics
+            .bytes
+            .with_label_values(&["sent"])
+            .inc_by(n as u64);
+        Some(n)
+    }
+
+    /// The local socket reached EOF.
+    pub fn finish(&mut self, key: &StreamKey) {
+        if let Some(s) = self.stream_mut(key) {
+            s.sender.finish();
+        }
+    }
+
+    /// The application wrote `n` of the bytes it was given.
+    pub fn written(&mut self, key: &StreamKey, n: usize) {
+        if let Some(s) = self.stream_mut(key) {
+            let before = s.window();
+            s.unwritten = s.unwritten.saturating_sub(n);
+            // Tell the peer when the window reopens from below half.
+            let half = s.receiver.max_window() / 2;
+            if before < half && s.window() >= half {
+                s.receiver.ack_due = true;
+            }
+        }
+    }
+
+    /// The local socket failed or the application gave up: RESET the peer.
+    pub fn abort(&mut self, key: &StreamKey, code: u8, reason: &str) {
+        let Some(session) = self.sessions.get_mut(&key.session) else {
+            return;
+        };
+        if session.close(key.stream) {
+            session.queue_control(Frame::Reset {
+                stream: key.stream,
+                code,
+            });
+            self.metrics.resets.with_label_values(&[reason]).inc();
+        }
+        self.update_gauges();
+    }
+
+    // ---- messages from the mixnet ----
+
+    /// A stream message received. `blocks`: reply blocks it carried (exit).
+    pub fn on_message(&mut self, body: &[u8], blocks: Vec<ReplyBlock>, now: Instant) {
+        let msg = match Message::decode(body) {
+            Ok(m) => m,
+            Err(e) => {
+                self.bad(e.label());
+                return;
+            }
+        };
+        match self.role {
+            Role::Client => {
+                if self.own.map(|(id, _)| id) != Some(msg.session) {
+                    self.bad("unknown_session");
+                    return;
+                }
+            }
+            Role::Exit => {
+                if !self.sessions.contains_key(&msg.session) && !self.admit(msg.session, now) {
+                    self.bad("too_many_sessions");
+                    return;
+                }
+            }
+        }
+        let cfg = self.cfg.clone();
+        let role = self.role;
+        let Some(session) = self.sessions.get_mut(&msg.session) else {
+            return;
+        };
+        session.last_heard = now;
+        match role {
+            Role::Exit => {
+                session.grants_seen = session.grants_seen.max(msg.grants);
+                for b in blocks {
+                    if session.pool.len() >= cfg.max_blocks {
+                        session.pool.pop_front();
+                    }
+                    session.pool.push_back(b);
+                }
+            }
+            Role::Client => {
+                session.reported_held = msg.held;
+                session.reported_want = msg.want;
+                session.reported_seen = msg.grants.min(session.grants_sent);
+                session.last_reply = Some(now);
+            }
+        }
+        let mut events = Vec::new();
+        let mut bad = Vec::new();
+        let mut opens = Vec::new();
+        for f in msg.frames {
+            Self::on_frame(
+                role,
+                &cfg,
+                session,
+                f,
+                now,
+                &mut events,
+                &mut bad,
+                &mut opens,
+            );
+        }
+        for reason in bad {
+            self.bad(reason);
+        }
+        for (label, n) in opens {
+            self.metrics.opens.with_label_values(&[label]).inc_by(n);
+        }
+        for e in &events {
+            match e {
+                MuxEvent::Data(_, d) => self
+                    .metrics
+                    .bytes
+                    .with_label_values(&["received"])
+                    .inc_by(d.len() as u64),
+                MuxEvent::Reset(_, _) => {
+                    self.metrics.resets.with_label_values(&["peer"]).inc();
+                }
+                _ => {}
+            }
+        }
+        self.events.extend(events);
+        self.update_gauges();
+    }
+
+    /// Exit: a new session; evicts the longest-silent one without streams
+    /// when full.
+    fn admit(&mut self, id: SessionId, now: Instant) -> bool {
+        if self.sessions.len() >= self.cfg.max_sessions {
+            let victim = self
+                .sessions
+                .values()
+                .filter(|s| s.streams.is_empty())
+                .min_by_key(|s| s.last_heard)
+                .map(|s| s.id);
+            match victim {
+                Some(v) => {
+                    self.sessions.remove(&v);
+                    self.order.retain(|x| *x != v);
+                }
+                None => return false,
+            }
+        }
+        self.sessions.insert(id, Session::new(id, now));
+        self.order.push_back(id);
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_frame(
+        role: Role,
+        cfg: &StreamConfig,
+        session: &mut Session,
+        f: Frame,
+        now: Instant,
+        events: &mut Vec<MuxEvent>,
+        bad: &mut Vec<&'static str>,
+        opens: &mut Vec<(&'static str, u64)>,
+    ) {
+        let id = f.stream();
+        let key = session.key(id);
+        match (role, f) {
+            (Role::Exit, Frame::Open { target, .. }) => {
+                if let Some(s) = session.streams.get(&id) {
+                    // A retransmitted OPEN: answer again if connected.
+                    if s.state == State::Open {
+                        session.queue_control(Frame::Opened { stream: id });
+                    }
+                } else if session.closed.contains(&id) {
+                } else if session.streams.len() >= cfg.max_streams {
+                    session.queue_control(Frame::Refused {
+                        stream: id,
+                        code: code::GENERAL_FAILURE,
+                    });
+                    opens.push(("too_many_streams", 1));
+                } else {
+                    session
+                        .streams
+                        .insert(id, Stream::new(cfg, State::Connecting, now));
+                    events.push(MuxEvent::Connect(key, target));
+                }
+            }
+            (Role::Client, Frame::Opened { .. }) => {
+                if let Some(s) = session.streams.get_mut(&id)
+                    && matches!(s.state, State::Opening { .. })
+                {
+                    s.state = State::Open;
+                    s.last_progress = now;
+                    events.push(MuxEvent::Opened(key));
+                    opens.push(("ok", 1));
+                }
+            }
+            (Role::Client, Frame::Refused { code, .. }) => {
+                if session.close(id) {
+                    events.push(MuxEvent::Refused(key, code));
+                    opens.push(("refused", 1));
+                }
+            }
+            (_, Frame::Data { seq, fin, data, .. }) => {
+                let Some(s) = session.streams.get_mut(&id) else {
+                    if !session.closed.contains(&id) {
+                        session.queue_control(Frame::Reset {
+                            stream: id,
+                            code: code::GENERAL_FAILURE,
+                        });
+                    }
+                    return;
+                };
+                if role == Role::Client && matches!(s.state, State::Opening { .. }) {
+                    // Data overtook the OPENED (different routes).
+                    s.state = State::Open;
+                    events.push(MuxEvent::Opened(key));
+                    opens.push(("ok", 1));
+                }
+                if s.state != State::Open {
+                    bad.push("data_before_open");
+                    return;
+                }
+                let window = s.receiver.max_window();
+                let d = s.receiver.on_data(seq, data, fin, window);
+                if !d.data.is_empty() {
+                    s.last_progress = now;
+                    s.unwritten = s.unwritten.saturating_add(d.data.len());
+                    events.push(MuxEvent::Data(key, d.data));
+                }
+                if d.fin {
+                    s.last_progress = now;
+                    events.push(MuxEvent::Fin(key));
+                }
+                if s.sender.done() && s.receiver.fin_delivered() {
+                    session.close(id);
+                }
+            }
+            (
+                _,
+                Frame::Ack {
+                    next, sack, window, ..
+                },
+            ) => {
+                let Some(s) = session.streams.get_mut(&id) else {
+                    if !session.closed.contains(&id) {
+                        session.queue_control(Frame::Reset {
+                            stream: id,
+                            code: code::GENERAL_FAILURE,
+                        });
+                    }
+                    return;
+                };
+                if s.sender.on_ack(next, sack, window, now) {
+                    s.last_progress = now;
+                    events.push(MuxEvent::Room(key));
+                }
+                if s.sender.done() && s.receiver.fin_delivered() {
+                    session.close(id);
+                }
+            }
+            (_, Frame::Reset { code, .. }) => {
+                if session.close(id) {
+                    events.push(MuxEvent::Reset(key, code));
+                }
+            }
+            _ => bad.push("wrong_direction"),
+        }
+    }
+
+    // ---- timers ----
+
+    /// Timeouts: failed or idle streams, unanswered OPENs, silent sessions.
+    pub fn tick(&mut self, now: Instant) {
+        let cfg = self.cfg.clone();
+        let mut resets: Vec<(StreamKey, u8, &'static str)> = Vec::new();
+        let mut refused = Vec::new();
+        let mut dead_sessions = Vec::new();
+        for session in self.sessions.values_mut() {
+            if self.role == Role::Exit
+                && now.saturating_duration_since(session.last_heard) > cfg.session_timeout
+            {
+                dead_sessions.push(session.id);
+                continue;
+            }
+            let mut gone = Vec::new();
+            for (id, s) in &session.streams {
+                let key = session.key(*id);
+                if let State::Opening { since, .. } = &s.state {
+                    if now.saturating_duration_since(*since) > cfg.open_timeout {
+                        refused.push((key, code::TTL_EXPIRED));
+                        gone.push(*id);
+                    }
+                    continue;
+                }
+                if s.sender.failed {
+                    resets.push((key, code::TTL_EXPIRED, "retransmissions"));
+                    gone.push(*id);
+                } else if now.saturating_duration_since(s.last_progress) > cfg.idle_timeout {
+                    resets.push((key, code::TTL_EXPIRED, "idle"));
+                    gone.push(*id);
+                }
+            }
+            for id in gone {
+                session.close(id);
+            }
+            // Expired reply blocks cannot be used (checked at use too).
+        }
+        for (key, code, reason) in resets {
+            if let Some(session) = self.sessions.get_mut(&key.session) {
+                session.queue_control(Frame::Reset {
+                    stream: key.stream,
+                    code,
+                });
+            }
+            self.metrics.resets.with_label_values(&[reason]).inc();
+            self.events.push(MuxEvent::Reset(key, code));
+        }
+        for (key, code) in refused {
+            self.metrics.opens.with_label_values(&["timeout"]).inc();
+            self.events.push(MuxEvent::Refused(key, code));
+        }
+        for id in dead_sessions {
+            if let Some(s) = self.sessions.remove(&id) {
+                for stream in s.streams.keys() {
+                    self.metrics
+                        .resets
+                        .with_label_values(&["session_timeout"])
+                        .inc();
+                    self.events.push(MuxEvent::Reset(
+                        StreamKey {
+                            session: id,
+                            stream: *stream,
+                        },
+                        code::TTL_EXPIRED,
+                    ));
+                }
+            }
+            self.order.retain(|x| *x != id);
+        }
+        self.update_gauges();
+    }
+
+    // ---- packets ----
+
+    /// Frames for one message of at most `cap` bytes (header included).
+    fn build(
+        role: Role,
+        session: &mut Session,
+        cap: usize,
+        now: Instant,
+        retx: &IntCounter,
+    ) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut used = HEADER_LEN;
+        while let Some(f) = session.control.front() {
+            if used + f.encoded_len() > cap {
+                break;
+            }
+            used += f.encoded_len();
+            if let Some(f) = session.control.pop_front() {
+                frames.push(f);
+            }
+        }
+        // OPENs (client), sent again after the stream's RTO.
+        if role == Role::Client {
+            for (id, s) in session.streams.iter_mut() {
+                let rto = s.sender.rtt.rto();
+                if let State::Opening {
+                    target, last_sent, ..
+                } = &mut s.state
+                {
+                    let due = last_sent.is_none_or(|t| now >= t + rto);
+                    let f = Frame::Open {
+                        stream: *id,
+                        target: target.clone(),
+                    };
+                    if due && used + f.encoded_len() <= cap {
+                        used += f.encoded_len();
+                        *last_sent = Some(now);
+                        frames.push(f);
+                    }
+                }
+            }
+        }
+        for (id, s) in session.streams.iter_mut() {
+            if s.receiver.ack_due && used + ACK_LEN <= cap {
+                used += ACK_LEN;
+                frames.push(s.ack_frame(*id));
+            }
+        }
+        // Data, one segment per stream per turn, round robin.
+        let order = session.rr_order();
+        for id in order {
+            if cap.saturating_sub(used) < DATA_OVERHEAD + 1 {
+                break;
+            }
+            let Some(s) = session.streams.get_mut(&id) else {
+                continue;
+            };
+            if s.state != State::Open || !s.sender.wants_to_send(now) {
+                continue;
+            }
+            let room = cap - used - DATA_OVERHEAD;
+            let before = s.sender.retransmissions;
+            if let Some(out) = s.sender.next_segment(now, room) {
+                if s.sender.retransmissions > before {
+                    retx.inc();
+                }
+                used += DATA_OVERHEAD + out.data.len();
+                // Piggy-back a fresh ack for the same stream if it fits.
+                frames.push(Frame::Data {
+                    stream: id,
+                    seq: out.seq,
+                    fin: out.fin,
+                    data: out.data,
+                });
+                session.cursor = id;
+            }
+        }
+        frames
+    }
+
+    /// Client: fills one λ_P slot (see [`crate::runtime::SlotFiller`]).
+    pub fn fill_client(&mut self, engine: &mut Engine, now: Instant) {
+        let Some((_, exit)) = self.own else { return };
+        let cap0 = engine.send_capacity(0);
+        let block_len = cap0.saturating_sub(engine.send_capacity(1)).max(1);
+        let Some(out) = self.client_message(cap0, block_len, now) else {
+            return;
+        };
+        match engine.send(&exit, out.body, out.blocks, now) {
+            Ok(_) => self.client_sent(out.grants, out.blocks, now),
+            Err(e) => self.bad(e.label()),
+        }
+    }
+
+    /// Exit: fills one λ_P slot with a reply for the next session (round
+    /// robin) that has something to say and a usable reply block.
+    pub fn fill_exit(&mut self, engine: &mut Engine, now: Instant) {
+        let Some(epoch) = engine.topology().map(|t| t.epoch()) else {
+            return;
+        };
+        let cap = engine.reply_capacity();
+        if let Some((body, block)) = self.exit_message(cap, epoch, now)
+            && let Err(e) = engine.reply_over(block, body, now)
+        {
+            self.bad(e.label());
+        }
+    }
+
+    /// Client: the next message, for packets whose body holds `cap0` bytes
+    /// without reply blocks and `block_len` bytes less per block.
+    pub(crate) fn client_message(
+        &mut self,
+        cap0: usize,
+        block_len: usize,
+        now: Instant,
+    ) -> Option<ClientOut> {
+        let (id, _) = self.own?;
+        let cfg = self.cfg.clone();
+        let retx = self.metrics.retransmissions.clone();
+        let session = self.sessions.get_mut(&id)?;
+        let open = !session.streams.is_empty();
+        if !open && session.control.is_empty() {
+            return None;
+        }
+        // Reply blocks the exit should get.
+        let in_flight = session.grants_sent.saturating_sub(session.reported_seen) as usize;
+        let estimate = usize::from(session.reported_held) + in_flight;
+        let want = usize::from(session.reported_want);
+        let target = if open {
+            (want + (want / 4).max(8))
+                .max(cfg.reserve_blocks)
+                .min(cfg.max_blocks)
+        } else {
+            0
+        };
+        let mut need = target.saturating_sub(estimate);
+        // Keep-alive: the exit has been silent (it may have run dry, or
+        // restarted): grant a few blocks regardless of the estimate.
+        let quiet = Duration::from_secs(3).max(cfg.min_rto * 2);
+        let silent = |t: Option<Instant>| t.is_none_or(|t| now >= t + quiet);
+        if open && silent(session.last_reply) && silent(session.last_grant) {
+            need = need.max(cfg.reserve_blocks);
+        }
+        let data_waiting = session
+            .streams
+            .values()
+            .any(|s| s.state == State::Open && s.sender.wants_to_send(now));
+        let mut blocks = 0;
+        // Upload data and grants share the slots: alternate, unless the
+        // exit is close to running dry.
+        if need > 0 && (!data_waiting || session.refill_turn || need >= target / 2) {
+            let fit =
+                cap0.saturating_sub(HEADER_LEN + CONTROL_ROOM + MAX_OPEN_LEN) / block_len.max(1);
+            blocks = need.min(fit).min(MAX_REPLY_BLOCKS);
+        }
+        if need > 0 && data_waiting {
+            session.refill_turn = !session.refill_turn;
+        }
+        let cap = cap0.saturating_sub(blocks * block_len);
+        let frames = Self::build(Role::Client, session, cap, now, &retx);
+        if frames.is_empty() && blocks == 0 {
+            return None;
+        }
+        let grants = session.grants_sent.wrapping_add(blocks as u32);
+        let msg = Message {
+            session: id,
+            grants,
+            held: 0,
+            want: 0,
+            frames,
+        };
+        match msg.encode() {
+            Ok(body) => Some(ClientOut {
+                body,
+                blocks,
+                grants,
+            }),
+            Err(e) => {
+                self.bad(e.label());
+                None
+            }
+        }
+    }
+
+    /// Client: the message from [`Mux::client_message`] left.
+    pub(crate) fn client_sent(&mut self, grants: u32, blocks: usize, now: Instant) {
+        let Some((id, _)) = self.own else { return };
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.grants_sent = grants;
+            if blocks > 0 {
+                session.last_grant = Some(now);
+            }
+        }
+    }
+
+    /// Exit: the next reply (body and the block to send it over), for
+    /// reply bodies of `cap` bytes under key epoch `epoch`.
+    pub(crate) fn exit_message(
+        &mut self,
+        cap: usize,
+        epoch: u64,
+        now: Instant,
+    ) -> Option<(Vec<u8>, ReplyBlock)> {
+        let mss = cap.saturating_sub(HEADER_LEN + DATA_OVERHEAD + CONTROL_ROOM);
+        let retx = self.metrics.retransmissions.clone();
+        let max_blocks = self.cfg.max_blocks;
+        let mut out = None;
+        for _ in 0..self.order.len() {
+            let Some(id) = self.order.pop_front() else {
+                break;
+            };
+            self.order.push_back(id);
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            // No node holds keys older than the previous epoch's.
+            session.pool.retain(|b| b.epoch.saturating_add(1) >= epoch);
+            if session.pool.is_empty() || !session.has_something(now) {
+                continue;
+            }
+            let frames = Self::build(Role::Exit, session, cap, now, &retx);
+            if frames.is_empty() {
+                continue;
+            }
+            let Some(block) = session.pool.pop_front() else {
+                continue;
+            };
+            let want = session.want(now, mss.max(1), max_blocks);
+            let msg = Message {
+                session: id,
+                grants: session.grants_seen,
+                held: u16::try_from(session.pool.len()).unwrap_or(u16::MAX),
+                want: u16::try_from(want).unwrap_or(u16::MAX),
+                frames,
+            };
+            match msg.encode() {
+                Ok(body) => out = Some((body, block)),
+                Err(e) => self.bad(e.label()),
+            }
+            break;
+        }
+        self.update_gauges();
+        out
+    }
+}
+
+/// One client message: its body, the reply blocks to attach, and the
+/// grant count it announces.
+pub(crate) struct ClientOut {
+    pub body: Vec<u8>,
+    pub blocks: usize,
+    pub grants: u32,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,256 @@
+//! The stream protocol between a client mux and an exit mux over a
+//! simulated network: random delays (so heavy reordering), loss, λ_P slots,
+//! reply blocks consumed one per exit packet. No engine, no sockets.
+
+use std::collections::BTreeMap;
+
+use loopmix_core::e2e::{ClientAddress, ReplyBlock};
+use loopmix_core::keys::NodeId;
+use prometheus::Registry;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::*;
+
+const CAP0: usize = 1511;
+const BLOCK: usize = 502;
+const REPLY_CAP: usize = 1989;
+
+fn exit_address() -> ClientAddress {
+    let enc = loopmix_core::e2e::EncryptionKeypair::generate();
+    ClientAddress::new(NodeId([1; 32]), enc.public(), NodeId([2; 32]))
+}
+
+struct Net {
+    rng: StdRng,
+    loss: f64,
+    /// (arrival time in ms, seq) → (to exit?, body, blocks)
+    wire: BTreeMap<(u64, u64), (bool, Vec<u8>, usize)>,
+    seq: u64,
+    sent: [u64; 2],
+}
+
+impl Net {
+    fn send(&mut self, now_ms: u64, to_exit: bool, body: Vec<u8>, blocks: usize) {
+        self.sent[usize::from(to_exit)] += 1;
+        if self.rng.random::<f64>() < self.loss {
+            return;
+        }
+        let delay = self.rng.random_range(150..700);
+        self.seq += 1;
+        self.wire
+            .insert((now_ms + delay, self.seq), (to_exit, body, blocks));
+    }
+}
+
+fn block() -> ReplyBlock {
+    ReplyBlock {
+        epoch: 5,
+        surb: vec![0; 460],
+        key: [0; 32],
+    }
+}
+
+struct Outcome {
+    received: Vec<Vec<u8>>,
+    upload: Vec<u8>,
+    ms: u64,
+    exit_packets: u64,
+    refused: Vec<u8>,
+}
+
+/// `n` streams; each downloads `download` bytes and uploads `upload`.
+fn run(seed: u64, loss: f64, n: usize, download: &[u8], upload: &[u8], deny: bool) -> Outcome {
+    let r = Registry::new();
+    let cfg = StreamConfig::default();
+    let mut client = Mux::client(exit_address(), cfg.clone(), StreamMetrics::new(&r).unwrap());
+    let r2 = Registry::new();
+    let mut exit = Mux::exit(cfg, StreamMetrics::new(&r2).unwrap());
+    let mut net = Net {
+        rng: StdRng::seed_from_u64(seed),
+        loss,
+        wire: BTreeMap::new(),
+        seq: 0,
+        sent: [0, 0],
+    };
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut keys = Vec::new();
+    for _ in 0..n {
+        keys.push(
+            client
+                .open(Target::Name("example.org".into(), 80), at(0))
+                .unwrap(),
+        );
+    }
+    let mut received: Vec<Vec<u8>> = vec![Vec::new(); n];
+    let mut fins = 0;
+    let mut refused = Vec::new();
+    let mut exit_streams: Vec<(StreamKey, usize, bool)> = Vec::new();
+    let mut upload_got: BTreeMap<StreamKey, Vec<u8>> = BTreeMap::new();
+    let mut client_pushed = vec![0usize; n];
+    let mut ms = 0u64;
+    while fins + refused.len() < n && ms < 600_000 {
+        ms += 10;
+        let now = at(ms);
+        // Deliveries due.
+        let due: Vec<(u64, u64)> = net.wire.range(..(ms + 1, 0)).map(|(k, _)| *k).collect();
+        for k in due {
+            let Some((to_exit, body, blocks)) = net.wire.remove(&k) else {
+                continue;
+            };
+            if to_exit {
+                exit.on_message(&body, (0..blocks).map(|_| block()).collect(), now);
+            } else {
+                client.on_message(&body, Vec::new(), now);
+            }
+        }
+        // Exit application: accept connects, serve `download`.
+        for e in exit.take_events() {
+            match e {
+                MuxEvent::Connect(k, _) => {
+                    let r = if deny { Err(code::NOT_ALLOWED) } else { Ok(()) };
+                    exit.connected(k, r, now);
+                    exit_streams.push((k, 0, false));
+                }
+                MuxEvent::Data(k, d) => {
+                    exit.written(&k, d.len());
+                    upload_got.entry(k).or_default().extend(d);
+                }
+                _ => {}
+            }
+        }
+        for (k, off, fin) in exit_streams.iter_mut() {
+            if *off < download.len() {
+                *off += exit.push(k, &download[*off..]).unwrap_or(0);
+            }
+            if *off == download.len() && !*fin {
+                exit.finish(k);
+                *fin = true;
+            }
+        }
+        // Client application.
+        for e in client.take_events() {
+            match e {
+                MuxEvent::Data(k, d) => {
+                    client.written(&k, d.len());
+                    let i = keys.iter().position(|x| *x == k).unwrap();
+                    received[i].extend(d);
+                }
+                MuxEvent::Fin(_) => fins += 1,
+                MuxEvent::Refused(_, c) => refused.push(c),
+                MuxEvent::Reset(_, c) => panic!("reset {c} at {ms} ms"),
+                _ => {}
+            }
+        }
+        for (i, k) in keys.iter().enumerate() {
+            if client_pushed[i] < upload.len() {
+                client_pushed[i] += client.push(k, &upload[client_pushed[i]..]).unwrap_or(0);
+                if client_pushed[i] == upload.len() {
+                    client.finish(k);
+                }
+            }
+        }
+        // λ_P slots: every 50 ms each.
+        if ms % 50 == 0 {
+            if let Some(out) = client.client_message(CAP0, BLOCK, now) {
+                assert!(out.body.len() + out.blocks * BLOCK <= CAP0);
+                client.client_sent(out.grants, out.blocks, now);
+                net.send(ms, true, out.body, out.blocks);
+            }
+            if let Some((body, _)) = exit.exit_message(REPLY_CAP, 5, now) {
+                assert!(body.len() <= REPLY_CAP);
+                net.send(ms, false, body, 0);
+            }
+        }
+        client.tick(now);
+        exit.tick(now);
+    }
+    let upload = upload_got.into_values().next().unwrap_or_default();
+    Outcome {
+        received,
+        upload,
+        ms,
+        exit_packets: net.sent[0],
+        refused,
+    }
+}
+
+fn bytes(n: usize) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(n as u64);
+    (0..n).map(|_| rng.random()).collect()
+}
+
+#[test]
+fn download_without_loss_uses_most_slots() {
+    let data = bytes(300_000);
+    let o = run(1, 0.0, 1, &data, b"GET / HTTP/1.0\r\n\r\n", false);
+    assert_eq!(o.received[0], data);
+    assert_eq!(o.upload, b"GET / HTTP/1.0\r\n\r\n");
+    // Goodput relative to the exit's slots over the whole run (which
+    // includes the opening round trip).
+    let slots = o.ms / 50;
+    let per_slot = data.len() as f64 / slots as f64;
+    eprintln!(
+        "{} ms, {per_slot:.0} B per exit slot, {} exit packets",
+        o.ms, o.exit_packets
+    );
+    assert!(per_slot > 0.8 * 1900.0, "{per_slot} bytes per slot");
+}
+
+#[test]
+fn loss_and_reordering_lose_nothing() {
+    let data = bytes(120_000);
+    let up = bytes(30_000);
+    let o = run(2, 0.1, 3, &data, &up, false);
+    for r in &o.received {
+        assert_eq!(r, &data);
+    }
+    assert_eq!(o.upload, up);
+}
+
+#[test]
+fn concurrent_streams_share_slots() {
+    let data = bytes(60_000);
+    let o = run(3, 0.0, 8, &data, b"x", false);
+    for r in &o.received {
+        assert_eq!(r, &data);
+    }
+}
+
+#[test]
+fn refused_targets_get_the_code() {
+    let o = run(4, 0.0, 2, b"", b"", true);
+    assert_eq!(o.refused, vec![code::NOT_ALLOWED, code::NOT_ALLOWED]);
+}
+
+#[test]
+fn garbage_messages_are_counted_not_fatal() {
+    let r = Registry::new();
+    let m = StreamMetrics::new(&r).unwrap();
+    let mut exit = Mux::exit(StreamConfig::default(), m.clone());
+    let now = Instant::now();
+    exit.on_message(b"", Vec::new(), now);
+    exit.on_message(&[1; 10], Vec::new(), now);
+    let mut msg = Message::new([9; 16]);
+    msg.frames.push(Frame::Opened { stream: 1 });
+    msg.frames.push(Frame::Ack {
+        stream: 7,
+        next: 1_000,
+        sack: u32::MAX,
+        window: 0,
+    });
+    exit.on_message(&msg.encode().unwrap(), vec![block()], now);
+    assert_eq!(m.bad.with_label_values(&["short"]).get(), 2);
+    assert_eq!(m.bad.with_label_values(&["wrong_direction"]).get(), 1);
+    // The ack for an unknown stream is answered with a RESET.
+    let (body, _) = exit.exit_message(REPLY_CAP, 5, now).unwrap();
+    let reply = Message::decode(&body).unwrap();
+    assert_eq!(
+        reply.frames,
+        vec![Frame::Reset {
+            stream: 7,
+            code: code::GENERAL_FAILURE
+        }]
+    );
+}
