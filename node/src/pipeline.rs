@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use loopmix_core::keys::NodeId;
 use loopmix_core::mixing::delay_queue::DelayQueue;
+use loopmix_core::mixing::entropy::MixEntropy;
 use loopmix_core::mixing::loops::LoopTracker;
 use loopmix_core::mixing::processor::{Processed, SphinxProcessor};
 pub use loopmix_core::poisson::sleep_until;
@@ -254,6 +255,10 @@ fn worker(
     }
 }
 
+/// How often the delay stage publishes its Eq. 5 entropy and mean pool
+/// size (each gauge is the average over one such window).
+pub const ENTROPY_WINDOW: Duration = Duration::from_secs(10);
+
 /// Holds packets until their deadline and hands them to the egress.
 pub struct DelayStage {
     pub shared: Arc<Shared>,
@@ -268,9 +273,12 @@ impl DelayStage {
     /// forwarding what is queued at its deadline for at most `drain`.
     pub async fn run(self, mut rx: mpsc::Receiver<Delayed>) {
         let mut queue: DelayQueue<Instant, Delayed> = DelayQueue::new(self.limit);
+        // How much anonymity this node provides: O(1) per packet, no history.
+        let mut entropy: MixEntropy<Instant> = MixEntropy::new();
+        let mut window_start = Instant::now();
         let mut batch = Vec::with_capacity(256);
         loop {
-            self.release_due(&mut queue);
+            self.release_due(&mut queue, &mut entropy);
             let next = queue.next_deadline();
             tokio::select! {
                 n = rx.recv_many(&mut batch, 256) => {
@@ -281,16 +289,25 @@ impl DelayStage {
                     for item in batch.drain(..) {
                         let deadline = item.received + item.intended;
                         if deadline <= now {
+                            entropy.arrive(now);
+                            entropy.depart(now);
                             self.forward(item, deadline, now);
                         } else if let Err(item) = queue.push(deadline, item) {
                             drop(item);
                             self.shared.drop_packet("overload");
+                        } else {
+                            entropy.arrive(now);
                         }
                     }
                 }
                 _ = sleep_until(next), if next.is_some() => {}
             }
             self.shared.metrics.delay_queue.set(queue.len() as i64);
+            let now = Instant::now();
+            if now.saturating_duration_since(window_start) >= ENTROPY_WINDOW {
+                window_start = now;
+                self.publish_entropy(&mut entropy, now);
+            }
         }
         // Shutdown: honour deadlines for up to `drain`, then count the rest.
         let give_up = Instant::now() + self.drain;
@@ -299,7 +316,7 @@ impl DelayStage {
                 break;
             }
             sleep_until(Some(next)).await;
-            self.release_due(&mut queue);
+            self.release_due(&mut queue, &mut entropy);
             self.shared.metrics.delay_queue.set(queue.len() as i64);
         }
         let left = queue.drain_all().len();
@@ -314,11 +331,28 @@ impl DelayStage {
         self.shared.metrics.delay_queue.set(0);
     }
 
-    fn release_due(&self, queue: &mut DelayQueue<Instant, Delayed>) {
+    fn release_due(
+        &self,
+        queue: &mut DelayQueue<Instant, Delayed>,
+        entropy: &mut MixEntropy<Instant>,
+    ) {
         let now = Instant::now();
         while let Some((deadline, item)) = queue.pop_due(now) {
+            // A packet leaves the pool whether it is forwarded or dropped.
+            entropy.depart(now);
             self.forward(item, deadline, now);
         }
+    }
+
+    /// Sets `loopmix_node_entropy_bits` and `loopmix_node_pool_size_mean`
+    /// to the averages of the window that ends now. Without departures the
+    /// entropy gauge keeps the latest `H_t`.
+    fn publish_entropy(&self, entropy: &mut MixEntropy<Instant>, now: Instant) {
+        let w = entropy.take_window(now);
+        let m = &self.shared.metrics;
+        m.entropy_bits
+            .set(w.mean_entropy_bits.unwrap_or(entropy.entropy_bits()));
+        m.pool_size_mean.set(w.mean_pool_size.unwrap_or(0.0));
     }
 
     fn forward(&self, item: Delayed, deadline: Instant, now: Instant) {

@@ -11,6 +11,7 @@
 //!    the node's own loop cover packets when they come back.
 
 pub mod delay_queue;
+pub mod entropy;
 pub mod loops;
 pub mod processor;
 pub mod replay;

@@ -152,7 +152,7 @@ fn run(seed: u64, loss: f64, n: usize, download: &[u8], upload: &[u8], deny: boo
             }
         }
         // λ_P slots: every 50 ms each.
-        if ms % 50 == 0 {
+        if ms.is_multiple_of(50) {
             if let Some(out) = client.client_message(CAP0, BLOCK, now) {
                 assert!(out.body.len() + out.blocks * BLOCK <= CAP0);
                 client.client_sent(out.grants, out.blocks, now);

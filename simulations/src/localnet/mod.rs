@@ -1,0 +1,212 @@
+//! `loopmix-localnet`: a whole loopmix network as separate processes on
+//! loopback, from one command.
+//!
+//! It starts directory authorities, mixes, providers, an exit service and a
+//! SOCKS5 client with fresh keys and configs in one directory, waits until
+//! the network carries traffic (topology published and every node listed,
+//! the clients' loop cover packets coming back), prints how to use it and a
+//! live status line, and stops every process it started on Ctrl-C.
+//!
+//! * [`network`]: what gets started, in which order, and when it is ready;
+//! * [`process`]: the child processes and their shutdown;
+//! * [`status`]: the live status line;
+//! * [`toml_edit`], [`metrics`]: editing configs, reading `/metrics`.
+
+pub mod metrics;
+pub mod network;
+pub mod process;
+pub mod status;
+pub mod toml_edit;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Payload bytes one Sphinx packet carries for a stream after the payload
+/// and fragment overheads, with `payload_size = 2048` (approximate).
+pub const STREAM_BYTES_PER_PACKET: f64 = 1990.0;
+
+/// The Sphinx payload size of every preset: room for a forward packet
+/// carrying three reply blocks.
+pub const PAYLOAD_SIZE: usize = 2048;
+
+const ABOUT: &str = "Start a whole loopmix network on this machine, one process per \
+authority, mix, provider and client, and a SOCKS5 proxy that sends your traffic through it.";
+
+const LONG_ABOUT: &str = "Start a whole loopmix network on this machine: directory \
+authorities, layers of mixes, providers, an exit service and a SOCKS5 client, each a \
+separate process on 127.0.0.1 with fresh keys and configs. Once the network carries \
+traffic it prints the SOCKS5 address, a curl command to try it, and where every \
+process serves its metrics; Ctrl-C stops everything.
+
+Privacy or speed: every packet waits a random, exponentially distributed time at each \
+hop (mean = the per-hop delay), and every client sends at fixed Poisson rates whether \
+it has data or not (λ_P payload slots, filled with real data or cover; λ_L loops and \
+λ_D drops; mixes send λ_M loops). Longer delays let each mix hold more packets at once \
+and more cover traffic hides when and how much a user sends, so the anonymity sets an \
+observer has to choose from grow; the price is latency (a request and its answer cross \
+about ten delayed hops) and bandwidth spent on cover. Goodput per client is bounded by \
+λ_P × ~1990 bytes/s: speed (20 ms per hop, λ_P 50/s) ≈ 100 KB/s, balanced (50 ms, \
+20/s) ≈ 40 KB/s, privacy (250 ms, 10/s) ≈ 20 KB/s.";
+
+/// Privacy/speed trade-off of the whole network (see `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// 20 ms per hop, λ_P 50/s: fast, small anonymity sets.
+    Speed,
+    /// 50 ms per hop, λ_P 20/s.
+    Balanced,
+    /// 250 ms per hop, λ_P 10/s, more cover: slow, large anonymity sets.
+    Privacy,
+}
+
+/// What a preset sets: the directory's `[network]` rates and delay, and the
+/// clients' inbox pull interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PresetParams {
+    pub mean_hop_delay_ms: f64,
+    pub lambda_p_per_s: f64,
+    pub lambda_l_per_s: f64,
+    pub lambda_d_per_s: f64,
+    pub lambda_m_per_s: f64,
+    pub pull_interval: Duration,
+}
+
+impl Preset {
+    pub fn params(self) -> PresetParams {
+        let (d, p, l, dr, m, pull) = match self {
+            Preset::Speed => (20.0, 50.0, 2.0, 2.0, 2.0, 100),
+            Preset::Balanced => (50.0, 20.0, 1.0, 1.0, 1.0, 200),
+            Preset::Privacy => (250.0, 10.0, 2.0, 2.0, 2.0, 500),
+        };
+        PresetParams {
+            mean_hop_delay_ms: d,
+            lambda_p_per_s: p,
+            lambda_l_per_s: l,
+            lambda_d_per_s: dr,
+            lambda_m_per_s: m,
+            pull_interval: Duration::from_millis(pull),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Speed => "speed",
+            Preset::Balanced => "balanced",
+            Preset::Privacy => "privacy",
+        }
+    }
+}
+
+impl PresetParams {
+    /// Upper bound of one client's goodput, bytes per second.
+    pub fn goodput_bound(&self) -> f64 {
+        self.lambda_p_per_s * STREAM_BYTES_PER_PACKET
+    }
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loopmix-localnet", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Options {
+    /// Directory for every key, config, database and log (kept afterwards;
+    /// must be empty or not exist). Default: a fresh temporary directory,
+    /// removed when the network stops (kept if start-up fails, for its logs).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Privacy/speed preset: per-hop delay and sending rates (see above).
+    #[arg(long, value_enum, default_value_t = Preset::Balanced)]
+    pub preset: Preset,
+
+    /// Directory authorities. A topology needs signatures from a majority.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub authorities: u16,
+
+    /// Mix layers every route crosses.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub layers: u8,
+
+    /// Mixes in each layer.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub mixes_per_layer: u16,
+
+    /// Providers. The exit service uses the first, the SOCKS5 client the
+    /// second (so its traffic crosses the network from one to the other).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub providers: u16,
+
+    /// Where the SOCKS5 proxy listens (port 0: any free port, printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1080")]
+    pub socks_listen: SocketAddr,
+
+    /// Give up if the network is not ready within this time.
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = humantime::parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// Test knob: one mix (the first of the middle layer as started; layers
+    /// are reshuffled every epoch) drops this fraction of the packets it
+    /// processes (`[mixing] fault_drop_rate`).
+    #[arg(long, hide = true, value_name = "RATE")]
+    pub fault_drop_rate: Option<f64>,
+
+    /// Test knob: directory epoch length (whole seconds, at least 4 s). Every
+    /// epoch nodes get new Sphinx keys and layers are reshuffled.
+    #[arg(long, hide = true, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub epoch_length: Duration,
+
+    /// Test knob: exit policy pattern (`host:port`, `*` wildcards), passed
+    /// to the exit as `--allow`; repeatable. Default: loopback on any port,
+    /// and any host on ports 80 and 443.
+    #[arg(long = "exit-allow", hide = true, value_name = "PATTERN")]
+    pub exit_allow: Vec<String>,
+
+    /// Test knob: run `loopmix-client receive` in place of the exit and the
+    /// SOCKS5 client (for a loopmix-client without those commands). No
+    /// SOCKS5 proxy then.
+    #[arg(long, hide = true)]
+    pub stand_in_clients: bool,
+
+    /// Test knob: when a process exits unexpectedly, report it and keep the
+    /// rest running instead of stopping the network.
+    #[arg(long, hide = true)]
+    pub keep_going: bool,
+}
+
+impl Options {
+    /// The exit policy: `--exit-allow`, or the default.
+    pub fn exit_policy(&self) -> Vec<String> {
+        if self.exit_allow.is_empty() {
+            ["127.0.0.1:*", "localhost:*", "[::1]:*", "*:80", "*:443"]
+                .map(String::from)
+                .to_vec()
+        } else {
+            self.exit_allow.clone()
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(r) = self.fault_drop_rate
+            && !(0.0..=1.0).contains(&r)
+        {
+            anyhow::bail!("--fault-drop-rate must be in 0..=1");
+        }
+        let e = self.epoch_length;
+        if e < Duration::from_secs(4) || e.subsec_nanos() != 0 {
+            anyhow::bail!("--epoch-length must be whole seconds, at least 4s");
+        }
+        Ok(())
+    }
+}
+
+/// Runs `loopmix-localnet` with `opts`; returns the process exit code.
+pub fn main(opts: Options) -> std::process::ExitCode {
+    match network::run(opts) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loopmix-localnet: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,877 @@
+//! Starting the network, waiting until it carries traffic, watching it, and
+//! stopping it.
+//!
+//! Order, and why:
+//! 1. authorities, with epoch 1 starting a few seconds after they are up
+//!    (`genesis` in the near future), so the nodes started next register in
+//!    time for epoch 1 instead of waiting out a whole epoch;
+//! 2. mixes and providers, all at once; ready when every one of them runs a
+//!    signed topology that lists it (`loopmix_node_listed` = 1);
+//! 3. the exit (on provider 0) and the SOCKS5 client (on provider 1): a
+//!    client needs its provider in the topology; ready when both see their
+//!    own loop cover packets come back through the mixes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use loopmix_core::keys::NodeId;
+use loopmix_core::topology::Role;
+use loopmix_node::node::BoundAddresses;
+
+use super::process::{Processes, STOP_GRACE, UnexpectedExit};
+use super::status::{Status, Ui};
+use super::toml_edit::{edit_file, toml_str};
+use super::{Options, PAYLOAD_SIZE, PresetParams};
+
+/// Name of the file describing a ready network, in its directory.
+pub const LOCALNET_JSON: &str = "localnet.json";
+
+/// The loopmix binaries a localnet runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub node: PathBuf,
+    pub directory: PathBuf,
+    pub client: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries next to the running executable (`cargo build` puts
+    /// every binary of the workspace in one directory).
+    pub fn next_to_current_exe() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding our own executable")?;
+        let dir = exe
+            .parent()
+            .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?;
+        let find = |name: &str| -> anyhow::Result<PathBuf> {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                bail!(
+                    "{name} not found in {} (loopmix-localnet runs the binaries next to it). \
+                     Build all of them first:\n    cargo build --release\nthen run \
+                     ./target/release/loopmix-localnet",
+                    dir.display()
+                )
+            }
+        };
+        Ok(Self {
+            node: find("loopmix-node")?,
+            directory: find("loopmix-directory")?,
+            client: find("loopmix-client")?,
+        })
+    }
+
+    /// Fails clearly when `loopmix-client` predates the exit and SOCKS5
+    /// commands (a stale build).
+    pub fn check_client_commands(&self) -> anyhow::Result<()> {
+        for cmd in ["exit", "socks5"] {
+            let ok = Command::new(&self.client)
+                .args([cmd, "--help"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if !ok {
+                bail!(
+                    "{} has no `{cmd}` command (an old build?). Rebuild every binary:\n    \
+                     cargo build --release",
+                    self.client.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP received so far.
+#[derive(Clone, Default)]
+pub struct Signals(Arc<AtomicUsize>);
+
+impl Signals {
+    /// Installs the handlers on `rt` (which must keep running): from now on
+    /// these signals no longer kill this process; they are counted.
+    pub fn install(rt: &tokio::runtime::Runtime) -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _guard = rt.enter();
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let s = Self::default();
+        let count = s.0.clone();
+        rt.spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = int.recv() => {}
+                    Some(()) = term.recv() => {}
+                    Some(()) = hup.recv() => {}
+                    else => return,
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Ok(s)
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Start-up stopped by a signal.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// What a member of the network is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Authority,
+    Mix,
+    Provider,
+    Exit,
+    Socks,
+}
+
+/// One started process and where to see it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub kind: Kind,
+    pub pid: u32,
+    pub log: PathBuf,
+    /// Its `/metrics` endpoint, once known.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A network that is up.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub socks5: SocketAddr,
+    pub exit_address: String,
+}
+
+struct Authority {
+    key: NodeId,
+    url: String,
+}
+
+/// A client directory made by `loopmix-client init`.
+struct ClientDir {
+    config: PathBuf,
+    data_dir: PathBuf,
+    /// Metrics port chosen up front (stand-in clients, which do not report
+    /// the port they bound).
+    fixed_metrics: Option<SocketAddr>,
+}
+
+/// A localnet being started, running or stopped.
+pub struct Localnet {
+    opts: Options,
+    preset: PresetParams,
+    bins: Binaries,
+    root: PathBuf,
+    signals: Signals,
+    ui: Ui,
+    pub members: Vec<Member>,
+    procs: Processes,
+    deadline: Instant,
+    genesis: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `ip:port` from a file, if it holds one.
+fn read_addr(path: &Path, need_newline: bool) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(path).ok()?;
+    if need_newline && !text.ends_with('\n') {
+        return None;
+    }
+    let t = text.trim();
+    t.strip_prefix("http://").unwrap_or(t).parse().ok()
+}
+
+fn metric(addr: Option<SocketAddr>, name: &str) -> Option<f64> {
+    let text = super::metrics::scrape(addr?).ok()?;
+    super::metrics::sum(&text, name)
+}
+
+/// A free TCP port on loopback right now (may be taken by the time it is
+/// used; only for stand-in clients).
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn run_output(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl Localnet {
+    pub fn new(opts: Options, bins: Binaries, root: PathBuf, signals: Signals) -> Self {
+        let deadline = Instant::now() + opts.ready_timeout;
+        Self {
+            preset: opts.preset.params(),
+            opts,
+            bins,
+            root,
+            signals,
+            ui: Ui::new(),
+            members: Vec::new(),
+            procs: Processes::default(),
+            deadline,
+            genesis: 0,
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        cmd: Command,
+        log: PathBuf,
+    ) -> anyhow::Result<usize> {
+        let pid = self.procs.spawn(name, cmd, &log)?;
+        self.members.push(Member {
+            name: name.to_string(),
+            kind,
+            pid,
+            log,
+            metrics: None,
+        });
+        Ok(self.members.len() - 1)
+    }
+
+    /// Polls `probe` until it yields, watching for signals, dead children
+    /// and the ready deadline. `what` says what is awaited, for errors.
+    fn wait<T>(
+        &mut self,
+        what: impl Fn() -> String,
+        mut probe: impl FnMut() -> Option<T>,
+    ) -> anyhow::Result<T> {
+        loop {
+            if self.signals.count() > 0 {
+                return Err(Interrupted.into());
+            }
+            self.procs.check()?;
+            if let Some(v) = probe() {
+                return Ok(v);
+            }
+            if Instant::now() > self.deadline {
+                bail!(
+                    "the network was not ready within {} (--ready-timeout): still waiting for {}; \
+                     the logs are under {}",
+                    humantime::format_duration(self.opts.ready_timeout),
+                    what(),
+                    self.root.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts everything and waits until the network carries traffic.
+    pub fn start(&mut self) -> anyhow::Result<Ready> {
+        let auths = self.start_authorities()?;
+        let nodes = self.start_nodes(&auths)?;
+        self.wait_listed()?;
+        self.start_clients(&auths, &nodes)
+    }
+
+    fn start_authorities(&mut self) -> anyhow::Result<Vec<Authority>> {
+        let n = usize::from(self.opts.authorities);
+        let k = n / 2 + 1;
+        self.ui.stage(format!("creating {n} directory authorities"));
+        let dirs: Vec<PathBuf> = (0..n)
+            .map(|i| self.root.join("authorities").join(format!("auth{i}")))
+            .collect();
+        let keys = dirs
+            .iter()
+            .map(|d| loopmix_directory::harness::init(&self.bins.directory, d, &[]))
+            .collect::<anyhow::Result<Vec<NodeId>>>()?;
+        let e = self.opts.epoch_length.as_secs();
+        // Long enough for the authorities to exchange signatures, short
+        // enough not to delay the first epoch much.
+        let lead = (e / 10).clamp(2, 10).min(e / 2);
+        // Epoch 1 starts once everything is started and registered (a few
+        // hundred ms per process on a busy machine). A node that misses the
+        // window joins one epoch later.
+        let processes = n + self.mix_count() + usize::from(self.opts.providers);
+        let margin = 2 + processes as u64 / 3;
+        self.genesis = unix_now() + lead + margin;
+        let net = self.preset;
+        for (i, d) in dirs.iter().enumerate() {
+            let mut args: Vec<String> = vec![
+                "--force".into(),
+                "--threshold".into(),
+                k.to_string(),
+                "--epoch-length".into(),
+                format!("{e}s"),
+                "--registration-lead".into(),
+                format!("{lead}s"),
+                "--genesis".into(),
+                self.genesis.to_string(),
+            ];
+            for (j, other) in dirs.iter().enumerate() {
+                if j != i {
+                    let addr_file = other
+                        .join("data")
+                        .join(loopmix_directory::config::ADDR_FILE);
+                    args.push("--peer".into());
+                    args.push(format!("{}=file:{}", keys[j], addr_file.display()));
+                }
+            }
+            if loopmix_directory::harness::init(&self.bins.directory, d, &args)? != keys[i] {
+                bail!("init --force changed the key of {}", d.display());
+            }
+            edit_file(
+                &d.join(loopmix_directory::config::CONFIG_FILE),
+                &[
+                    ("network", "layers", self.opts.layers.to_string()),
+                    (
+                        "network",
+                        "mean_hop_delay_ms",
+                        format!("{:?}", net.mean_hop_delay_ms),
+                    ),
+                    (
+                        "network",
+                        "lambda_p_per_s",
+                        format!("{:?}", net.lambda_p_per_s),
+                    ),
+                    (
+                        "network",
+                        "lambda_l_per_s",
+                        format!("{:?}", net.lambda_l_per_s),
+                    ),
+                    (
+                        "network",
+                        "lambda_d_per_s",
+                        format!("{:?}", net.lambda_d_per_s),
+                    ),
+                    (
+                        "network",
+                        "lambda_m_per_s",
+                        format!("{:?}", net.lambda_m_per_s),
+                    ),
+                    ("network", "payload_size", PAYLOAD_SIZE.to_string()),
+                ],
+            )?;
+        }
+        let mut started = Vec::new();
+        for (i, d) in dirs.iter().enumerate() {
+            let mut cmd = Command::new(&self.bins.directory);
+            cmd.args(["run", "--config"])
+                .arg(d.join(loopmix_directory::config::CONFIG_FILE));
+            let m = self.spawn(
+                &format!("auth{i}"),
+                Kind::Authority,
+                cmd,
+                d.join("authority.log"),
+            )?;
+            started.push((m, d.join("data").join(loopmix_directory::config::ADDR_FILE)));
+        }
+        let mut auths = Vec::new();
+        for (i, (m, addr_file)) in started.into_iter().enumerate() {
+            self.ui.stage(format!("starting authority {}/{n}", i + 1));
+            let name = self.members[m].name.clone();
+            let addr = self.wait(
+                || format!("{name} to listen"),
+                || read_addr(&addr_file, true),
+            )?;
+            self.members[m].metrics = Some(addr);
+            auths.push(Authority {
+                key: keys[i],
+                url: format!("http://{addr}"),
+            });
+        }
+        Ok(auths)
+    }
+
+    fn mix_count(&self) -> usize {
+        usize::from(self.opts.layers) * usize::from(self.opts.mixes_per_layer)
+    }
+
+    fn authority_args(&self, auths: &[Authority]) -> Vec<String> {
+        let mut args = Vec::new();
+        for a in auths {
+            args.push("--authority".into());
+            args.push(format!("{}={}", a.key, a.url));
+        }
+        args.push("--threshold".into());
+        args.push((auths.len() / 2 + 1).to_string());
+        args
+    }
+
+    /// Inits and starts every mix and provider; returns the providers' ids.
+    fn start_nodes(&mut self, auths: &[Authority]) -> anyhow::Result<Vec<NodeId>> {
+        let mixes = self.mix_count();
+        let providers = usize::from(self.opts.providers);
+        self.ui
+            .stage(format!("creating {mixes} mixes and {providers} providers"));
+        let auth_args = self.authority_args(auths);
+        // The first mix of the middle layer, in start order (the directory
+        // reshuffles layers every epoch).
+        let faulty = usize::from(self.opts.layers / 2) * usize::from(self.opts.mixes_per_layer);
+        let mut started = Vec::new();
+        let mut provider_ids = Vec::new();
+        for i in 0..mixes + providers {
+            let (role, name, kind) = if i < mixes {
+                (Role::Mix, format!("mix{i}"), Kind::Mix)
+            } else {
+                let p = i - mixes;
+                (Role::Provider, format!("provider{p}"), Kind::Provider)
+            };
+            let nd = loopmix_node::harness::init_directory_node(
+                &self.bins.node,
+                &self.root.join("nodes").join(&name),
+                role,
+                &auth_args,
+            )?;
+            // A localnet is thrown away when it stops: no need to forward
+            // delayed packets for the default 10 s.
+            edit_file(&nd.config, &[("mixing", "shutdown_drain", toml_str("1s"))])?;
+            if i == faulty
+                && let Some(rate) = self.opts.fault_drop_rate
+            {
+                edit_file(
+                    &nd.config,
+                    &[("mixing", "fault_drop_rate", format!("{rate:?}"))],
+                )?;
+                self.ui
+                    .note(format!("test knob: {name} drops {rate} of its packets"));
+            }
+            if kind == Kind::Provider {
+                provider_ids.push(nd.id);
+            }
+            let mut cmd = Command::new(&self.bins.node);
+            cmd.args(["run", "--config"]).arg(&nd.config);
+            let m = self.spawn(&name, kind, cmd, nd.dir.join("node.log"))?;
+            started.push((m, nd.dir.join("data").join("bound.json")));
+        }
+        let total = started.len();
+        for (i, (m, bound)) in started.into_iter().enumerate() {
+            self.ui.stage(format!("starting nodes {}/{total}", i + 1));
+            let name = self.members[m].name.clone();
+            let addrs = self.wait(
+                || format!("{name} to listen"),
+                || {
+                    let bytes = std::fs::read(&bound).ok()?;
+                    serde_json::from_slice::<BoundAddresses>(&bytes).ok()
+                },
+            )?;
+            self.members[m].metrics = Some(addrs.metrics);
+        }
+        Ok(provider_ids)
+    }
+
+    /// Until every mix and provider runs a topology listing it.
+    fn wait_listed(&mut self) -> anyhow::Result<()> {
+        let nodes: Vec<(String, Option<SocketAddr>)> = self
+            .members
+            .iter()
+            .filter(|m| matches!(m.kind, Kind::Mix | Kind::Provider))
+            .map(|m| (m.name.clone(), m.metrics))
+            .collect();
+        let total = nodes.len();
+        let genesis = self.genesis;
+        let ui = self.ui.clone();
+        let unlisted = std::cell::RefCell::new(Vec::<String>::new());
+        let mut next = Instant::now();
+        self.wait(
+            || format!("nodes to be listed: {}", unlisted.borrow().join(", ")),
+            || {
+                if Instant::now() < next {
+                    return None;
+                }
+                next = Instant::now() + Duration::from_millis(500);
+                let missing: Vec<String> = nodes
+                    .iter()
+                    .filter(|(_, addr)| metric(*addr, "loopmix_node_listed") != Some(1.0))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                let now = unix_now();
+                let when = if now < genesis {
+                    format!("; first epoch in {} s", genesis - now)
+                } else {
+                    String::new()
+                };
+                ui.stage(format!(
+                    "waiting for the signed topology: {}/{total} nodes listed{when}",
+                    total - missing.len()
+                ));
+                let done = missing.is_empty();
+                *unlisted.borrow_mut() = missing;
+                done.then_some(())
+            },
+        )
+    }
+
+    fn init_client(
+        &self,
+        name: &str,
+        provider: NodeId,
+        auths: &[Authority],
+    ) -> anyhow::Result<ClientDir> {
+        let dir = self.root.join("clients").join(name);
+        let mut cmd = Command::new(&self.bins.client);
+        cmd.arg("init")
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--provider", &provider.to_string()]);
+        for a in auths {
+            cmd.args(["--authority", &format!("{}={}", a.key, a.url)]);
+        }
+        cmd.args(["--threshold", &(auths.len() / 2 + 1).to_string()]);
+        run_output(&mut cmd, "loopmix-client init")?;
+        let config = dir.join("client.toml");
+        let fixed_metrics = if self.opts.stand_in_clients {
+            Some(free_port()?)
+        } else {
+            None
+        };
+        let listen = fixed_metrics.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
+        edit_file(
+            &config,
+            &[
+                (
+                    "messages",
+                    "pull_interval",
+                    toml_str(&humantime::format_duration(self.preset.pull_interval).to_string()),
+                ),
+                ("metrics", "listen", toml_str(&listen)),
+            ],
+        )?;
+        let text = std::fs::read_to_string(&config)?;
+        let table: toml::Table = toml::from_str(&text)?;
+        let data_dir = table
+            .get("client")
+            .and_then(|c| c.get("data_dir"))
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| anyhow!("{}: no [client] data_dir", config.display()))?;
+        Ok(ClientDir {
+            data_dir: dir.join(data_dir),
+            config,
+            fixed_metrics,
+        })
+    }
+
+    fn start_clients(
+        &mut self,
+        auths: &[Authority],
+        providers: &[NodeId],
+    ) -> anyhow::Result<Ready> {
+        self.ui.stage("starting the exit and the SOCKS5 client");
+        let (Some(&p_exit), Some(&p_socks)) =
+            (providers.first(), providers.get(1).or(providers.first()))
+        else {
+            bail!("no provider");
+        };
+        let exit = self.init_client("exit", p_exit, auths)?;
+        let socks = self.init_client("socks5", p_socks, auths)?;
+        let exit_address = run_output(
+            Command::new(&self.bins.client)
+                .arg("address")
+                .arg("--config")
+                .arg(&exit.config),
+            "loopmix-client address",
+        )?;
+        let stand_in = self.opts.stand_in_clients;
+        let mut cmd = Command::new(&self.bins.client);
+        if stand_in {
+            cmd.args(["receive", "--config"]).arg(&exit.config);
+        } else {
+            cmd.args(["exit", "--config"]).arg(&exit.config);
+            for p in self.opts.exit_policy() {
+                cmd.args(["--allow", &p]);
+            }
+        }
+        let log = exit.config.with_file_name("client.log");
+        let m_exit = self.spawn("exit", Kind::Exit, cmd, log)?;
+        let mut cmd = Command::new(&self.bins.client);
+        if stand_in {
+            cmd.args(["receive", "--config"]).arg(&socks.config);
+        } else {
+            cmd.args(["socks5", "--config"])
+                .arg(&socks.config)
+                .args(["--listen", &self.opts.socks_listen.to_string()])
+                .args(["--exit", &exit_address]);
+        }
+        let log = socks.config.with_file_name("client.log");
+        let m_socks = self.spawn("socks5", Kind::Socks, cmd, log)?;
+
+        for (m, c) in [(m_exit, &exit), (m_socks, &socks)] {
+            let name = self.members[m].name.clone();
+            let file = c.data_dir.join("metrics.addr");
+            let fixed = c.fixed_metrics;
+            let addr = self.wait(
+                || format!("{name} to serve its metrics (writing {})", file.display()),
+                || match fixed {
+                    Some(a) => super::metrics::scrape(a).ok().map(|_| a),
+                    None => read_addr(&file, false),
+                },
+            )?;
+            self.members[m].metrics = Some(addr);
+        }
+        let socks5 = if stand_in {
+            self.opts.socks_listen
+        } else {
+            let file = socks.data_dir.join("socks5.addr");
+            self.wait(
+                || format!("the SOCKS5 proxy to listen (writing {})", file.display()),
+                || read_addr(&file, false),
+            )?
+        };
+        let clients: Vec<(String, Option<SocketAddr>)> = [m_exit, m_socks]
+            .iter()
+            .map(|&m| (self.members[m].name.clone(), self.members[m].metrics))
+            .collect();
+        let ui = self.ui.clone();
+        let waiting = std::cell::RefCell::new(String::new());
+        let mut next = Instant::now();
+        self.wait(
+            || format!("loop cover packets to return to {}", waiting.borrow()),
+            || {
+                if Instant::now() < next {
+                    return None;
+                }
+                next = Instant::now() + Duration::from_millis(300);
+                let missing: Vec<&str> = clients
+                    .iter()
+                    .filter(|(_, a)| {
+                        metric(*a, "loopmix_client_loop_rtt_seconds_count").unwrap_or(0.0) <= 0.0
+                    })
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                ui.stage(format!(
+                    "waiting for the clients' loop cover packets to come back ({} of 2)",
+                    2 - missing.len()
+                ));
+                *waiting.borrow_mut() = missing.join(" and ");
+                missing.is_empty().then_some(())
+            },
+        )?;
+        Ok(Ready {
+            socks5,
+            exit_address,
+        })
+    }
+
+    /// Writes `localnet.json` (atomically) and prints how to use the network.
+    pub fn announce(&self, ready: &Ready, took: Duration) -> anyhow::Result<()> {
+        let mut metrics = BTreeMap::new();
+        let mut logs = BTreeMap::new();
+        for m in &self.members {
+            if let Some(a) = m.metrics {
+                metrics.insert(m.name.clone(), format!("http://{a}/metrics"));
+            }
+            logs.insert(m.name.clone(), m.log.display().to_string());
+        }
+        let json = serde_json::json!({
+            "socks5": ready.socks5.to_string(),
+            "exit_address": ready.exit_address,
+            "dir": self.root.display().to_string(),
+            "preset": self.opts.preset.name(),
+            "epoch_length_s": self.opts.epoch_length.as_secs(),
+            "pid": std::process::id(),
+            "pids": self.members.iter().map(|m| m.pid).collect::<Vec<_>>(),
+            "metrics": metrics,
+            "logs": logs,
+        });
+        let path = self.root.join(LOCALNET_JSON);
+        let tmp = self.root.join(format!("{LOCALNET_JSON}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?)?;
+        std::fs::rename(&tmp, &path)?;
+
+        let p = &self.preset;
+        let mut out = String::new();
+        out.push_str(&format!(
+            "\nloopmix localnet is up after {:.1} s: {} authorities, {} layers x {} mixes, {} providers.\n",
+            took.as_secs_f64(),
+            self.opts.authorities,
+            self.opts.layers,
+            self.opts.mixes_per_layer,
+            self.opts.providers,
+        ));
+        out.push_str(&format!(
+            "preset {}: {} ms per hop, λ_P {}/s (goodput at most ~{:.0} KB/s per client), \
+             cover λ_L {}/s λ_D {}/s λ_M {}/s\n\n",
+            self.opts.preset.name(),
+            p.mean_hop_delay_ms,
+            p.lambda_p_per_s,
+            p.goodput_bound() / 1000.0,
+            p.lambda_l_per_s,
+            p.lambda_d_per_s,
+            p.lambda_m_per_s,
+        ));
+        if self.opts.stand_in_clients {
+            out.push_str("  (stand-in clients: no SOCKS5 proxy is running)\n");
+        } else {
+            out.push_str(&format!("  SOCKS5 proxy   {}\n", ready.socks5));
+            out.push_str(&format!(
+                "  try it        curl --socks5-hostname {} http://example.com/\n",
+                ready.socks5
+            ));
+        }
+        out.push_str(&format!("  exit address   {}\n", ready.exit_address));
+        out.push_str(&format!(
+            "  files          {} (keys, configs, logs; {LOCALNET_JSON})\n\n  metrics\n",
+            self.root.display()
+        ));
+        for m in &self.members {
+            if let Some(a) = m.metrics {
+                out.push_str(&format!("    {:<11} http://{a}/metrics\n", m.name));
+            }
+        }
+        out.push_str("\nCtrl-C stops the network.\n");
+        self.ui.print_stdout(&out);
+        Ok(())
+    }
+
+    /// Shows the status line until a signal (Ok) or, unless `--keep-going`,
+    /// a process exits (Err).
+    pub fn watch(&mut self) -> anyhow::Result<()> {
+        let mut status = Status::new(self.members.clone());
+        let every = if self.ui.is_tty() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(10)
+        };
+        let mut next = Instant::now() + every.min(Duration::from_secs(1));
+        loop {
+            if self.signals.count() > 0 {
+                return Ok(());
+            }
+            if let Err(e) = self.procs.check() {
+                if !self.opts.keep_going {
+                    return Err(e.into());
+                }
+                self.ui.note(format!("loopmix-localnet: {e}"));
+            }
+            if Instant::now() >= next {
+                next = Instant::now() + every;
+                let line = status.sample();
+                self.ui.status(&line);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops every process: SIGTERM, SIGKILL after [`STOP_GRACE`] or at
+    /// once on another signal.
+    pub fn stop(&mut self) {
+        let running = self.procs.running();
+        if running == 0 {
+            self.ui.clear();
+            return;
+        }
+        self.ui.stage(format!(
+            "stopping {running} processes (Ctrl-C again to kill them at once)"
+        ));
+        let signals_before = self.signals.count();
+        self.procs.terminate_all();
+        let deadline = Instant::now() + STOP_GRACE;
+        while self.procs.running() > 0
+            && Instant::now() < deadline
+            && self.signals.count() == signals_before
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let killed = self.procs.kill_all();
+        self.ui.clear();
+        if killed > 0 {
+            eprintln!("loopmix-localnet: killed {killed} processes that did not stop in time");
+        }
+        eprintln!("loopmix-localnet: stopped {running} processes");
+    }
+}
+
+/// The directory to use and, if temporary, its guard.
+fn prepare_dir(dir: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(d) => {
+            if d.exists()
+                && std::fs::read_dir(d)
+                    .with_context(|| format!("reading {}", d.display()))?
+                    .next()
+                    .is_some()
+            {
+                bail!(
+                    "{} is not empty: a localnet needs fresh keys (choose a new --dir)",
+                    d.display()
+                );
+            }
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            Ok((std::path::absolute(d)?, None))
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("loopmix-localnet-")
+                .tempdir()?;
+            Ok((t.path().to_path_buf(), Some(t)))
+        }
+    }
+}
+
+/// The whole command: start, announce, watch, stop.
+pub fn run(opts: Options) -> anyhow::Result<ExitCode> {
+    opts.validate()?;
+    let bins = Binaries::next_to_current_exe()?;
+    if !opts.stand_in_clients {
+        bins.check_client_commands()?;
+    }
+    let (root, tmp) = prepare_dir(opts.dir.as_deref())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let signals = Signals::install(&rt)?;
+    let started = Instant::now();
+    // Declared after `tmp`: dropped (every process stopped) before the
+    // temporary directory is removed.
+    let mut net = Localnet::new(opts, bins, root.clone(), signals);
+    let result = match net.start() {
+        Ok(ready) => match net.announce(&ready, started.elapsed()) {
+            Ok(()) => net.watch(),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    net.stop();
+    drop(net);
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.is::<Interrupted>() => {
+            eprintln!("loopmix-localnet: interrupted during start-up");
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => {
+            let what = if e.is::<UnexpectedExit>() {
+                "stopped the network"
+            } else {
+                "start-up failed"
+            };
+            if let Some(t) = tmp {
+                let kept = t.keep();
+                eprintln!("loopmix-localnet: {what}; logs kept in {}", kept.display());
+            }
+            Err(e)
+        }
+    }
+}
