@@ -185,8 +185,10 @@ struct Session {
     control: VecDeque<Frame>,
     /// Round-robin cursor: the stream served last.
     cursor: u32,
-    /// Recently closed streams: their late frames are ignored, not reset.
-    closed: VecDeque<u32>,
+    /// Recently closed streams and how they ended, so late or repeated
+    /// frames get the same answer again (answers are not reliable; a
+    /// repeated OPEN or DATA is how the peer asks again).
+    closed: VecDeque<(u32, Tomb)>,
     last_heard: Instant,
     /// Exit: the pool of reply blocks, oldest first; the highest grant
     /// count seen.
@@ -200,6 +202,17 @@ struct Session {
     last_reply: Option<Instant>,
     last_grant: Option<Instant>,
     refill_turn: bool,
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tomb {
+    Refused(u8),
+    Reset(u8),
+    /// Both FINs delivered; `next` is what we last acknowledged.
+    Done {
+        next: u32,
+    },
 }
 
 const MAX_CLOSED: usize = 1024;
@@ -234,20 +247,67 @@ impl Session {
     }
 
     fn queue_control(&mut self, f: Frame) {
-        if self.control.len() < MAX_CONTROL {
+        if self.control.len() < MAX_CONTROL && !self.control.contains(&f) {
             self.control.push_back(f);
         }
     }
 
-    fn close(&mut self, stream: u32) -> bool {
+    fn close(&mut self, stream: u32, tomb: Tomb) -> bool {
         if self.streams.remove(&stream).is_none() {
             return false;
         }
         if self.closed.len() >= MAX_CLOSED {
             self.closed.pop_front();
         }
-        self.closed.push_back(stream);
+        self.closed.push_back((stream, tomb));
         true
+    }
+
+    /// Closes `stream` if both directions are finished.
+    fn close_if_done(&mut self, stream: u32) {
+        if let Some(s) = self.streams.get(&stream)
+            && s.sender.done()
+            && s.receiver.fin_delivered()
+        {
+            let next = s.receiver.ack().0;
+            self.close(stream, Tomb::Done { next });
+        }
+    }
+
+    /// A frame for a stream we do not have: answer as the stream ended,
+    /// or RESET a stream we never knew.
+    fn late_frame(&mut self, f: &Frame) {
+        let id = f.stream();
+        let tomb = self
+            .closed
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == id)
+            .map(|(_, t)| *t);
+        let answer = match (tomb, f) {
+            (_, Frame::Reset { .. }) => None,
+            (Some(Tomb::Refused(code)), Frame::Open { .. }) => {
+                Some(Frame::Refused { stream: id, code })
+            }
+            (Some(Tomb::Done { next }), Frame::Data { .. }) => Some(Frame::Ack {
+                stream: id,
+                next,
+                sack: 0,
+                window: 0,
+            }),
+            (Some(Tomb::Done { .. }), _) => None,
+            (Some(Tomb::Refused(code) | Tomb::Reset(code)), _) => {
+                Some(Frame::Reset { stream: id, code })
+            }
+            (None, Frame::Data { .. } | Frame::Ack { .. }) => Some(Frame::Reset {
+                stream: id,
+                code: code::GENERAL_FAILURE,
+            }),
+            (None, _) => None,
+        };
+        if let Some(a) = answer {
+            self.queue_control(a);
+        }
     }
 
     /// Ids in round-robin order, starting after the cursor.
@@ -454,7 +514,7 @@ impl Mux {
                 self.metrics.opens.with_label_values(&["ok"]).inc();
             }
             Err(code) => {
-                session.close(key.stream);
+                session.close(key.stream, Tomb::Refused(code));
                 session.queue_control(Frame::Refused {
                     stream: key.stream,
                     code,
@@ -502,7 +562,7 @@ impl Mux {
         let Some(session) = self.sessions.get_mut(&key.session) else {
             return;
         };
-        if session.close(key.stream) {
+        if session.close(key.stream, Tomb::Reset(code)) {
             session.queue_control(Frame::Reset {
                 stream: key.stream,
                 code,
@@ -635,13 +695,14 @@ impl Mux {
         let id = f.stream();
         let key = session.key(id);
         match (role, f) {
-            (Role::Exit, Frame::Open { target, .. }) => {
+            (Role::Exit, Frame::Open { target, stream }) => {
                 if let Some(s) = session.streams.get(&id) {
                     // A retransmitted OPEN: answer again if connected.
                     if s.state == State::Open {
                         session.queue_control(Frame::Opened { stream: id });
                     }
-                } else if session.closed.contains(&id) {
+                } else if session.closed.iter().any(|(s, _)| *s == id) {
+                    session.late_frame(&Frame::Open { stream, target });
                 } else if session.streams.len() >= cfg.max_streams {
                     session.queue_control(Frame::Refused {
                         stream: id,
@@ -666,19 +727,19 @@ impl Mux {
                 }
             }
             (Role::Client, Frame::Refused { code, .. }) => {
-                if session.close(id) {
+                if session.close(id, Tomb::Refused(code)) {
                     events.push(MuxEvent::Refused(key, code));
                     opens.push(("refused", 1));
                 }
             }
             (_, Frame::Data { seq, fin, data, .. }) => {
                 let Some(s) = session.streams.get_mut(&id) else {
-                    if !session.closed.contains(&id) {
-                        session.queue_control(Frame::Reset {
-                            stream: id,
-                            code: code::GENERAL_FAILURE,
-                        });
-                    }
+                    session.late_frame(&Frame::Data {
+                        stream: id,
+                        seq,
+                        fin,
+                        data: Vec::new(),
+                    });
                     return;
                 };
                 if role == Role::Client && matches!(s.state, State::Opening { .. }) {
@@ -702,9 +763,7 @@ impl Mux {
                     s.last_progress = now;
                     events.push(MuxEvent::Fin(key));
                 }
-                if s.sender.done() && s.receiver.fin_delivered() {
-                    session.close(id);
-                }
+                session.close_if_done(id);
             }
             (
                 _,
@@ -713,24 +772,22 @@ impl Mux {
                 },
             ) => {
                 let Some(s) = session.streams.get_mut(&id) else {
-                    if !session.closed.contains(&id) {
-                        session.queue_control(Frame::Reset {
-                            stream: id,
-                            code: code::GENERAL_FAILURE,
-                        });
-                    }
+                    session.late_frame(&Frame::Ack {
+                        stream: id,
+                        next,
+                        sack,
+                        window,
+                    });
                     return;
                 };
                 if s.sender.on_ack(next, sack, window, now) {
                     s.last_progress = now;
                     events.push(MuxEvent::Room(key));
                 }
-                if s.sender.done() && s.receiver.fin_delivered() {
-                    session.close(id);
-                }
+                session.close_if_done(id);
             }
             (_, Frame::Reset { code, .. }) => {
-                if session.close(id) {
+                if session.close(id, Tomb::Reset(code)) {
                     events.push(MuxEvent::Reset(key, code));
                 }
             }
@@ -759,20 +816,20 @@ impl Mux {
                 if let State::Opening { since, .. } = &s.state {
                     if now.saturating_duration_since(*since) > cfg.open_timeout {
                         refused.push((key, code::TTL_EXPIRED));
-                        gone.push(*id);
+                        gone.push((*id, Tomb::Refused(code::TTL_EXPIRED)));
                     }
                     continue;
                 }
                 if s.sender.failed {
                     resets.push((key, code::TTL_EXPIRED, "retransmissions"));
-                    gone.push(*id);
+                    gone.push((*id, Tomb::Reset(code::TTL_EXPIRED)));
                 } else if now.saturating_duration_since(s.last_progress) > cfg.idle_timeout {
                     resets.push((key, code::TTL_EXPIRED, "idle"));
-                    gone.push(*id);
+                    gone.push((*id, Tomb::Reset(code::TTL_EXPIRED)));
                 }
             }
-            for id in gone {
-                session.close(id);
+            for (id, tomb) in gone {
+                session.close(id, tomb);
             }
             // Expired reply blocks cannot be used (checked at use too).
         }

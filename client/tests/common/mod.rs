@@ -344,7 +344,8 @@ pub fn curl(socks: SocketAddr, url: &str, max_secs: u64) -> (i32, Vec<u8>, Strin
     )
 }
 
-/// A raw SOCKS5 CONNECT to `host:port` by name; the reply code.
+/// A raw SOCKS5 CONNECT to `host:port` (an IPv4 address as such, else by
+/// name); the reply code.
 pub fn socks_connect_code(socks: SocketAddr, host: &str, port: u16) -> u8 {
     let mut s = TcpStream::connect(socks).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
@@ -352,8 +353,17 @@ pub fn socks_connect_code(socks: SocketAddr, host: &str, port: u16) -> u8 {
     let mut m = [0u8; 2];
     s.read_exact(&mut m).unwrap();
     assert_eq!(m, [5, 0]);
-    let mut req = vec![5, 1, 0, 3, host.len() as u8];
-    req.extend_from_slice(host.as_bytes());
+    let mut req = vec![5, 1, 0];
+    match host.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => {
+            req.push(1);
+            req.extend_from_slice(&ip.octets());
+        }
+        Err(_) => {
+            req.extend_from_slice(&[3, host.len() as u8]);
+            req.extend_from_slice(host.as_bytes());
+        }
+    }
     req.extend_from_slice(&port.to_be_bytes());
     s.write_all(&req).unwrap();
     let mut rep = [0u8; 10];
