@@ -268,3 +268,39 @@ fn garbage_messages_are_counted_not_fatal() {
         }]
     );
 }
+
+#[test]
+fn a_vanished_client_leaves_nothing_at_the_exit() {
+    let r = Registry::new();
+    let m = StreamMetrics::new(&r).unwrap();
+    let mut exit = Mux::exit(StreamConfig::default(), m.clone());
+    let t0 = Instant::now();
+    let mut msg = Message::new([3; 16]);
+    msg.frames.push(Frame::Open {
+        stream: 1,
+        target: Target::Name("example.org".into(), 80),
+    });
+    exit.on_message(&msg.encode().unwrap(), vec![block(), block()], t0);
+    let key = match exit.take_events().as_slice() {
+        [MuxEvent::Connect(k, _)] => *k,
+        other => panic!("{other:?}"),
+    };
+    exit.connected(key, Ok(()), t0);
+    exit.push(&key, &[7; 100_000]);
+    // The client is gone (killed): nothing more arrives from it.
+    let mut t = t0;
+    let mut reset = false;
+    while t < t0 + Duration::from_secs(400) {
+        t += Duration::from_millis(500);
+        let _ = exit.exit_message(REPLY_CAP, 5, t);
+        exit.tick(t);
+        reset |= exit
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, MuxEvent::Reset(k, _) if *k == key));
+    }
+    assert!(reset, "the target's socket must be closed");
+    assert_eq!(exit.streams_open(), 0);
+    assert_eq!(m.sessions.get(), 0);
+    assert_eq!(m.blocks.get(), 0);
+}
