@@ -12,6 +12,7 @@
 //! * [`status`]: the live status line;
 //! * [`toml_edit`], [`metrics`]: editing configs, reading `/metrics`.
 
+pub mod compose;
 pub mod metrics;
 pub mod network;
 pub mod process;
@@ -104,6 +105,40 @@ impl PresetParams {
     /// Upper bound of one client's goodput, bytes per second.
     pub fn goodput_bound(&self) -> f64 {
         self.lambda_p_per_s * STREAM_BYTES_PER_PACKET
+    }
+
+    /// The `[network]` keys of an authority's `directory.toml` that this
+    /// preset sets (for [`toml_edit::edit_file`]).
+    pub fn directory_edits(&self, layers: u8) -> Vec<(&'static str, &'static str, String)> {
+        vec![
+            ("network", "layers", layers.to_string()),
+            (
+                "network",
+                "mean_hop_delay_ms",
+                format!("{:?}", self.mean_hop_delay_ms),
+            ),
+            (
+                "network",
+                "lambda_p_per_s",
+                format!("{:?}", self.lambda_p_per_s),
+            ),
+            (
+                "network",
+                "lambda_l_per_s",
+                format!("{:?}", self.lambda_l_per_s),
+            ),
+            (
+                "network",
+                "lambda_d_per_s",
+                format!("{:?}", self.lambda_d_per_s),
+            ),
+            (
+                "network",
+                "lambda_m_per_s",
+                format!("{:?}", self.lambda_m_per_s),
+            ),
+            ("network", "payload_size", PAYLOAD_SIZE.to_string()),
+        ]
     }
 }
 

@@ -27,7 +27,7 @@ use loopmix_node::node::BoundAddresses;
 use super::process::{Processes, STOP_GRACE, UnexpectedExit};
 use super::status::{Status, Ui};
 use super::toml_edit::{edit_file, toml_str};
-use super::{Options, PAYLOAD_SIZE, PresetParams};
+use super::{Options, PresetParams};
 
 /// Name of the file describing a ready network, in its directory.
 pub const LOCALNET_JSON: &str = "localnet.json";
@@ -212,7 +212,8 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn run_output(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+/// Runs `cmd`; its trimmed stdout, or an error with its stderr.
+pub(super) fn run_output(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         bail!(
@@ -343,35 +344,7 @@ impl Localnet {
             }
             edit_file(
                 &d.join(loopmix_directory::config::CONFIG_FILE),
-                &[
-                    ("network", "layers", self.opts.layers.to_string()),
-                    (
-                        "network",
-                        "mean_hop_delay_ms",
-                        format!("{:?}", net.mean_hop_delay_ms),
-                    ),
-                    (
-                        "network",
-                        "lambda_p_per_s",
-                        format!("{:?}", net.lambda_p_per_s),
-                    ),
-                    (
-                        "network",
-                        "lambda_l_per_s",
-                        format!("{:?}", net.lambda_l_per_s),
-                    ),
-                    (
-                        "network",
-                        "lambda_d_per_s",
-                        format!("{:?}", net.lambda_d_per_s),
-                    ),
-                    (
-                        "network",
-                        "lambda_m_per_s",
-                        format!("{:?}", net.lambda_m_per_s),
-                    ),
-                    ("network", "payload_size", PAYLOAD_SIZE.to_string()),
-                ],
+                &net.directory_edits(self.opts.layers),
             )?;
         }
         let mut started = Vec::new();

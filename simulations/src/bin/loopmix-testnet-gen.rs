@@ -1,0 +1,8 @@
+//! `loopmix-testnet-gen`: keys and configs for the container testnet in
+//! `deploy/docker/`. See `loopmix-testnet-gen --help`.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    loopmix_sim::localnet::compose::main(loopmix_sim::localnet::compose::GenOptions::parse())
+}
