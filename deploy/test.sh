@@ -31,6 +31,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # cargo honours CARGO_TARGET_DIR; so must we.
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+# LOOPMIX_PROFILE=dev reuses what `cargo test` built (CI); default release.
+case "${LOOPMIX_PROFILE:-release}" in
+    dev) PROFILE_DIR=debug ;;
+    *) PROFILE_DIR=release ;;
+esac
 PROJECT=loopmix-testnet
 IMAGE=${LOOPMIX_IMAGE:-loopmix-testnet:latest}
 SUBNET=${LOOPMIX_SUBNET:-10.77.0}
@@ -121,7 +126,7 @@ log "building the image (deploy/docker/build.sh)"
 timing "image build (cargo + import)" "$t"
 
 t=$(date +%s)
-"$TARGET/release/loopmix-testnet-gen" --out "$TN" --subnet "$SUBNET" --epoch-length 20s >/dev/null
+"$TARGET/$PROFILE_DIR/loopmix-testnet-gen" --out "$TN" --subnet "$SUBNET" --epoch-length 20s >/dev/null
 EXIT_ADDRESS=$(sed -n 's/^LOOPMIX_EXIT_ADDRESS=//p' "$TN/testnet.env")
 RECEIVER_ADDRESS=$(sed -n 's/.*"receiver_address": "\([^"]*\)".*/\1/p' "$TN/testnet.json")
 if [ -z "$EXIT_ADDRESS" ] || [ -z "$RECEIVER_ADDRESS" ]; then fail "generated testnet lacks addresses"; fi

@@ -16,6 +16,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # cargo honours CARGO_TARGET_DIR; so must we.
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+# LOOPMIX_PROFILE=dev reuses what `cargo test` built (CI); default release.
+PROFILE=${LOOPMIX_PROFILE:-release}
+case "$PROFILE" in
+    release) PROFILE_DIR=release ;;
+    dev) PROFILE_DIR=debug ;;
+    *) echo "build.sh: LOOPMIX_PROFILE must be release or dev" >&2; exit 2 ;;
+esac
 IMAGE=${LOOPMIX_IMAGE:-loopmix-testnet:latest}
 STAGE="$ROOT/target/loopmix-image"
 BINS=(loopmix-node loopmix-directory loopmix-client loopmix-fileserver loopmix-testnet-gen)
@@ -23,8 +30,8 @@ BINS=(loopmix-node loopmix-directory loopmix-client loopmix-fileserver loopmix-t
 cd "$ROOT"
 t0=$(date +%s)
 if [ -z "${LOOPMIX_SKIP_CARGO:-}" ]; then
-    echo "build.sh: cargo build --release" >&2
-    cargo build --release
+    echo "build.sh: cargo build --profile $PROFILE" >&2
+    cargo build --profile "$PROFILE"
 fi
 t1=$(date +%s)
 
@@ -44,9 +51,9 @@ copy_lib() {
 }
 
 for b in "${BINS[@]}"; do
-    src="$TARGET/release/$b"
+    src="$TARGET/$PROFILE_DIR/$b"
     if [ ! -x "$src" ]; then
-        echo "build.sh: $src is missing (cargo build --release failed?)" >&2
+        echo "build.sh: $src is missing (cargo build --profile $PROFILE failed?)" >&2
         exit 1
     fi
     # Debug line tables are for local profiling; the image does not need them.
