@@ -308,8 +308,15 @@ impl Drop for NodeProcess {
 
 /// A tiny HTTP/1.1 GET, enough for our own `/metrics` endpoints.
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    http_get_within(addr, path, Duration::from_secs(5))
+}
+
+/// [`http_get`] connecting within `timeout` and reading within twice that
+/// (a status line must not stall long on a hung process).
+pub fn http_get_within(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout * 2))?;
+    s.set_write_timeout(Some(timeout * 2))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"

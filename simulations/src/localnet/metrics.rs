@@ -1,32 +1,12 @@
 //! Reading the Prometheus endpoints of the processes a localnet runs.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
-
-use anyhow::{anyhow, bail};
 
 /// GET `http://addr/metrics` with short timeouts (a hung process must not
 /// stall the status line for long).
 pub fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let resp = String::from_utf8_lossy(&resp);
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("bad HTTP response from {addr}"))?;
-    let status = head.lines().next().unwrap_or_default();
-    if !status.starts_with("HTTP/1.1 200") {
-        bail!("GET http://{addr}/metrics: {status}");
-    }
-    Ok(body.to_string())
+    loopmix_node::harness::http_get_within(addr, "/metrics", Duration::from_secs(1))
 }
 
 /// Sum of every series of metric `name` (any labels); `None` if absent.
