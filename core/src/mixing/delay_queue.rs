@@ -119,4 +119,73 @@ mod tests {
         assert_eq!(q.push(1, 3), Err(3));
         assert_eq!(q.drain_all().len(), 2);
     }
+
+    /// One step of a random workload against the queue and the model.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push(u8),
+        /// Advance the clock by this much, then pop one due item.
+        Pop(u8),
+        Drain,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => any::<u8>().prop_map(Op::Push),
+            3 => (0u8..8).prop_map(Op::Pop),
+            1 => Just(Op::Drain),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The heap against the obvious model: a list kept sorted by
+        /// (deadline, insertion number), scanned from the front. Same items,
+        /// same order, same refusals at the limit, same `next_deadline`.
+        #[test]
+        fn matches_a_sorted_list(
+            limit in 0usize..12,
+            ops in proptest::collection::vec(op(), 0..200),
+        ) {
+            let mut q = DelayQueue::new(limit);
+            let mut model: Vec<(u64, u64, u32)> = Vec::new(); // (deadline, seq, item)
+            let (mut now, mut seq, mut next_item) = (0u64, 0u64, 0u32);
+            for op in ops {
+                match op {
+                    Op::Push(d) => {
+                        let deadline = now + u64::from(d % 16);
+                        let item = next_item;
+                        next_item += 1;
+                        let got = q.push(deadline, item);
+                        if model.len() >= limit {
+                            proptest::prop_assert_eq!(got, Err(item));
+                        } else {
+                            proptest::prop_assert_eq!(got, Ok(()));
+                            seq += 1;
+                            let at = model.partition_point(|&(d2, s2, _)| (d2, s2) < (deadline, seq));
+                            model.insert(at, (deadline, seq, item));
+                        }
+                    }
+                    Op::Pop(dt) => {
+                        now += u64::from(dt);
+                        let want = match model.first() {
+                            Some(&(d, _, item)) if d <= now => {
+                                model.remove(0);
+                                Some((d, item))
+                            }
+                            _ => None,
+                        };
+                        proptest::prop_assert_eq!(q.pop_due(now), want);
+                    }
+                    Op::Drain => {
+                        let want: Vec<(u64, u32)> = model.drain(..).map(|(d, _, i)| (d, i)).collect();
+                        proptest::prop_assert_eq!(q.drain_all(), want);
+                    }
+                }
+                proptest::prop_assert_eq!(q.len(), model.len());
+                proptest::prop_assert_eq!(q.next_deadline(), model.first().map(|e| e.0));
+                proptest::prop_assert!(q.len() <= limit);
+            }
+        }
+    }
 }
