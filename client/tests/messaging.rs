@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 /// Network parameters for tests: fast cover and short delays so a test runs
 /// in seconds, the same shape as production.
 fn fast_network(t: String) -> String {
-    t.replace("mean_hop_delay_ms = 50.0", "mean_hop_delay_ms = 20.0")
+    t.replace("mean_hop_delay_ms = 500.0", "mean_hop_delay_ms = 20.0")
         .replace("lambda_p_per_s = 2.0", "lambda_p_per_s = 20.0")
         .replace("lambda_l_per_s = 1.0", "lambda_l_per_s = 2.0")
         .replace("lambda_d_per_s = 1.0", "lambda_d_per_s = 2.0")

@@ -106,7 +106,10 @@ impl Default for NetworkSection {
     fn default() -> Self {
         Self {
             layers: 3,
-            mean_hop_delay_ms: 50.0,
+            // λ/μ = (2 + 1 + 1)/s × 0.5 s = 2 per client: the anonymity
+            // floor of docs/THREAT_MODEL.md (the simulator's ε ≈ 0.5; at
+            // 50 ms it was ≈ 5.8). Faster networks are a deliberate choice.
+            mean_hop_delay_ms: 500.0,
             lambda_p_per_s: 2.0,
             lambda_l_per_s: 1.0,
             lambda_d_per_s: 1.0,
@@ -254,6 +257,45 @@ impl DirectoryConfig {
                 reason,
             })?;
         Ok(cfg)
+    }
+
+    /// Settings that are valid but below the anonymity floors of
+    /// docs/THREAT_MODEL.md: the network works, but hides little. The
+    /// authority logs each at start-up (a test network may want them).
+    pub fn privacy_warnings(&self) -> Vec<String> {
+        let w = &self.network;
+        let mut out = Vec::new();
+        let lambda = w.lambda_p_per_s + w.lambda_l_per_s + w.lambda_d_per_s;
+        let ratio = lambda * w.mean_hop_delay_ms / 1000.0;
+        if ratio < 2.0 {
+            out.push(format!(
+                "per-client rate x mean hop delay = {ratio:.2} < 2: mixes hold too few \
+                 packets to hide who sent what (raise network.mean_hop_delay_ms to at \
+                 least {:.0})",
+                if lambda > 0.0 {
+                    2000.0 / lambda
+                } else {
+                    f64::INFINITY
+                }
+            ));
+        }
+        if w.layers < 3 {
+            out.push(format!(
+                "network.layers = {} < 3: one corrupt mix sees much more of a route",
+                w.layers
+            ));
+        }
+        if w.lambda_l_per_s == 0.0 || w.lambda_m_per_s == 0.0 {
+            out.push(
+                "loop cover is off (lambda_l_per_s or lambda_m_per_s = 0): dropping \
+                 attacks go unnoticed"
+                    .into(),
+            );
+        }
+        if w.lambda_d_per_s == 0.0 {
+            out.push("drop cover is off (lambda_d_per_s = 0)".into());
+        }
+        out
     }
 
     /// Every semantic rule; the error names the field.
@@ -427,7 +469,10 @@ validity_grace = "{grace}"
 # Network-wide parameters every node and client must share (Loopix).
 # Mix layers (1..={MAX_LAYERS}); each needs at least one registered mix.
 layers = {layers}
-# Mean per-hop delay 1/mu, milliseconds.
+# Mean per-hop delay 1/mu, milliseconds. Anonymity needs each mix to hold
+# packets of several clients at once: keep (lambda_p + lambda_l + lambda_d)
+# x mean_hop_delay_ms / 1000 >= 2 (docs/THREAT_MODEL.md); below that the
+# simulator shows senders becoming linkable.
 mean_hop_delay_ms = {mu:?}
 # Client rates, packets per second: payload (real or drop), loop, drop.
 lambda_p_per_s = {lp:?}
@@ -571,5 +616,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("network.layers"), "{err}");
+    }
+
+    #[test]
+    fn defaults_meet_the_privacy_floors_and_weak_settings_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = EpochSection::with_length(Duration::from_secs(60), None);
+        let t = DirectoryConfig::template("127.0.0.1:0".parse().unwrap(), 1, &e, &[]);
+        let c = DirectoryConfig::load(&write(dir.path(), &t)).unwrap();
+        assert_eq!(c.privacy_warnings(), Vec::<String>::new());
+        let weak = t
+            .replace("mean_hop_delay_ms = 500.0", "mean_hop_delay_ms = 50.0")
+            .replace("layers = 3", "layers = 2")
+            .replace("lambda_d_per_s = 1.0", "lambda_d_per_s = 0.0");
+        let c = DirectoryConfig::load(&write(dir.path(), &weak)).unwrap();
+        let w = c.privacy_warnings();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w[0].contains("0.15 < 2") && w[0].contains("at least 667"),
+            "{w:?}"
+        );
     }
 }

@@ -164,6 +164,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { config, json_logs } => {
             init_logs(json_logs);
             let cfg = DirectoryConfig::load(&config)?;
+            for w in cfg.privacy_warnings() {
+                tracing::warn!("weak network parameters: {w}");
+            }
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let shutdown = CancellationToken::new();

@@ -171,7 +171,11 @@ async fn mixes_follow_the_directory_rotate_keys_and_survive_an_authority_down() 
     let tmp = tempfile::tempdir().unwrap();
     let dir_bin = workspace_bin("loopmix-directory").unwrap();
     let mut auths =
-        Authorities::launch(&dir_bin, &tmp.path().join("auth"), 3, 2, "8s", "3s", |t| t).unwrap();
+        Authorities::launch(&dir_bin, &tmp.path().join("auth"), 3, 2, "8s", "3s", |t| {
+            // Short hops keep packets inside one 8 s key epoch.
+            t.replace("mean_hop_delay_ms = 500.0", "mean_hop_delay_ms = 50.0")
+        })
+        .unwrap();
     // Mix 0 fetches documents only through proxies, each of which corrupts
     // the first two it relays: its first fetches must be refused.
     let mut proxies = Vec::new();

@@ -17,7 +17,7 @@ use loopmix_node::harness::{DirectoryNetwork, workspace_bin};
 
 /// Network parameters: the localnet "speed" preset.
 pub fn speed_preset(t: String) -> String {
-    t.replace("mean_hop_delay_ms = 50.0", "mean_hop_delay_ms = 20.0")
+    t.replace("mean_hop_delay_ms = 500.0", "mean_hop_delay_ms = 20.0")
         .replace("lambda_p_per_s = 2.0", "lambda_p_per_s = 50.0")
         .replace("lambda_l_per_s = 1.0", "lambda_l_per_s = 2.0")
         .replace("lambda_d_per_s = 1.0", "lambda_d_per_s = 2.0")
