@@ -5,6 +5,9 @@
 //!    with zero delays, fed and drained by a [`Peer`] in this process.
 //! 3. The node's resident memory with N packets held in its delay queue.
 //!
+//! With `--overload` it instead measures a node's capacity (phase 2) and
+//! then drives it at twice that from several peers ([`overload`]).
+//!
 //! Speeds are reported as ratios of numbers taken in the same run, because
 //! the machines are shared and absolute numbers drift.
 
@@ -19,7 +22,9 @@ use loopmix_core::topology::{NetworkParams, NodeEntry, Role};
 use sphinx_packet::SphinxPacket;
 use sphinx_packet::header::delays::Delay;
 
-use crate::harness::{Peer, launch_mixnet};
+use crate::harness::{NodeProcess, Peer, launch_mixnet};
+
+pub mod overload;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -38,6 +43,8 @@ pub struct BenchArgs {
     /// Where the node's files go (default: a temporary directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub overload: overload::OverloadArgs,
 }
 
 const PAYLOAD: usize = 1024;
@@ -49,7 +56,12 @@ fn threads() -> usize {
 
 /// Builds `n` distinct packets `[first, last]` with the given first-hop
 /// delay, on all cores.
-fn build_many(n: usize, first: &NodeEntry, last: &NodeEntry, delay: Duration) -> Vec<Vec<u8>> {
+pub(crate) fn build_many(
+    n: usize,
+    first: &NodeEntry,
+    last: &NodeEntry,
+    delay: Duration,
+) -> Vec<Vec<u8>> {
     let t = threads();
     let per = n.div_ceil(t);
     std::thread::scope(|s| {
@@ -124,7 +136,103 @@ fn raw_unwrap_rate(seconds: f64) -> f64 {
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Sets the first `key = ...` line of a config text to `key = value`
+/// (`value` in TOML syntax).
+pub(crate) fn set_key(text: &str, key: &str, value: &str) -> String {
+    let mut done = false;
+    let mut out = String::with_capacity(text.len() + value.len());
+    for line in text.lines() {
+        let is_key = line.split_once('=').map(|(k, _)| k.trim()) == Some(key);
+        if !done && is_key {
+            done = true;
+            out.push_str(&format!("{key} = {value}"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// What [`measure_throughput`] found.
+pub(crate) struct Throughput {
+    /// Packets per second between 10% and 90% of the packets coming back.
+    pub rate: f64,
+    /// CPU seconds the node spent per packet over the same span.
+    pub cpu_per_packet: Option<f64>,
+}
+
+/// Sends `packets` (routed through `mix` to `to`) from `from`, keeping at
+/// most `window` in flight, and measures the rate at which `to` gets them.
+pub(crate) async fn measure_throughput(
+    node: &NodeProcess,
+    from: &Peer,
+    to: &Peer,
+    mix: &loopmix_core::topology::NodeEntry,
+    packets: Vec<Vec<u8>>,
+    window: u64,
+) -> anyhow::Result<Throughput> {
+    let base = to.frames_received();
+    let received = || to.frames_received() - base;
+    let total = packets.len() as u64;
+    let mut sent = 0u64;
+    let (lo, hi) = (total / 10, total * 9 / 10);
+    let (mut t_lo, mut t_hi) = (None, None);
+    let (mut cpu_lo, mut cpu_hi) = (None, None);
+    let mut iter = packets.into_iter();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last_progress = (0u64, Instant::now());
+    loop {
+        let got = received();
+        let now = Instant::now();
+        if t_lo.is_none() && got >= lo {
+            t_lo = Some((got, now));
+            cpu_lo = node.cpu_seconds();
+        }
+        if got >= hi {
+            t_hi = Some((got, now));
+            cpu_hi = node.cpu_seconds();
+            break;
+        }
+        if got != last_progress.0 {
+            last_progress = (got, now);
+        } else if now - last_progress.1 > Duration::from_secs(5) || now > deadline {
+            break;
+        }
+        if sent < total && sent - got.min(sent) < window {
+            for p in iter.by_ref().take(256) {
+                if from.send(mix, EPOCH, p).is_ok() {
+                    sent += 1;
+                }
+            }
+        } else {
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    let rate = match (t_lo, t_hi) {
+        (Some((a, ta)), Some((b, tb))) if tb > ta => (b - a) as f64 / (tb - ta).as_secs_f64(),
+        _ => bail!(
+            "throughput phase stalled: {} of {total} packets came back; node log:\n{}",
+            received(),
+            node.log()
+        ),
+    };
+    let cpu_per_packet = match (cpu_lo, cpu_hi, t_lo, t_hi) {
+        (Some(a), Some(b), Some((n_lo, _)), Some((n_hi, _))) if n_hi > n_lo => {
+            Some((b - a) / (n_hi - n_lo) as f64)
+        }
+        _ => None,
+    };
+    Ok(Throughput {
+        rate,
+        cpu_per_packet,
+    })
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.overload.overload {
+        return overload::run(args).await;
+    }
     let bin = std::env::current_exe().context("locating loopmix-node")?;
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
@@ -153,6 +261,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         payload_size: PAYLOAD,
     };
     let net = launch_mixnet(&bin, &dir, params, vec![peer.entry()?], |t| {
+        // Capacity, not admission, is measured here: one peer sends it all.
+        // Nor shedding: a full window in flight may wait longer than
+        // ingress_max_wait, and a shed packet would never come back.
+        let t = set_key(&t, "peer_rate", "0");
+        let t = set_key(&t, "ingress_max_wait", "\"0s\"");
         t.replace("enabled = true", "enabled = false")
             .replace("max_delay = \"10s\"", "max_delay = \"10m\"")
     })?;
@@ -174,49 +287,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || build_many(n, &m2, &me2, Duration::ZERO)).await?;
     println!("(built {} packets in {:.1?})", packets.len(), t0.elapsed());
 
-    let total = packets.len() as u64;
-    let mut sent = 0u64;
-    let (lo, hi) = (total / 10, total * 9 / 10);
-    let (mut t_lo, mut t_hi) = (None, None);
-    let (mut cpu_lo, mut cpu_hi) = (None, None);
-    let mut iter = packets.into_iter();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last_progress = (0u64, Instant::now());
-    loop {
-        let got = peer.frames_received();
-        let now = Instant::now();
-        if t_lo.is_none() && got >= lo {
-            t_lo = Some((got, now));
-            cpu_lo = node.cpu_seconds();
-        }
-        if got >= hi {
-            t_hi = Some((got, now));
-            cpu_hi = node.cpu_seconds();
-            break;
-        }
-        if got != last_progress.0 {
-            last_progress = (got, now);
-        } else if now - last_progress.1 > Duration::from_secs(5) || now > deadline {
-            break;
-        }
-        if sent < total && sent - got.min(sent) < args.window {
-            for p in iter.by_ref().take(256) {
-                if peer.send(&mix, EPOCH, p).is_ok() {
-                    sent += 1;
-                }
-            }
-        } else {
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
-    }
-    let node_rate = match (t_lo, t_hi) {
-        (Some((a, ta)), Some((b, tb))) if tb > ta => (b - a) as f64 / (tb - ta).as_secs_f64(),
-        _ => bail!(
-            "throughput phase stalled: {} of {total} packets came back; node log:\n{}",
-            peer.frames_received(),
-            node.log()
-        ),
-    };
+    let tp = measure_throughput(&node, &peer, &peer, &mix, packets, args.window).await?;
+    let node_rate = tp.rate;
     let dropped: f64 = ["overload", "late", "link_down", "replay", "malformed"]
         .iter()
         .map(|r| {
@@ -231,11 +303,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "ratio node / raw:                     {:>10.2}   (target >= 0.70)",
         node_rate / raw
     );
-    if let (Some(a), Some(b), Some((n_lo, _)), Some((n_hi, _))) = (cpu_lo, cpu_hi, t_lo, t_hi) {
+    if let Some(per_packet) = tp.cpu_per_packet {
         // CPU the node spent per packet against the raw unwrap cost per
         // packet: the node's own overhead, independent of the load generator
         // sharing the machine.
-        let per_packet = (b - a) / (n_hi - n_lo) as f64;
         let raw_per_packet = threads() as f64 / raw;
         println!(
             "node CPU per packet:                  {:>10.1} us (raw unwrap {:.1} us; efficiency {:.2})",

@@ -55,6 +55,11 @@ pub struct ProviderSection {
     pub pull_slots: usize,
     /// Final-hop packets waiting to be stored; beyond, dropped as `overload`.
     pub delivery_queue: usize,
+    /// Sphinx packets per second one client (one client key) may send us;
+    /// beyond, dropped as `rate_limited` before any Sphinx work. 0 = no limit.
+    pub client_rate: u32,
+    /// Packets a client may send at once after being idle.
+    pub client_burst: u32,
 }
 
 impl Default for ProviderSection {
@@ -66,6 +71,12 @@ impl Default for ProviderSection {
             inbox_max_age: Duration::from_secs(7 * 24 * 3600),
             pull_slots: 16,
             delivery_queue: 4096,
+            // A client sends lambda_P + lambda_L + lambda_D packets/s in all
+            // (4 at the directory's defaults, 54 in the fastest localnet
+            // preset); 200 is ~4x that. The burst covers a client flushing
+            // its whole link queue (1024) after a reconnect.
+            client_rate: 200,
+            client_burst: 2000,
         }
     }
 }
@@ -160,6 +171,17 @@ pub struct MixingSection {
     pub io_threads: usize,
     /// Packets waiting for a Sphinx worker; beyond it they drop as `overload`.
     pub ingress_queue: usize,
+    /// A packet that waited longer than this for a Sphinx worker is dropped
+    /// as `overload` without being unwrapped, so sustained overload costs
+    /// drops, not seconds of queueing delay. 0 = no limit.
+    #[serde(with = "humantime_serde")]
+    pub ingress_max_wait: Duration,
+    /// Sphinx packets per second one topology node may send us; beyond,
+    /// dropped as `rate_limited` before any Sphinx work, so one neighbour
+    /// cannot take the whole ingress queue. 0 = no limit.
+    pub peer_rate: u32,
+    /// Packets a node may send at once after being idle (bucket size).
+    pub peer_burst: u32,
     /// Packets held in the delay queue; beyond it they drop as `overload`.
     pub delay_queue_limit: usize,
     /// Packets queued per next hop; beyond it they drop as `overload`/`link_down`.
@@ -182,6 +204,20 @@ impl Default for MixingSection {
             workers: 0,
             io_threads: 0,
             ingress_queue: 16_384,
+            // Under sustained overload every accepted packet waits about
+            // this long, so it is the extra per-hop delay an overloaded node
+            // adds; a burst of capacity x 100 ms passes untouched.
+            ingress_max_wait: Duration::from_millis(100),
+            // One neighbour legitimately sends about (its layer's traffic) /
+            // (nodes in our layer): a few thousand packets/s even for
+            // 10,000 clients at the directory's default rates. 10,000 is
+            // generous for that and still below what one 2-core node
+            // unwraps (see `loopmix-node bench`).
+            peer_rate: 10_000,
+            // 0.2 s at peer_rate: many egress batches (256) of an honest
+            // neighbour, yet a flooder's first gulp after being idle stays
+            // near what the node unwraps within ingress_max_wait.
+            peer_burst: 2_000,
             delay_queue_limit: 500_000,
             egress_queue: 16_384,
             shutdown_drain: Duration::from_secs(10),
@@ -288,6 +324,27 @@ impl NodeConfig {
                 "mixing.fault_drop_rate",
                 "must be in [0, 1)".into(),
             ));
+        }
+        for (field, rate, burst) in [
+            (
+                "mixing.peer_burst",
+                cfg.mixing.peer_rate,
+                cfg.mixing.peer_burst,
+            ),
+            (
+                "provider.client_burst",
+                cfg.provider.client_rate,
+                cfg.provider.client_burst,
+            ),
+        ] {
+            // A zero bucket would let nothing through: refuse it by name
+            // rather than silently cut the node off.
+            if rate > 0 && burst == 0 {
+                return Err(invalid(
+                    field,
+                    "must be > 0 when the rate is set (it is the bucket size)".into(),
+                ));
+            }
         }
         if !(cfg.replay.fp_rate > 0.0 && cfg.replay.fp_rate < 1.0) {
             return Err(invalid("replay.fp_rate", "must be in (0, 1)".into()));
@@ -444,6 +501,14 @@ inbox_max_age = "{age}"
 # size does not tell how much mail there was.
 pull_slots = {ps}
 delivery_queue = {dq}
+# Per-client packet limit (token bucket per client key), applied before any
+# Sphinx work; the excess is dropped (reason "rate_limited") and the client
+# named in the log once per 10 s. An honest client sends
+# lambda_p + lambda_l + lambda_d packets/s (see the directory's [network]);
+# keep client_rate several times that, and client_burst above the client's
+# link queue (1024). 0 = no limit.
+client_rate = {cr}
+client_burst = {cb}
 "#,
                 mc = p.max_clients,
                 mm = p.inbox_max_messages,
@@ -451,6 +516,8 @@ delivery_queue = {dq}
                 age = humantime::format_duration(p.inbox_max_age),
                 ps = p.pull_slots,
                 dq = p.delivery_queue,
+                cr = p.client_rate,
+                cb = p.client_burst,
             )
         } else {
             String::new()
@@ -493,6 +560,22 @@ io_threads = 0
 ingress_queue = {iq}
 delay_queue_limit = {dq}
 egress_queue = {eq}
+# Packets that waited longer than this for a Sphinx worker are dropped unread
+# (reason "overload"): under overload, what is accepted still leaves on time.
+# Keep it below late_tolerance. "0s" = no limit.
+ingress_max_wait = "{imw}"
+# Per-neighbour packet limit (token bucket per node id), applied before any
+# Sphinx work, so one flooding peer cannot take the queue everyone shares; the
+# excess is dropped (reason "rate_limited") and the peer named in the log once
+# per 10 s. Size peer_rate above the most one neighbour legitimately sends
+# (about the previous layer's total packets/s divided by the nodes in this
+# layer; providers: the traffic one provider forwards) and below this node's
+# capacity (`loopmix-node bench --overload`), e.g. half of it. peer_burst is
+# what a neighbour may send at once after being idle: a fraction of a second
+# at peer_rate (a larger gulp only waits and is shed by ingress_max_wait).
+# peer_rate = 0: no limit.
+peer_rate = {pr}
+peer_burst = {pb}
 # On SIGINT/SIGTERM delayed packets are still forwarded at their deadline for
 # up to this long; the rest are counted as dropped (reason "shutdown").
 shutdown_drain = "{drain}"
@@ -519,6 +602,9 @@ pending_limit = {cp}
             iq = m.ingress_queue,
             dq = m.delay_queue_limit,
             eq = m.egress_queue,
+            imw = humantime::format_duration(m.ingress_max_wait),
+            pr = m.peer_rate,
+            pb = m.peer_burst,
             drain = humantime::format_duration(m.shutdown_drain),
             rc = r.capacity,
             rf = r.fp_rate,
@@ -636,6 +722,48 @@ mod tests {
             "{e}"
         );
         std::fs::write(&p, "version = 1\n[node]\nrole = \"dragon\"\n").unwrap();
+        assert!(NodeConfig::load(&p).is_err());
+    }
+
+    #[test]
+    fn rate_limits_are_in_the_template_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        let t = NodeConfig::template(
+            Role::Provider,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+        );
+        let m = MixingSection::default();
+        assert!(
+            t.contains(&format!("\npeer_rate = {}\n", m.peer_rate)),
+            "{t}"
+        );
+        assert!(t.contains("\ningress_max_wait = \"100ms\"\n"), "{t}");
+        assert!(t.contains("\nclient_rate = 200\n"), "{t}");
+
+        // A zero bucket with a rate would let nothing through: refused by name.
+        let bad = t.replace(&format!("peer_burst = {}", m.peer_burst), "peer_burst = 0");
+        std::fs::write(&p, bad).unwrap();
+        let e = NodeConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("mixing.peer_burst"), "{e}");
+        std::fs::write(&p, t.replace("client_burst = 2000", "client_burst = 0")).unwrap();
+        let e = NodeConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("provider.client_burst"), "{e}");
+        // Off is fine, with any burst; so is no stale-packet limit.
+        let off = t
+            .replace(&format!("peer_rate = {}", m.peer_rate), "peer_rate = 0")
+            .replace(&format!("peer_burst = {}", m.peer_burst), "peer_burst = 0")
+            .replace("ingress_max_wait = \"100ms\"", "ingress_max_wait = \"0s\"");
+        std::fs::write(&p, off).unwrap();
+        let c = NodeConfig::load(&p).unwrap();
+        assert_eq!(
+            (c.mixing.peer_rate, c.mixing.ingress_max_wait),
+            (0, Duration::ZERO)
+        );
+        // Negative or non-integer rates are type errors.
+        std::fs::write(&p, t.replace("client_rate = 200", "client_rate = -1")).unwrap();
         assert!(NodeConfig::load(&p).is_err());
     }
 }

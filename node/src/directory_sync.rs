@@ -4,14 +4,17 @@
 //! * [`Registrar`] asks an authority which epochs accept registrations and,
 //!   for each, makes (and stores) that epoch's Sphinx key, signs a
 //!   descriptor and posts it to every authority, until all accepted it or
-//!   registration closes. An epoch no authority accepted, and a round in
-//!   which no authority answered at all, are counted in
-//!   `loopmix_node_registration_failures_total` and logged.
+//!   registration closes; retries go only to the authorities that have not
+//!   accepted it yet (with one authority down, posting again to the others
+//!   every round would only run into their rate limits). An epoch no
+//!   authority accepted, and a round in which no authority answered at
+//!   all, are counted in `loopmix_node_registration_failures_total` and
+//!   logged.
 //! * [`Follower`] applies each new verified document the directory client
 //!   adopts (it refreshes before an epoch ends) and retires the previous
 //!   epoch's key `key_overlap` after the boundary.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +44,8 @@ pub struct Registrar {
 
 struct Registration {
     descriptor: SignedDescriptor,
-    accepted_by: usize,
+    /// URLs of the authorities that accepted it.
+    accepted: BTreeSet<String>,
 }
 
 impl Registrar {
@@ -77,11 +81,17 @@ impl Registrar {
     }
 
     async fn register(&self, epoch: u64, done: &mut BTreeMap<u64, Registration>) {
-        let authorities = self.dir.config().urls.len();
-        if done
-            .get(&epoch)
-            .is_some_and(|r| r.accepted_by >= authorities)
-        {
+        let urls = &self.dir.config().urls;
+        let authorities = urls.len();
+        let pending: Vec<String> = match done.get(&epoch) {
+            Some(r) => urls
+                .iter()
+                .filter(|u| !r.accepted.contains(*u))
+                .cloned()
+                .collect(),
+            None => urls.clone(),
+        };
+        if pending.is_empty() {
             return;
         }
         let descriptor = match done.get(&epoch) {
@@ -113,8 +123,16 @@ impl Registrar {
                 }
             }
         };
-        let outcomes = self.dir.register(&descriptor).await;
-        let accepted_by = outcomes.iter().filter(|o| o.result.is_ok()).count();
+        let outcomes = self.dir.register_at(&descriptor, &pending).await;
+        let before = done.get(&epoch).map_or(0, |r| r.accepted.len());
+        let mut accepted = done.remove(&epoch).map(|r| r.accepted).unwrap_or_default();
+        accepted.extend(
+            outcomes
+                .iter()
+                .filter(|o| o.result.is_ok())
+                .map(|o| o.url.clone()),
+        );
+        let accepted_by = accepted.len();
         if accepted_by == 0 {
             self.metrics.registration_failures.inc();
             let reasons: Vec<String> = outcomes
@@ -123,8 +141,7 @@ impl Registrar {
                 .collect();
             error!(epoch, reasons = %reasons.join("; "), "registration refused or unreachable at every authority; this node will not be listed unless a retry succeeds");
         } else {
-            let first = done.get(&epoch).is_none_or(|r| r.accepted_by == 0);
-            if first {
+            if before == 0 {
                 info!(epoch, accepted_by, authorities, "registered");
             }
             if self.metrics.registered_epoch.get() < epoch as i64 {
@@ -135,7 +152,7 @@ impl Registrar {
             epoch,
             Registration {
                 descriptor,
-                accepted_by,
+                accepted,
             },
         );
     }

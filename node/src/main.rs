@@ -71,7 +71,9 @@ enum Cmd {
     },
     /// Measure this machine: raw Sphinx unwrap rate on all cores, the rate a
     /// real node process sustains over QUIC on loopback, their ratio, and the
-    /// node's memory with 100,000 packets in its delay queue.
+    /// node's memory with 100,000 packets in its delay queue. With
+    /// `--overload`: a node's capacity, then the node driven at twice that
+    /// by a flooder and light peers, without and with the per-peer limit.
     Bench(loopmix_node::bench::BenchArgs),
     /// Start a small demo mixnet on loopback (one real node process per
     /// layer) and send a message through it every second.
@@ -87,7 +89,11 @@ fn parse_role(s: &str) -> Result<Role, String> {
 }
 
 fn init_logs(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logs_default(json, "info");
+}
+
+fn init_logs_default(json: bool, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let b = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         b.json().init();
@@ -167,7 +173,9 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Cmd::Bench(args) => {
-            init_logs(false);
+            // The report is on stdout; the in-process peers' connection
+            // logs would drown it (RUST_LOG still wins).
+            init_logs_default(false, "warn");
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(loopmix_node::bench::run(args))
         }

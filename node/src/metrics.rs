@@ -13,6 +13,7 @@ pub const DROP_REASONS: &[&str] = &[
     "unknown_next_hop",
     "unexpected_final_hop",
     "overload",
+    "rate_limited",
     "link_down",
     "late",
     "shutdown",
@@ -37,6 +38,11 @@ pub struct NodeMetrics {
     pub dropped: IntCounterVec,
     pub malformed_frames: IntCounterVec,
     pub ingress_queue: IntGauge,
+    /// Peers that had packets dropped as `rate_limited` in the last
+    /// limiter interval (10 s).
+    pub rate_limited_peers: IntGauge,
+    /// Entries in the per-peer rate limiters after forgetting idle ones.
+    pub rate_limiter_keys: IntGauge,
     pub delay_queue: IntGauge,
     /// Loopix Eq. 5 entropy of this node's own delay queue (mean per output
     /// over the last window), from `loopmix_core::mixing::entropy`.
@@ -130,6 +136,17 @@ impl NodeMetrics {
                 &r,
                 "loopmix_ingress_queue_length",
                 "Packets waiting for a Sphinx worker",
+            )?,
+            rate_limited_peers: gauge(
+                &r,
+                "loopmix_ingress_rate_limited_peers",
+                "Peers (nodes or clients) over their per-peer rate limit in the last 10 s \
+                 (their excess is dropped with reason rate_limited)",
+            )?,
+            rate_limiter_keys: gauge(
+                &r,
+                "loopmix_ingress_rate_limiter_keys",
+                "Peers the per-peer rate limiters hold state for (idle ones are forgotten every 10 s)",
             )?,
             delay_queue: gauge(
                 &r,

@@ -28,7 +28,7 @@ use crate::cover::LoopCover;
 use crate::directory_sync::{Follower, Registrar};
 use crate::epoch_keys::EpochKeys;
 use crate::metrics::NodeMetrics;
-use crate::pipeline::{DelayStage, NodeIngress, Shared, spawn_workers};
+use crate::pipeline::{DelayStage, NodeIngress, PeerLimits, RateLimit, Shared, spawn_workers};
 use crate::provider::delivery::DeliveryStage;
 use crate::provider::inbox::{InboxLimits, InboxStore};
 use crate::provider::link::{ControlConfig, ProviderControl};
@@ -320,6 +320,9 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         );
         shared.fault_drop_rate = cfg.mixing.fault_drop_rate;
     }
+    if !cfg.mixing.ingress_max_wait.is_zero() {
+        shared.ingress_max_wait = cfg.mixing.ingress_max_wait;
+    }
     let shared = Arc::new(shared);
     let egress = Egress::new(
         transport.clone(),
@@ -350,9 +353,36 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         .run(delay_rx),
     );
     let ingress_cancel = CancellationToken::new();
+    // Clients exist only at providers; a mix refuses them at the handshake.
+    let client_limit = if cfg.node.role == Role::Provider {
+        RateLimit {
+            rate: cfg.provider.client_rate,
+            burst: cfg.provider.client_burst,
+        }
+    } else {
+        RateLimit::OFF
+    };
+    let limits = Arc::new(PeerLimits::new(
+        RateLimit {
+            rate: cfg.mixing.peer_rate,
+            burst: cfg.mixing.peer_burst,
+        },
+        client_limit,
+    ));
+    if cfg.mixing.peer_rate == 0 {
+        warn!(
+            "mixing.peer_rate = 0: no per-peer rate limit; one flooding neighbour can take all capacity"
+        );
+    }
+    tokio::spawn(
+        limits
+            .clone()
+            .run_housekeeping(metrics.clone(), background.clone()),
+    );
     let sink = Arc::new(NodeIngress {
         tx: job_tx,
         shared: shared.clone(),
+        limits,
     });
     let mut ingress = Ingress::new(
         transport.clone(),

@@ -1,20 +1,33 @@
 //! The packet path of a running node:
 //!
 //! ```text
-//! QUIC streams ─► NodeIngress (try_send, drop "overload")
-//!   ─► Sphinx workers, one thread per core (unwrap, replay, route check)
+//! QUIC streams ─► NodeIngress (per-peer rate limit, drop "rate_limited";
+//!                 try_send, drop "overload")
+//!   ─► Sphinx workers, one thread per core (queued too long: drop "overload";
+//!      unwrap, replay, route check)
 //!   ─► delay stage (deadline = arrival + header delay, sans-IO DelayQueue)
 //!   ─► Egress (one bounded queue + QUIC stream per next hop)
 //! ```
 //! Each arrow is a bounded channel. Only the first one drops on overflow;
 //! the later ones apply back-pressure, which lands as drops at the first.
+//!
+//! Two things keep an overloaded node useful rather than merely alive:
+//! [`PeerLimits`] gives every neighbour (and every client of a provider) its
+//! own token bucket before any Sphinx work, so one flooding peer cannot fill
+//! the ingress queue that everyone shares; and the workers drop a packet
+//! that waited longer than `ingress_max_wait` for them, unread, so under
+//! sustained overload the queue cannot turn into seconds of delay that would
+//! make every packet `late` after its (expensive) unwrap.
 
+use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use loopmix_core::keys::NodeId;
 use loopmix_core::mixing::delay_queue::DelayQueue;
 use loopmix_core::mixing::entropy::MixEntropy;
@@ -22,10 +35,12 @@ use loopmix_core::mixing::loops::LoopTracker;
 use loopmix_core::mixing::processor::{Processed, SphinxProcessor};
 pub use loopmix_core::poisson::sleep_until;
 use loopmix_core::topology::Topology;
+use loopmix_core::transport::PeerKind;
 use loopmix_core::transport::egress::{Egress, OutPacket};
 use loopmix_core::transport::ingress::IngressSink;
 use loopmix_core::wire::{Frame, FrameError};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::metrics::NodeMetrics;
@@ -42,6 +57,9 @@ pub struct Shared {
     pub final_hop: OnceLock<DeliveryQueue>,
     /// Test-only fault injection (`mixing.fault_drop_rate`); 0 normally.
     pub fault_drop_rate: f64,
+    /// A packet that waited longer than this for a worker is dropped as
+    /// `overload` without being unwrapped (`mixing.ingress_max_wait`).
+    pub ingress_max_wait: Duration,
 }
 
 impl Shared {
@@ -58,6 +76,7 @@ impl Shared {
             loops: Mutex::new(loops),
             final_hop: OnceLock::new(),
             fault_drop_rate: 0.0,
+            ingress_max_wait: Duration::MAX,
         }
     }
 
@@ -103,15 +122,220 @@ pub struct Delayed {
     pub intended: Duration,
 }
 
+/// One token bucket's settings: `rate` packets per second sustained,
+/// `burst` at once after being idle. `rate == 0` means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub const OFF: Self = Self { rate: 0, burst: 0 };
+
+    fn limiter(self) -> Option<DefaultKeyedRateLimiter<NodeId>> {
+        let rate = NonZeroU32::new(self.rate)?;
+        // A zero burst is refused by the config; never let it mean "nothing passes".
+        let burst = NonZeroU32::new(self.burst).unwrap_or(rate);
+        Some(RateLimiter::keyed(
+            Quota::per_second(rate).allow_burst(burst),
+        ))
+    }
+}
+
+/// How often [`PeerLimits::housekeeping`] runs: idle limiter entries are
+/// forgotten and rate-limited peers are logged, once each, at this pace.
+pub const LIMITER_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Distinct rate-limited peers counted per interval; beyond, only their
+/// drops are. Bounds this map under a flood of fresh client keys.
+const OFFENDERS_TRACKED: usize = 1024;
+
+/// Rate-limited peers named in the log per interval (the heaviest first);
+/// the rest are summed up in one line.
+pub const OFFENDERS_LOGGED: usize = 16;
+
+/// Who went over their budget since the last housekeeping.
+#[derive(Default)]
+struct Offenders {
+    peers: HashMap<NodeId, (PeerKind, u64)>,
+    /// Drops of peers beyond [`OFFENDERS_TRACKED`].
+    untracked_drops: u64,
+}
+
+/// What one housekeeping round found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LimiterReport {
+    /// Peers with rate-limited packets in the interval and their drops,
+    /// heaviest first (at most [`OFFENDERS_TRACKED`]).
+    pub offenders: Vec<(NodeId, PeerKind, u64)>,
+    /// Drops of further peers, when more than [`OFFENDERS_TRACKED`] were limited.
+    pub untracked_drops: u64,
+    /// Limiter entries left after forgetting idle ones (nodes + clients).
+    pub keys: usize,
+}
+
+impl LimiterReport {
+    /// Rate-limited peers in the interval (a lower bound past
+    /// [`OFFENDERS_TRACKED`]).
+    pub fn peers(&self) -> usize {
+        self.offenders.len() + usize::from(self.untracked_drops > 0)
+    }
+}
+
+/// Per-peer admission at the ingress, before any Sphinx work: one keyed
+/// token bucket (governor GCRA) for topology nodes and one for clients (a
+/// client's key is its identity, the same on every connection it makes).
+///
+/// Memory: governor keeps one small entry per key it has seen. Only peers
+/// that completed a QUIC handshake with an accepted key reach this (topology
+/// nodes, and at most `provider.max_clients` client connections at a time),
+/// and [`housekeeping`](Self::housekeeping) forgets every entry whose bucket
+/// is full again (idle for `burst / rate` seconds) every [`LIMITER_INTERVAL`].
+/// So the map holds at most the nodes, the connected clients and the keys
+/// that handshook within the last interval.
+pub struct PeerLimits {
+    nodes: Option<DefaultKeyedRateLimiter<NodeId>>,
+    clients: Option<DefaultKeyedRateLimiter<NodeId>>,
+    offenders: Mutex<Offenders>,
+}
+
+impl PeerLimits {
+    pub fn new(nodes: RateLimit, clients: RateLimit) -> Self {
+        Self {
+            nodes: nodes.limiter(),
+            clients: clients.limiter(),
+            offenders: Mutex::new(Offenders::default()),
+        }
+    }
+
+    pub fn unlimited() -> Self {
+        Self::new(RateLimit::OFF, RateLimit::OFF)
+    }
+
+    fn limiter(&self, kind: PeerKind) -> Option<&DefaultKeyedRateLimiter<NodeId>> {
+        match kind {
+            PeerKind::Node => self.nodes.as_ref(),
+            PeerKind::Client => self.clients.as_ref(),
+        }
+    }
+
+    /// Takes one packet from `peer`'s budget; `false`: over its limit.
+    pub fn admit(&self, peer: &NodeId, kind: PeerKind) -> bool {
+        let Some(limiter) = self.limiter(kind) else {
+            return true;
+        };
+        if limiter.check_key(peer).is_ok() {
+            return true;
+        }
+        let mut o = match self.offenders.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let o = &mut *o;
+        if let Some((_, n)) = o.peers.get_mut(peer) {
+            *n += 1;
+        } else if o.peers.len() < OFFENDERS_TRACKED {
+            o.peers.insert(*peer, (kind, 1));
+        } else {
+            o.untracked_drops += 1;
+        }
+        false
+    }
+
+    /// Forgets idle limiter entries and returns (and resets) who was
+    /// rate-limited since the last call.
+    pub fn housekeeping(&self) -> LimiterReport {
+        let mut keys = 0;
+        for l in [&self.nodes, &self.clients].into_iter().flatten() {
+            l.retain_recent();
+            l.shrink_to_fit();
+            keys += l.len();
+        }
+        let taken = {
+            let mut o = match self.offenders.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            std::mem::take(&mut *o)
+        };
+        let mut offenders: Vec<_> = taken
+            .peers
+            .into_iter()
+            .map(|(id, (kind, n))| (id, kind, n))
+            .collect();
+        offenders.sort_by_key(|o| std::cmp::Reverse(o.2));
+        LimiterReport {
+            offenders,
+            untracked_drops: taken.untracked_drops,
+            keys,
+        }
+    }
+
+    /// Runs [`housekeeping`](Self::housekeeping) every [`LIMITER_INTERVAL`]
+    /// until cancelled: one log line per rate-limited peer per interval
+    /// (never one per packet), and the limiter gauges.
+    pub async fn run_housekeeping(
+        self: Arc<Self>,
+        metrics: NodeMetrics,
+        cancel: CancellationToken,
+    ) {
+        if self.nodes.is_none() && self.clients.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(LIMITER_INTERVAL);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let r = self.housekeeping();
+            metrics.rate_limited_peers.set(r.peers() as i64);
+            metrics.rate_limiter_keys.set(r.keys as i64);
+            for (peer, kind, dropped) in r.offenders.iter().take(OFFENDERS_LOGGED) {
+                warn!(
+                    peer = %peer.short(),
+                    kind = kind.label(),
+                    dropped,
+                    interval = ?LIMITER_INTERVAL,
+                    "peer over its rate limit: excess dropped (reason rate_limited)"
+                );
+            }
+            let rest = &r.offenders[r.offenders.len().min(OFFENDERS_LOGGED)..];
+            if !rest.is_empty() || r.untracked_drops > 0 {
+                let dropped = rest.iter().map(|o| o.2).sum::<u64>() + r.untracked_drops;
+                warn!(
+                    peers = rest.len(),
+                    more_untracked = r.untracked_drops > 0,
+                    dropped,
+                    "more peers over their rate limit (not named one by one)"
+                );
+            }
+        }
+    }
+}
+
 /// Receives frames from the transport and queues them for the workers.
 pub struct NodeIngress {
     pub tx: Sender<Job>,
     pub shared: Arc<Shared>,
+    pub limits: Arc<PeerLimits>,
 }
 
 impl IngressSink for NodeIngress {
-    fn packet(&self, _peer: NodeId, frame: Frame, received: Instant) {
+    fn packet(&self, peer: NodeId, frame: Frame, received: Instant) {
+        self.packet_from(peer, PeerKind::Node, frame, received);
+    }
+
+    fn packet_from(&self, peer: NodeId, kind: PeerKind, frame: Frame, received: Instant) {
         self.shared.metrics.received.inc();
+        // Before the shared queue: a flooding peer spends its own budget,
+        // not everyone's queue places.
+        if !self.limits.admit(&peer, kind) {
+            self.shared.drop_packet("rate_limited");
+            return;
+        }
         match self.tx.try_send(Job { frame, received }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -179,6 +403,13 @@ fn worker(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let start = Instant::now();
+        // Shed what the queue made stale before paying for it: under
+        // sustained overload this caps the queueing delay, so what is
+        // accepted still leaves at its deadline instead of all turning `late`.
+        if start.saturating_duration_since(job.received) > shared.ingress_max_wait {
+            shared.drop_packet("overload");
+            continue;
+        }
         let result = processor.process(job.frame.key_epoch, &job.frame.packet);
         shared
             .metrics
@@ -378,5 +609,202 @@ impl DelayStage {
             Ok(()) => m.forwarded.inc(),
             Err(refused) => self.shared.drop_packet(refused.label()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use bytes::Bytes;
+    use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
+    use loopmix_core::mixing::processor::KeyRing;
+    use loopmix_core::topology::{NetworkParams, NodeEntry, Role, TopologyDocument};
+
+    fn id() -> NodeId {
+        IdentityKeypair::generate().node_id()
+    }
+
+    fn shared() -> Arc<Shared> {
+        let mix = NodeEntry {
+            id: id(),
+            sphinx_key: SphinxKeypair::generate().public(),
+            address: ([127, 0, 0, 1], 1).into(),
+            role: Role::Mix,
+            layer: Some(1),
+        };
+        let me = mix.id;
+        let doc = TopologyDocument {
+            params: NetworkParams {
+                epoch: 1,
+                layers: 1,
+                mean_hop_delay_ms: 50.0,
+                lambda_p_per_s: 0.0,
+                lambda_l_per_s: 0.0,
+                lambda_d_per_s: 0.0,
+                lambda_m_per_s: 0.0,
+                payload_size: 1024,
+            },
+            nodes: vec![mix],
+        };
+        Arc::new(Shared::new(
+            me,
+            Topology::new(doc).unwrap(),
+            NodeMetrics::new().unwrap(),
+            LoopTracker::new(10, Duration::from_secs(1), 10),
+        ))
+    }
+
+    fn frame() -> Frame {
+        Frame {
+            key_epoch: 1,
+            packet: Bytes::from_static(&[0; 64]),
+        }
+    }
+
+    fn dropped(s: &Shared, reason: &str) -> u64 {
+        s.metrics.dropped.with_label_values(&[reason]).get()
+    }
+
+    /// Sends `n` frames from `peer` and returns how many reached the queue.
+    fn flood(
+        ingress: &NodeIngress,
+        rx: &Receiver<Job>,
+        peer: NodeId,
+        kind: PeerKind,
+        n: usize,
+    ) -> usize {
+        let before = rx.len();
+        for _ in 0..n {
+            ingress.packet_from(peer, kind, frame(), Instant::now());
+        }
+        rx.len() - before
+    }
+
+    #[test]
+    fn a_flooding_peer_spends_its_own_budget_not_the_shared_queue() {
+        let shared = shared();
+        let (tx, rx) = crossbeam_channel::bounded(100);
+        // 1 packet/s: only a few tokens accrue while the test runs, even
+        // on a slow machine.
+        let limits = Arc::new(PeerLimits::new(
+            RateLimit { rate: 1, burst: 50 },
+            RateLimit { rate: 1, burst: 5 },
+        ));
+        let ingress = NodeIngress {
+            tx,
+            shared: shared.clone(),
+            limits: limits.clone(),
+        };
+        let (flooder, honest, client) = (id(), id(), id());
+
+        let flooded = flood(&ingress, &rx, flooder, PeerKind::Node, 1000);
+        assert!((50..=55).contains(&flooded), "flooder got {flooded} in");
+        let limited = dropped(&shared, "rate_limited");
+        assert_eq!(limited, 1000 - flooded as u64);
+        // The queue (100) still has room: the honest node gets all 20 in.
+        assert_eq!(flood(&ingress, &rx, honest, PeerKind::Node, 20), 20);
+        // Clients have their own, smaller bucket, per client key.
+        let c = flood(&ingress, &rx, client, PeerKind::Client, 20);
+        assert!((5..=10).contains(&c), "client got {c} in");
+        assert_eq!(dropped(&shared, "overload"), 0);
+        assert_eq!(shared.metrics.received.get(), 1040);
+
+        // Logged once per peer per interval, heaviest first, then reset.
+        let r = limits.housekeeping();
+        let named: Vec<(NodeId, PeerKind)> = r.offenders.iter().map(|o| (o.0, o.1)).collect();
+        assert_eq!(
+            named,
+            vec![(flooder, PeerKind::Node), (client, PeerKind::Client)]
+        );
+        assert_eq!(r.offenders[0].2, limited);
+        assert_eq!(r.peers(), 2);
+        assert!(limits.housekeeping().offenders.is_empty());
+    }
+
+    #[test]
+    fn without_a_limit_one_flooder_fills_the_queue_for_everyone() {
+        // The failure the limit exists for: same flood, no per-peer limit.
+        let shared = shared();
+        let (tx, rx) = crossbeam_channel::bounded(100);
+        let ingress = NodeIngress {
+            tx,
+            shared: shared.clone(),
+            limits: Arc::new(PeerLimits::unlimited()),
+        };
+        assert_eq!(flood(&ingress, &rx, id(), PeerKind::Node, 1000), 100);
+        assert_eq!(flood(&ingress, &rx, id(), PeerKind::Node, 20), 0);
+        assert_eq!(dropped(&shared, "overload"), 920);
+        assert_eq!(dropped(&shared, "rate_limited"), 0);
+    }
+
+    #[test]
+    fn idle_limiter_entries_are_forgotten() {
+        // Fresh keys (clients can make any number) must not grow the map.
+        let limits = PeerLimits::new(
+            RateLimit {
+                rate: 1000,
+                burst: 1,
+            },
+            RateLimit {
+                rate: 1000,
+                burst: 1,
+            },
+        );
+        for _ in 0..200 {
+            assert!(limits.admit(&id(), PeerKind::Client));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let r = limits.housekeeping();
+        assert_eq!(r.keys, 0, "idle buckets are full again and dropped");
+        assert!(r.offenders.is_empty());
+    }
+
+    #[test]
+    fn offenders_beyond_the_tracked_number_are_still_counted() {
+        let limits = PeerLimits::new(RateLimit { rate: 1, burst: 1 }, RateLimit::OFF);
+        for _ in 0..OFFENDERS_TRACKED + 10 {
+            let peer = id();
+            assert!(limits.admit(&peer, PeerKind::Node));
+            assert!(!limits.admit(&peer, PeerKind::Node));
+        }
+        // Clients are not limited when their limit is off.
+        assert!((0..100).all(|_| limits.admit(&NodeId([9; 32]), PeerKind::Client)));
+        let r = limits.housekeeping();
+        assert_eq!(r.offenders.len(), OFFENDERS_TRACKED);
+        assert_eq!(r.untracked_drops, 10);
+    }
+
+    #[test]
+    fn workers_shed_stale_packets_without_unwrapping_them() {
+        let mut s = shared();
+        Arc::get_mut(&mut s).unwrap().ingress_max_wait = Duration::from_millis(100);
+        let (tx, rx) = crossbeam_channel::bounded(10);
+        let (out, _delayed) = mpsc::channel(10);
+        let stop = Arc::new(AtomicBool::new(false));
+        let processor = Arc::new(SphinxProcessor::new(
+            KeyRing::default(),
+            Duration::from_secs(10),
+        ));
+        let stale = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
+        tx.send(Job {
+            frame: frame(),
+            received: stale,
+        })
+        .unwrap();
+        tx.send(Job {
+            frame: frame(),
+            received: Instant::now(),
+        })
+        .unwrap();
+        drop(tx);
+        let workers = spawn_workers(1, rx, processor, s.clone(), out, stop).unwrap();
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(dropped(&s, "overload"), 1, "the stale packet");
+        // The fresh one was processed: no key for it here.
+        assert_eq!(dropped(&s, "unknown_key") + dropped(&s, "malformed"), 1);
+        assert_eq!(s.metrics.sphinx_seconds.get_sample_count(), 1);
     }
 }

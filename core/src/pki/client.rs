@@ -320,12 +320,21 @@ impl DirectoryClient {
     /// URL, in configuration order. Success at k authorities is enough for
     /// the node to be listed (authorities merge each other's registrations).
     pub async fn register(&self, descriptor: &SignedDescriptor) -> Vec<RegistrationOutcome> {
+        self.register_at(descriptor, &self.cfg.urls).await
+    }
+
+    /// [`register`](Self::register) at `urls` only (e.g. the authorities
+    /// that have not accepted it yet: posting again to those that did
+    /// only spends their rate limit).
+    pub async fn register_at(
+        &self,
+        descriptor: &SignedDescriptor,
+        urls: &[String],
+    ) -> Vec<RegistrationOutcome> {
         let body = match serde_json::to_vec(descriptor) {
             Ok(b) => b,
             Err(e) => {
-                return self
-                    .cfg
-                    .urls
+                return urls
                     .iter()
                     .map(|u| RegistrationOutcome {
                         url: u.clone(),
@@ -335,14 +344,14 @@ impl DirectoryClient {
             }
         };
         let mut set = JoinSet::new();
-        for (i, url) in self.cfg.urls.iter().enumerate() {
+        for (i, url) in urls.iter().enumerate() {
             let http = self.http.clone();
             let full = join_url(url, api::PATH_DESCRIPTORS);
             let body = body.clone();
             set.spawn(async move { (i, post_descriptor(&http, &full, body).await) });
         }
         let mut results: Vec<Option<Result<RegisterResponse, RegisterError>>> =
-            vec![None; self.cfg.urls.len()];
+            vec![None; urls.len()];
         while let Some(joined) = set.join_next().await {
             if let Ok((i, r)) = joined
                 && let Some(slot) = results.get_mut(i)
@@ -351,7 +360,7 @@ impl DirectoryClient {
             }
         }
         let mut out = Vec::with_capacity(results.len());
-        for (url, r) in self.cfg.urls.iter().zip(results) {
+        for (url, r) in urls.iter().zip(results) {
             let result = r.unwrap_or_else(|| Err(RegisterError::Unreachable("task failed".into())));
             let label = match &result {
                 Ok(_) => "accepted",
