@@ -206,6 +206,7 @@ pub async fn pipe(shared: Arc<Shared>, sock: TcpStream, mut att: Attached) {
         }
     });
     let (mut reader_done, mut fin_in) = (false, false);
+    let mut failed = false;
     loop {
         tokio::select! {
             r = &mut reader, if !reader_done => {
@@ -230,11 +231,24 @@ pub async fn pipe(shared: Arc<Shared>, sock: TcpStream, mut att: Attached) {
                     }
                     // Wait for our own side to finish (or a reset).
                 }
-                Some(Down::Reset(_)) | Some(Down::Refused(_)) | None => break,
+                Some(Down::Reset(_)) | Some(Down::Refused(_)) | None => {
+                    failed = true;
+                    break;
+                }
                 Some(Down::Opened) => {}
             }
         }
     }
+    if failed {
+        // The stream failed: the application must not mistake that for its
+        // end. A plain close sends FIN, which reads exactly like a complete
+        // stream to anything that ends at EOF (an HTTP/1.0 body, a file
+        // copy); with linger 0 the close sends RST, which reads as an error.
+        // The write half must not shut down (FIN) on drop either.
+        let _ = wr.as_ref().set_zero_linger();
+        wr.forget();
+    }
+    // Dropping the reader's half closes the socket.
     reader.abort();
     shared.detach(&key);
 }

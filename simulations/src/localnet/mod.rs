@@ -11,6 +11,11 @@
 //! * [`process`]: the child processes and their shutdown;
 //! * [`status`]: the live status line;
 //! * [`toml_edit`], [`metrics`]: editing configs, reading `/metrics`.
+//!
+//! Tests drive a [`network::Localnet`] as a library too: with
+//! [`network::Localnet::use_fault_relays`] every mix and provider sits
+//! behind a [`crate::faults`] relay, and members can be killed and
+//! restarted (`tests/faults.rs`, `docs/FAULTS.md`).
 
 pub mod compose;
 pub mod metrics;

@@ -28,6 +28,7 @@ use super::process::{Processes, STOP_GRACE, UnexpectedExit};
 use super::status::{Status, Ui};
 use super::toml_edit::{edit_file, toml_str};
 use super::{Options, PresetParams};
+use crate::faults::RelaySet;
 
 /// Name of the file describing a ready network, in its directory.
 pub const LOCALNET_JSON: &str = "localnet.json";
@@ -145,8 +146,17 @@ pub struct Member {
     pub kind: Kind,
     pub pid: u32,
     pub log: PathBuf,
-    /// Its `/metrics` endpoint, once known.
+    /// Its `/metrics` endpoint, once known (an authority's whole HTTP API).
     pub metrics: Option<SocketAddr>,
+    /// Its config file (what `run --config` reads; restarts reuse it).
+    pub config: Option<PathBuf>,
+    /// Mixes and providers: the node id.
+    pub id: Option<NodeId>,
+    /// Mixes and providers: where the QUIC endpoint listens, once known.
+    pub quic: Option<SocketAddr>,
+    /// Mixes and providers: the address in its descriptor, which peers dial
+    /// (its fault relay's, with [`Localnet::use_fault_relays`]).
+    pub public: Option<SocketAddr>,
 }
 
 /// A network that is up.
@@ -156,6 +166,7 @@ pub struct Ready {
     pub exit_address: String,
 }
 
+#[derive(Clone)]
 struct Authority {
     key: NodeId,
     url: String,
@@ -182,6 +193,10 @@ pub struct Localnet {
     procs: Processes,
     deadline: Instant,
     genesis: u64,
+    /// Fault relays in front of the mixes and providers, if asked for.
+    relays: Option<RelaySet>,
+    /// The authorities, once started (clients added later pin them too).
+    auths: Vec<Authority>,
 }
 
 fn unix_now() -> u64 {
@@ -239,7 +254,129 @@ impl Localnet {
             procs: Processes::default(),
             deadline,
             genesis: 0,
+            relays: None,
+            auths: Vec::new(),
         }
+    }
+
+    /// Puts a fault relay from `relays` in front of every mix and provider
+    /// started later: the node publishes the relay's address, so all its
+    /// peers (and clients) reach it through the relay. Call before
+    /// [`start`](Self::start).
+    pub fn use_fault_relays(&mut self, relays: RelaySet) {
+        self.relays = Some(relays);
+    }
+
+    /// The relays of [`use_fault_relays`](Self::use_fault_relays), by node name.
+    pub fn relays(&self) -> Option<&RelaySet> {
+        self.relays.as_ref()
+    }
+
+    /// Where every key, config, database and log is.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn binaries(&self) -> &Binaries {
+        &self.bins
+    }
+
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// Err if a process exited that nobody stopped (reported once).
+    pub fn check(&mut self) -> Result<(), UnexpectedExit> {
+        self.procs.check()
+    }
+
+    /// SIGKILL to member `name` (a crash); waits until it is gone.
+    pub fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        if !self.procs.kill(name) {
+            bail!("{name} is not running");
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to member `name` (a graceful stop), SIGKILL after `grace`.
+    pub fn terminate(&mut self, name: &str, grace: Duration) -> anyhow::Result<()> {
+        if !self.procs.terminate(name, grace) {
+            bail!("{name} is not running");
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped authority, mix or provider again with the same
+    /// config, keys and data, on the same addresses (so the published
+    /// topology and the clients' authority URLs still reach it); waits
+    /// until it listens.
+    pub fn restart(&mut self, name: &str, timeout: Duration) -> anyhow::Result<()> {
+        let i = self
+            .members
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| anyhow!("no member {name}"))?;
+        let m = self.members[i].clone();
+        let (Some(config), Some(metrics)) = (m.config.clone(), m.metrics) else {
+            bail!("{name} has not started yet");
+        };
+        let dir = config
+            .parent()
+            .ok_or_else(|| anyhow!("{} has no directory", config.display()))?
+            .to_path_buf();
+        let (mut cmd, ready_file) = match m.kind {
+            Kind::Authority => {
+                edit_file(
+                    &config,
+                    &[("authority", "listen", toml_str(&metrics.to_string()))],
+                )?;
+                let file = dir.join("data").join(loopmix_directory::config::ADDR_FILE);
+                (Command::new(&self.bins.directory), file)
+            }
+            Kind::Mix | Kind::Provider => {
+                let quic = m
+                    .quic
+                    .ok_or_else(|| anyhow!("{name}: QUIC address unknown"))?;
+                edit_file(
+                    &config,
+                    &[
+                        ("node", "listen", toml_str(&quic.to_string())),
+                        ("metrics", "listen", toml_str(&metrics.to_string())),
+                    ],
+                )?;
+                (
+                    Command::new(&self.bins.node),
+                    dir.join("data").join("bound.json"),
+                )
+            }
+            Kind::Exit | Kind::Socks => bail!("restarting clients is not supported"),
+        };
+        // A fresh file is the sign that the new process listens.
+        let _ = std::fs::remove_file(&ready_file);
+        cmd.args(["run", "--config"]).arg(&config);
+        let pid = self.procs.respawn(name, cmd)?;
+        self.members[i].pid = pid;
+        let deadline = Instant::now() + timeout;
+        self.wait_until(
+            deadline,
+            || format!("{name} to listen again (writing {})", ready_file.display()),
+            || std::fs::metadata(&ready_file).ok().filter(|m| m.len() > 0),
+        )?;
+        Ok(())
+    }
+
+    /// `loopmix-client init` for a new client `name` of provider number
+    /// `provider`, pinning the network's authorities, with the preset's
+    /// pull interval; returns its `client.toml`.
+    pub fn add_client(&self, name: &str, provider: usize) -> anyhow::Result<PathBuf> {
+        let id = self
+            .members
+            .iter()
+            .filter(|m| m.kind == Kind::Provider)
+            .nth(provider)
+            .and_then(|m| m.id)
+            .ok_or_else(|| anyhow!("no provider {provider}"))?;
+        Ok(self.init_client(name, id, &self.auths.clone())?.config)
     }
 
     fn spawn(
@@ -256,6 +393,10 @@ impl Localnet {
             pid,
             log,
             metrics: None,
+            config: None,
+            id: None,
+            quic: None,
+            public: None,
         });
         Ok(self.members.len() - 1)
     }
@@ -264,6 +405,16 @@ impl Localnet {
     /// and the ready deadline. `what` says what is awaited, for errors.
     fn wait<T>(
         &mut self,
+        what: impl Fn() -> String,
+        probe: impl FnMut() -> Option<T>,
+    ) -> anyhow::Result<T> {
+        self.wait_until(self.deadline, what, probe)
+    }
+
+    /// [`wait`](Self::wait) with its own deadline.
+    fn wait_until<T>(
+        &mut self,
+        deadline: Instant,
         what: impl Fn() -> String,
         mut probe: impl FnMut() -> Option<T>,
     ) -> anyhow::Result<T> {
@@ -275,7 +426,14 @@ impl Localnet {
             if let Some(v) = probe() {
                 return Ok(v);
             }
-            if Instant::now() > self.deadline {
+            if Instant::now() > deadline {
+                if deadline != self.deadline {
+                    bail!(
+                        "timed out waiting for {}; the logs are under {}",
+                        what(),
+                        self.root.display()
+                    );
+                }
                 bail!(
                     "the network was not ready within {} (--ready-timeout): still waiting for {}; \
                      the logs are under {}",
@@ -291,6 +449,7 @@ impl Localnet {
     /// Starts everything and waits until the network carries traffic.
     pub fn start(&mut self) -> anyhow::Result<Ready> {
         let auths = self.start_authorities()?;
+        self.auths = auths.clone();
         let nodes = self.start_nodes(&auths)?;
         self.wait_listed()?;
         self.start_clients(&auths, &nodes)
@@ -358,6 +517,7 @@ impl Localnet {
                 cmd,
                 d.join("authority.log"),
             )?;
+            self.members[m].config = Some(d.join(loopmix_directory::config::CONFIG_FILE));
             started.push((m, d.join("data").join(loopmix_directory::config::ADDR_FILE)));
         }
         let mut auths = Vec::new();
@@ -433,9 +593,24 @@ impl Localnet {
             if kind == Kind::Provider {
                 provider_ids.push(nd.id);
             }
+            let relay = match self.relays.as_mut() {
+                Some(r) => {
+                    let addr = r.add(&name)?;
+                    edit_file(
+                        &nd.config,
+                        &[("node", "public_address", toml_str(&addr.to_string()))],
+                    )?;
+                    Some(addr)
+                }
+                None => None,
+            };
             let mut cmd = Command::new(&self.bins.node);
             cmd.args(["run", "--config"]).arg(&nd.config);
             let m = self.spawn(&name, kind, cmd, nd.dir.join("node.log"))?;
+            let member = &mut self.members[m];
+            member.config = Some(nd.config.clone());
+            member.id = Some(nd.id);
+            member.public = relay;
             started.push((m, nd.dir.join("data").join("bound.json")));
         }
         let total = started.len();
@@ -449,7 +624,17 @@ impl Localnet {
                     serde_json::from_slice::<BoundAddresses>(&bytes).ok()
                 },
             )?;
-            self.members[m].metrics = Some(addrs.metrics);
+            let member = &mut self.members[m];
+            member.metrics = Some(addrs.metrics);
+            member.quic = Some(addrs.quic);
+            match &self.relays {
+                Some(r) => {
+                    if let Some(relay) = r.get(&name) {
+                        relay.set_upstream(addrs.quic);
+                    }
+                }
+                None => member.public = Some(addrs.quic),
+            }
         }
         Ok(provider_ids)
     }

@@ -94,7 +94,74 @@ pub struct Processes {
 impl Processes {
     /// Spawns `cmd` in its own process group with stdin closed and stdout
     /// and stderr appended to `log`.
-    pub fn spawn(&mut self, name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<u32> {
+    pub fn spawn(&mut self, name: &str, cmd: Command, log: &Path) -> anyhow::Result<u32> {
+        let child = Self::start(name, cmd, log)?;
+        let pid = child.pid();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// Starts `name` again with `cmd` (same log, appended) once its last
+    /// run has exited.
+    pub fn respawn(&mut self, name: &str, cmd: Command) -> anyhow::Result<u32> {
+        let Some(c) = self.children.iter_mut().find(|c| c.name == name) else {
+            anyhow::bail!("no process named {name}");
+        };
+        c.poll_exit();
+        if c.is_running() {
+            anyhow::bail!("{name} is still running");
+        }
+        *c = Self::start(name, cmd, &c.log.clone())?;
+        Ok(c.pid())
+    }
+
+    /// SIGKILL to `name` and reap it (so [`check`](Self::check) does not
+    /// report it). False if it was not running.
+    pub fn kill(&mut self, name: &str) -> bool {
+        let Some(c) = self.children.iter_mut().find(|c| c.name == name) else {
+            return false;
+        };
+        if c.poll_exit().is_some() || !c.is_running() {
+            return false;
+        }
+        let _ = c.child.kill();
+        if let Ok(status) = c.child.wait() {
+            c.exited = Some(status);
+        }
+        true
+    }
+
+    /// SIGTERM to `name`, SIGKILL if it still runs after `grace`; reaps it.
+    /// False if it was not running.
+    pub fn terminate(&mut self, name: &str, grace: Duration) -> bool {
+        let Some(c) = self.children.iter_mut().find(|c| c.name == name) else {
+            return false;
+        };
+        if c.poll_exit().is_some() || !c.is_running() {
+            return false;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.pid().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        while c.is_running() && Instant::now() < deadline {
+            if c.poll_exit().is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if c.is_running() {
+            let _ = c.child.kill();
+            if let Ok(status) = c.child.wait() {
+                c.exited = Some(status);
+            }
+        }
+        true
+    }
+
+    fn start(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Supervised> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -112,14 +179,12 @@ impl Processes {
             .process_group(0)
             .spawn()
             .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
-        let pid = child.id();
-        self.children.push(Supervised {
+        Ok(Supervised {
             name: name.to_string(),
             log: log.to_path_buf(),
             child,
             exited: None,
-        });
-        Ok(pid)
+        })
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Supervised> {
