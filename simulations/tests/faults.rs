@@ -44,19 +44,12 @@ use loopmix_sim::faults::{Faults, LinkFaults, RelayConfig, RelayHandle, RelaySet
 use loopmix_sim::localnet::network::{Binaries, Kind, Localnet, Signals};
 use loopmix_sim::localnet::process::log_tail;
 use loopmix_sim::localnet::{Options, metrics};
-use sha2::{Digest, Sha256};
+use loopmix_sim::soak::traffic::sha256_hex as sha;
 
 /// Epoch length: short enough that `authority_down` sees two epochs pass
 /// quickly, long enough that a 10 s partition fits inside one epoch (the
 /// directory deals mixes into layers anew every epoch).
 const EPOCH_S: u64 = 15;
-
-fn sha(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
 
 /// `n` bytes of a fixed pseudo-random sequence (what `GET /<n>` answers).
 fn file_bytes(n: usize) -> Vec<u8> {

@@ -501,10 +501,16 @@ impl Localnet {
             if loopmix_directory::harness::init(&self.bins.directory, d, &args)? != keys[i] {
                 bail!("init --force changed the key of {}", d.display());
             }
-            edit_file(
-                &d.join(loopmix_directory::config::CONFIG_FILE),
-                &net.directory_edits(self.opts.layers),
-            )?;
+            let mut edits = net.directory_edits(self.opts.layers);
+            // The production default keeps 48 epochs (two days of hourly
+            // epochs). With localnet's epochs of seconds that is a history
+            // nobody reads, and the authorities' memory (about 40 KB an
+            // epoch here) would keep filling for half an hour: keep about
+            // two minutes, never under four epochs (nodes and clients only
+            // ever fetch the current and the next).
+            let keep = (120 / e).max(4);
+            edits.push(("limits", "keep_epochs", keep.to_string()));
+            edit_file(&d.join(loopmix_directory::config::CONFIG_FILE), &edits)?;
         }
         let mut started = Vec::new();
         for (i, d) in dirs.iter().enumerate() {
@@ -960,8 +966,13 @@ impl Localnet {
     }
 }
 
-/// The directory to use and, if temporary, its guard.
-fn prepare_dir(dir: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+/// A run directory: `dir`, which must be empty or not exist (a network
+/// needs fresh keys), or a new temporary one named `prefix*` whose guard is
+/// returned (dropping it removes the directory; `TempDir::keep` keeps it).
+pub fn prepare_dir(
+    dir: Option<&Path>,
+    prefix: &str,
+) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
     match dir {
         Some(d) => {
             if d.exists()
@@ -971,7 +982,7 @@ fn prepare_dir(dir: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::
                     .is_some()
             {
                 bail!(
-                    "{} is not empty: a localnet needs fresh keys (choose a new --dir)",
+                    "{} is not empty: a network needs fresh keys (choose a new --dir)",
                     d.display()
                 );
             }
@@ -979,9 +990,7 @@ fn prepare_dir(dir: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::
             Ok((std::path::absolute(d)?, None))
         }
         None => {
-            let t = tempfile::Builder::new()
-                .prefix("loopmix-localnet-")
-                .tempdir()?;
+            let t = tempfile::Builder::new().prefix(prefix).tempdir()?;
             Ok((t.path().to_path_buf(), Some(t)))
         }
     }
@@ -994,7 +1003,7 @@ pub fn run(opts: Options) -> anyhow::Result<ExitCode> {
     if !opts.stand_in_clients {
         bins.check_client_commands()?;
     }
-    let (root, tmp) = prepare_dir(opts.dir.as_deref())?;
+    let (root, tmp) = prepare_dir(opts.dir.as_deref(), "loopmix-localnet-")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

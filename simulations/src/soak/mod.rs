@@ -207,25 +207,11 @@ fn localnet_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The run directory, kept after the run (its logs and CSV files are the
+/// result).
 fn prepare_dir(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
-    match dir {
-        Some(d) => {
-            if d.exists()
-                && std::fs::read_dir(d)
-                    .with_context(|| format!("reading {}", d.display()))?
-                    .next()
-                    .is_some()
-            {
-                bail!("{} is not empty (choose a new --dir)", d.display());
-            }
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            Ok(std::path::absolute(d)?)
-        }
-        None => Ok(tempfile::Builder::new()
-            .prefix("loopmix-soak-")
-            .tempdir()?
-            .keep()),
-    }
+    let (path, tmp) = crate::localnet::network::prepare_dir(dir, "loopmix-soak-")?;
+    Ok(tmp.map_or(path, tempfile::TempDir::keep))
 }
 
 fn check_curl() -> anyhow::Result<()> {
