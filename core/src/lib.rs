@@ -2,6 +2,7 @@
 //!
 //! * [`keys`]: Ed25519 identity and X25519 Sphinx keys, PKCS#8 PEM files.
 //! * [`topology`]: the topology document (network parameters, nodes, layers).
+//! * [`liveness`]: local liveness evidence from the sender's own probes (sans-IO).
 //! * [`sphinx`]: address mapping, seeded delays, packet construction.
 //! * [`poisson`]: exponential sampling and Poisson tickers with injected RNGs.
 //! * [`wire`]: the byte framing of packets on QUIC streams.
@@ -15,6 +16,7 @@
 
 pub mod e2e;
 pub mod keys;
+pub mod liveness;
 pub mod message;
 pub mod metrics;
 pub mod mixing;
