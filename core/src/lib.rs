@@ -23,6 +23,7 @@ pub mod mixing;
 pub mod pki;
 pub mod poisson;
 pub mod provider_link;
+pub mod routing;
 pub mod sphinx;
 pub mod topology;
 pub mod transport;

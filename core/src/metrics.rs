@@ -10,8 +10,8 @@ use axum::Router;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,15 @@ pub fn counter_vec(
 
 pub fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, MetricError> {
     reg(r, name, IntGauge::new(name, help))
+}
+
+pub fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, MetricError> {
+    reg(r, name, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 pub fn float_gauge(r: &Registry, name: &str, help: &str) -> Result<prometheus::Gauge, MetricError> {

@@ -5,7 +5,7 @@
 //! every semantic rule is checked in [`Topology::validate`], so a node never
 //! runs on a half-understood document.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -119,13 +119,45 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> TopologyError
     }
 }
 
+/// The largest share of one layer the network's liveness list may take out
+/// of route choice. More than this listed down in a layer and that layer is
+/// routed uniformly over all its mixes again: whoever can make honest mixes
+/// look dead (by dropping their packets, or as a rogue authority quorum) can
+/// then at most halve a layer, never funnel it into the mixes they run.
+pub const MAX_EXCLUDED_FRACTION: f64 = 0.5;
+
+/// How route choice treats one layer under a liveness list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerExclusion {
+    /// 1-based layer.
+    pub layer: u8,
+    /// Mixes the topology lists in the layer.
+    pub mixes: usize,
+    /// Of those, how many the liveness list names as down.
+    pub listed_down: usize,
+    /// How many are actually left out of route choice: `listed_down`, or 0
+    /// when that is more than the cap allows ([`Self::fallback`]).
+    pub excluded: usize,
+    /// More than the cap was listed down: the layer is routed uniformly.
+    pub fallback: bool,
+}
+
 /// A validated topology with the indexes the hot path needs.
+///
+/// Route choice draws from [`Topology::routable`] mixes: all of each layer,
+/// unless [`Topology::with_exclusions`] applied the network's signed liveness
+/// list. Every packet, SURB-ACK, reply block and loop is routed through
+/// [`Topology::random_mix_path`], so one exclusion reaches all of them.
 #[derive(Clone, Debug)]
 pub struct Topology {
     doc: TopologyDocument,
     by_id: HashMap<NodeId, usize>,
     /// `layers[i]` holds indexes into `doc.nodes` of layer `i + 1`.
     layers: Vec<Vec<usize>>,
+    /// `layers` less the mixes excluded by the liveness list in force.
+    routable: Vec<Vec<usize>>,
+    excluded: BTreeSet<NodeId>,
+    exclusions: Vec<LayerExclusion>,
     providers: Vec<usize>,
 }
 
@@ -156,12 +188,105 @@ impl Topology {
                 (Role::Mix, None) => {}
             }
         }
+        let exclusions = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LayerExclusion {
+                layer: i as u8 + 1,
+                mixes: l.len(),
+                listed_down: 0,
+                excluded: 0,
+                fallback: false,
+            })
+            .collect();
         Ok(Self {
             doc,
             by_id,
+            routable: layers.clone(),
             layers,
+            excluded: BTreeSet::new(),
+            exclusions,
             providers,
         })
+    }
+
+    /// The same topology, routing around the mixes in `down` (the network's
+    /// signed liveness list; ids it does not list are ignored). Per layer at
+    /// most `floor(mixes × max_fraction)` mixes are excluded, and always at
+    /// least one mix stays; a layer with more listed down is routed
+    /// uniformly over all its mixes ([`LayerExclusion::fallback`]) rather
+    /// than over a hand-picked subset. Exclusion only ever removes choices,
+    /// it never weights one mix over another. Providers are never excluded
+    /// (a client cannot avoid its own or its recipient's provider); they
+    /// stay listed in `down` for operators.
+    ///
+    /// Replaces any earlier exclusion: pass an empty set to route uniformly.
+    pub fn with_exclusions(&self, down: &BTreeSet<NodeId>, max_fraction: f64) -> Topology {
+        let f = if max_fraction.is_finite() {
+            max_fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let mut t = self.clone();
+        t.excluded.clear();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let listed: Vec<usize> = layer
+                .iter()
+                .copied()
+                .filter(|&n| down.contains(&self.doc.nodes[n].id))
+                .collect();
+            // floor, and never the whole layer.
+            let cap =
+                ((layer.len() as f64 * f).floor() as usize).min(layer.len().saturating_sub(1));
+            let fallback = listed.len() > cap;
+            let routable: Vec<usize> = if fallback {
+                layer.clone()
+            } else {
+                layer
+                    .iter()
+                    .copied()
+                    .filter(|n| !listed.contains(n))
+                    .collect()
+            };
+            if !fallback {
+                t.excluded
+                    .extend(listed.iter().map(|&n| self.doc.nodes[n].id));
+            }
+            t.exclusions[i] = LayerExclusion {
+                layer: i as u8 + 1,
+                mixes: layer.len(),
+                listed_down: listed.len(),
+                excluded: if fallback { 0 } else { listed.len() },
+                fallback,
+            };
+            t.routable[i] = routable;
+        }
+        t
+    }
+
+    /// Mixes left out of route choice by [`Self::with_exclusions`].
+    pub fn excluded(&self) -> &BTreeSet<NodeId> {
+        &self.excluded
+    }
+
+    /// Whether route choice leaves `id` out.
+    pub fn is_excluded(&self, id: &NodeId) -> bool {
+        self.excluded.contains(id)
+    }
+
+    /// Per layer, how the liveness list in force was applied.
+    pub fn exclusions(&self) -> &[LayerExclusion] {
+        &self.exclusions
+    }
+
+    /// Mixes of a 1-based layer that routes are drawn from.
+    pub fn routable(&self, layer: u8) -> impl Iterator<Item = &NodeEntry> {
+        let idx = (layer as usize)
+            .checked_sub(1)
+            .and_then(|l| self.routable.get(l))
+            .map(|v| v.as_slice())
+            .unwrap_or(&[]);
+        idx.iter().map(|&i| &self.doc.nodes[i])
     }
 
     /// Every rule a document must satisfy; the error names the field.
@@ -278,11 +403,51 @@ impl Topology {
         self.providers.iter().map(|&i| &self.doc.nodes[i])
     }
 
-    /// One mix per layer, each chosen uniformly at random (Loopix §3.2).
+    /// One mix per layer, each chosen uniformly at random (Loopix §3.2)
+    /// among the layer's [routable](Self::routable) mixes.
     pub fn random_mix_path<R: Rng + ?Sized>(&self, rng: &mut R) -> Vec<&NodeEntry> {
-        self.layers
+        self.routable
             .iter()
             .filter_map(|l| l.choose(rng).map(|&i| &self.doc.nodes[i]))
+            .collect()
+    }
+
+    /// Like [`Self::random_mix_path`], but also avoiding the mixes in
+    /// `avoid` — this sender's *local* evidence (its own lost loops and
+    /// acks), which may steer only retransmissions, never first attempts
+    /// (`docs/ARCHITECTURE.md`, "Liveness"). The same cap as the network
+    /// list applies per layer to what is left: if avoiding would take out
+    /// more than `floor(routable × max_fraction)` mixes of a layer, that
+    /// layer ignores `avoid`.
+    pub fn random_mix_path_avoiding<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        avoid: &HashSet<NodeId>,
+        max_fraction: f64,
+    ) -> Vec<&NodeEntry> {
+        let f = if max_fraction.is_finite() {
+            max_fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let mut keep = Vec::new();
+        self.routable
+            .iter()
+            .filter_map(|l| {
+                keep.clear();
+                keep.extend(
+                    l.iter()
+                        .copied()
+                        .filter(|&i| !avoid.contains(&self.doc.nodes[i].id)),
+                );
+                let cap = ((l.len() as f64 * f).floor() as usize).min(l.len().saturating_sub(1));
+                let pool = if l.len() - keep.len() <= cap {
+                    keep.as_slice()
+                } else {
+                    l.as_slice()
+                };
+                pool.choose(rng).map(|&i| &self.doc.nodes[i])
+            })
             .collect()
     }
 }
@@ -334,6 +499,95 @@ pub(crate) mod tests {
             assert_eq!(n.layer, Some(i as u8 + 1));
         }
         assert_eq!(t.params().packet_size(), 1372);
+    }
+
+    fn layer_ids(t: &Topology, l: u8) -> Vec<NodeId> {
+        t.layer(l).map(|n| n.id).collect()
+    }
+
+    #[test]
+    fn exclusions_leave_down_mixes_out_of_every_route() {
+        let t = Topology::new(sample_doc(2, 3)).unwrap();
+        let dead = layer_ids(&t, 2)[0];
+        let provider_like = IdentityKeypair::generate().node_id(); // not listed: ignored
+        let down = BTreeSet::from([dead, provider_like]);
+        let x = t.with_exclusions(&down, MAX_EXCLUDED_FRACTION);
+        assert!(x.is_excluded(&dead));
+        assert_eq!(x.excluded().len(), 1);
+        assert_eq!(x.exclusions()[1].excluded, 1);
+        assert!(!x.exclusions()[1].fallback);
+        let mut rng = rand::rng();
+        for _ in 0..200 {
+            let p = x.random_mix_path(&mut rng);
+            assert_eq!(p.len(), 3);
+            assert!(p.iter().all(|n| n.id != dead));
+        }
+        // The unexcluded topology still uses it; an empty list restores it.
+        let back = x.with_exclusions(&BTreeSet::new(), MAX_EXCLUDED_FRACTION);
+        assert!(back.excluded().is_empty());
+        assert_eq!(back.routable(2).count(), 2);
+    }
+
+    #[test]
+    fn a_whole_layer_listed_down_falls_back_to_uniform() {
+        let t = Topology::new(sample_doc(2, 3)).unwrap();
+        let down: BTreeSet<NodeId> = layer_ids(&t, 1).into_iter().collect();
+        let x = t.with_exclusions(&down, MAX_EXCLUDED_FRACTION);
+        assert!(x.exclusions()[0].fallback);
+        assert_eq!(x.exclusions()[0].listed_down, 2);
+        assert_eq!(x.exclusions()[0].excluded, 0);
+        assert_eq!(x.routable(1).count(), 2);
+        assert!(x.excluded().is_empty());
+        // Everything listed down (a rogue quorum): uniform everywhere.
+        let all: BTreeSet<NodeId> = t.nodes().iter().map(|n| n.id).collect();
+        let x = t.with_exclusions(&all, MAX_EXCLUDED_FRACTION);
+        assert!(x.exclusions().iter().all(|e| e.fallback));
+        assert_eq!(x.random_mix_path(&mut rand::rng()).len(), 3);
+    }
+
+    #[test]
+    fn the_cap_is_a_share_of_each_layer() {
+        let t = Topology::new(sample_doc(10, 3)).unwrap();
+        let ids = layer_ids(&t, 3);
+        let five: BTreeSet<NodeId> = ids[..5].iter().copied().collect();
+        let x = t.with_exclusions(&five, MAX_EXCLUDED_FRACTION);
+        assert_eq!(x.routable(3).count(), 5);
+        let six: BTreeSet<NodeId> = ids[..6].iter().copied().collect();
+        let x = t.with_exclusions(&six, MAX_EXCLUDED_FRACTION);
+        assert!(x.exclusions()[2].fallback);
+        assert_eq!(x.routable(3).count(), 10);
+        // One mix per layer can never be excluded.
+        let one = Topology::new(sample_doc(1, 3)).unwrap();
+        let down: BTreeSet<NodeId> = one.nodes().iter().map(|n| n.id).collect();
+        let x = one.with_exclusions(&down, 1.0);
+        assert!(x.exclusions().iter().all(|e| e.fallback));
+    }
+
+    #[test]
+    fn local_avoidance_is_capped_and_stays_inside_the_network_list() {
+        let t = Topology::new(sample_doc(2, 3)).unwrap();
+        let mut rng = rand::rng();
+        let suspect = layer_ids(&t, 1)[1];
+        let avoid = HashSet::from([suspect]);
+        for _ in 0..100 {
+            let p = t.random_mix_path_avoiding(&mut rng, &avoid, MAX_EXCLUDED_FRACTION);
+            assert_ne!(p[0].id, suspect);
+        }
+        // Avoiding both mixes of a layer is over the cap: uniform there.
+        let both: HashSet<NodeId> = layer_ids(&t, 1).into_iter().collect();
+        let mut seen = HashSet::new();
+        for _ in 0..200 {
+            seen.insert(t.random_mix_path_avoiding(&mut rng, &both, 0.5)[0].id);
+        }
+        assert_eq!(seen.len(), 2);
+        // A network-excluded mix is never chosen, whatever `avoid` says.
+        let dead = layer_ids(&t, 2)[0];
+        let x = t.with_exclusions(&BTreeSet::from([dead]), 0.5);
+        let other = layer_ids(&t, 2)[1];
+        for _ in 0..100 {
+            let p = x.random_mix_path_avoiding(&mut rng, &HashSet::from([other]), 0.5);
+            assert_eq!(p[1].id, other);
+        }
     }
 
     #[test]
