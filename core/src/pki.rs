@@ -7,6 +7,9 @@
 //!   k-of-n verification against pinned authority keys ([`TrustAnchors`]).
 //! * [`build`]: the deterministic document builder every authority runs, so
 //!   independent authorities produce byte-identical documents.
+//! * [`liveness`]: the k-of-n signed "down list" authorities publish every
+//!   few seconds ([`LivenessDocument`], [`SignedLiveness`]), built from
+//!   per-authority signed [`Observation`]s.
 //! * [`api`]: the JSON bodies of the directory HTTP API.
 //! * [`client`]: [`DirectoryClient`], the fetch/verify/cache/register client
 //!   nodes and clients share.
@@ -15,7 +18,8 @@
 //! JSON bytes (base64url), a verifier checks the signature over those bytes
 //! before parsing them, and nobody re-serialises a struct to check a
 //! signature. Each signature covers a domain-separation prefix
-//! ([`DESCRIPTOR_CONTEXT`], [`TOPOLOGY_CONTEXT`]) so a signature over one
+//! ([`DESCRIPTOR_CONTEXT`], [`TOPOLOGY_CONTEXT`], [`LIVENESS_CONTEXT`],
+//! [`OBSERVATION_CONTEXT`]) so a signature over one
 //! kind of object can never be replayed as another. docs/PROTOCOL-directory.md
 //! is the normative description.
 
@@ -24,16 +28,22 @@ pub mod build;
 pub mod client;
 pub mod descriptor;
 pub mod document;
+pub mod liveness;
 pub mod pinned;
 
 pub use build::{build_document, layer_sort_key};
 pub use client::{
-    DirectoryClient, DirectoryClientConfig, DirectoryError, RegisterError, RegistrationOutcome,
+    DirectoryClient, DirectoryClientConfig, DirectoryError, LivenessOutcome, RegisterError,
+    RegistrationOutcome,
 };
 pub use descriptor::{Descriptor, DescriptorError, SignedDescriptor, VerifiedDescriptor};
 pub use document::{
     AuthoritySignature, EpochDocument, EpochSchedule, SignedTopology, TrustAnchors, TrustError,
     VerifiedTopology, VerifyError,
+};
+pub use liveness::{
+    LIVENESS_CONTEXT, LIVENESS_VERSION, LivenessDocument, MAX_LIVENESS_BYTES, OBSERVATION_CONTEXT,
+    Observation, SignedLiveness, SignedObservation, VerifiedLiveness, combine_observations,
 };
 pub use pinned::{AuthorityEntry, validate_pinned};
 

@@ -283,6 +283,30 @@ impl Authority {
         &self.registry
     }
 
+    /// The pinned authorities (this one and its peers) and threshold k.
+    pub fn trust(&self) -> &TrustAnchors {
+        &self.trust
+    }
+
+    pub fn schedule(&self) -> EpochSchedule {
+        self.schedule
+    }
+
+    /// The HTTP client for peer requests (bounded by `limits.peer_timeout`).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The exact bytes of the document for `epoch` if it is published (holds
+    /// k signatures); shared, not copied, so callers can cache by pointer.
+    pub fn published_bytes(&self, epoch: u64) -> Option<Arc<Vec<u8>>> {
+        let st = self.state();
+        st.docs
+            .get(&epoch)
+            .filter(|d| d.sigs.len() >= self.trust.threshold())
+            .map(|d| d.bytes.clone())
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated
         // in a way later requests could not cope with; keep serving.

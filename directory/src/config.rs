@@ -34,6 +34,9 @@ pub struct DirectoryConfig {
     pub network: NetworkSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Probing nodes and publishing the signed liveness ("down") list.
+    #[serde(default)]
+    pub liveness: LivenessSection,
     /// The other authorities of this network.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
@@ -163,6 +166,55 @@ impl Default for LimitsSection {
             clock_skew: Duration::from_secs(30),
             peer_timeout: Duration::from_secs(5),
             keep_epochs: 48,
+        }
+    }
+}
+
+/// `[liveness]`: probing every listed node and publishing, every
+/// `publish_interval`, the k-of-n signed list of nodes that are down.
+///
+/// `publish_interval` and `valid_for` go into the signed document and must
+/// be identical at every authority (like `[epoch]`); the probe settings are
+/// local and may differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LivenessSection {
+    /// Probe nodes and publish liveness lists at all.
+    pub enabled: bool,
+    /// Every node of the current and the next published topology is probed
+    /// (a pinned QUIC handshake) this often.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// A handshake not done within this is a failed probe.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// Consecutive failed probes before this authority observes a node down.
+    pub down_after: u32,
+    /// Consecutive successful probes before it observes the node up again
+    /// (doubled for every further down transition within 10 minutes, up
+    /// to 16 or `up_after`, so a flapping node stays down).
+    pub up_after: u32,
+    /// Round length: one observation, one signed list per round (whole
+    /// seconds, at least 1 s).
+    #[serde(with = "humantime_serde")]
+    pub publish_interval: Duration,
+    /// A list is valid this long after its round starts (whole seconds, at
+    /// least twice `publish_interval`): if the authorities stop publishing,
+    /// clients stop excluding nodes after this.
+    #[serde(with = "humantime_serde")]
+    pub valid_for: Duration,
+}
+
+impl Default for LivenessSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            probe_interval: Duration::from_secs(2),
+            probe_timeout: Duration::from_millis(1500),
+            down_after: 3,
+            up_after: 2,
+            publish_interval: Duration::from_secs(5),
+            valid_for: Duration::from_secs(30),
         }
     }
 }
@@ -375,6 +427,33 @@ impl DirectoryConfig {
         if l.request_timeout.is_zero() || l.peer_timeout.is_zero() {
             return bad("limits", "timeouts must be > 0".into());
         }
+        let lv = &self.liveness;
+        if lv.publish_interval < Duration::from_secs(1) || lv.publish_interval.subsec_nanos() != 0 {
+            return bad(
+                "liveness.publish_interval",
+                "must be whole seconds, at least 1s".into(),
+            );
+        }
+        if lv.valid_for < lv.publish_interval * 2 || lv.valid_for.subsec_nanos() != 0 {
+            return bad(
+                "liveness.valid_for",
+                "must be whole seconds, at least twice liveness.publish_interval".into(),
+            );
+        }
+        if lv.probe_interval < Duration::from_millis(100) {
+            return bad("liveness.probe_interval", "must be at least 100ms".into());
+        }
+        if lv.probe_timeout.is_zero() || lv.probe_timeout > Duration::from_secs(60) {
+            return bad("liveness.probe_timeout", "must be in (0, 60s]".into());
+        }
+        for (name, v) in [
+            ("liveness.down_after", lv.down_after),
+            ("liveness.up_after", lv.up_after),
+        ] {
+            if v == 0 || v > 1000 {
+                return bad(name, "must be 1..=1000".into());
+            }
+        }
         let mut keys = std::collections::HashSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             if p.key.verifying_key().is_none() {
@@ -409,6 +488,7 @@ impl DirectoryConfig {
     ) -> String {
         let l = LimitsSection::default();
         let w = NetworkSection::default();
+        let lv = LivenessSection::default();
         let d = |d: Duration| humantime::format_duration(d).to_string();
         let mut peers_toml = String::new();
         for p in peers {
@@ -504,6 +584,26 @@ peer_timeout = "{pt}"
 # Epochs of registrations and documents kept in the database.
 keep_epochs = {ke}
 
+[liveness]
+# Probe every node of the current and next topology (a QUIC handshake
+# pinning the node's key) and publish, every publish_interval, the list of
+# nodes at least `threshold` authorities observe down, signed k-of-n.
+# Clients leave those nodes out of new routes. publish_interval and
+# valid_for must be identical at every authority (they are signed).
+enabled = {lv_on}
+probe_interval = "{lv_pi}"
+# A handshake slower than this is a failed probe.
+probe_timeout = "{lv_pt}"
+# Consecutive failed probes before this authority observes a node down, and
+# successes before up again (doubled per further down transition within 10
+# minutes, up to 16, so a flapping node stays down).
+down_after = {lv_da}
+up_after = {lv_ua}
+# Round length (whole seconds): one signed list per round.
+publish_interval = "{lv_int}"
+# How long a list stays valid (at least 2 x publish_interval).
+valid_for = "{lv_vf}"
+
 # Other authorities of this network: their pinned key and base URL (or, for
 # local testnets binding port 0, `addr_file` = the peer's data_dir/{ADDR_FILE}).
 {peers_toml}"#,
@@ -530,6 +630,13 @@ keep_epochs = {ke}
             skew = d(l.clock_skew),
             pt = d(l.peer_timeout),
             ke = l.keep_epochs,
+            lv_on = lv.enabled,
+            lv_pi = d(lv.probe_interval),
+            lv_pt = d(lv.probe_timeout),
+            lv_da = lv.down_after,
+            lv_ua = lv.up_after,
+            lv_int = d(lv.publish_interval),
+            lv_vf = d(lv.valid_for),
         )
     }
 }
@@ -576,6 +683,7 @@ mod tests {
         let t = DirectoryConfig::template("127.0.0.1:0".parse().unwrap(), 2, &e, &[peer]);
         let c = DirectoryConfig::load(&write(dir.path(), &t)).unwrap();
         assert_eq!(c.limits, LimitsSection::default());
+        assert_eq!(c.liveness, LivenessSection::default());
         assert_eq!(c.network, NetworkSection::default());
         assert_eq!(c.epoch, e);
         assert_eq!(c.epoch.registration_lead, Duration::from_secs(120));
@@ -616,6 +724,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("network.layers"), "{err}");
+        let err = DirectoryConfig::load(&write(
+            dir.path(),
+            &t.replace("valid_for = \"30s\"", "valid_for = \"8s\""),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("liveness.valid_for"), "{err}");
+        let err = DirectoryConfig::load(&write(
+            dir.path(),
+            &t.replace("publish_interval = \"5s\"", "publish_interval = \"500ms\""),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("liveness.publish_interval"), "{err}");
+        let err = DirectoryConfig::load(&write(
+            dir.path(),
+            &t.replace("down_after = 3", "down_after = 0"),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("liveness.down_after"), "{err}");
+        let err = DirectoryConfig::load(&write(
+            dir.path(),
+            &t.replace("up_after = 2", "up_after = 2\nsurprise = 1"),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("surprise") || err.contains("unknown"), "{err}");
     }
 
     #[test]

@@ -24,10 +24,12 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::authority::{ApiError, Authority, now_ms};
+use crate::liveness::Liveness;
 
 #[derive(Clone)]
 pub struct AppState {
     authority: Arc<Authority>,
+    liveness: Option<Arc<Liveness>>,
     per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     global: Arc<DefaultDirectRateLimiter>,
 }
@@ -47,9 +49,17 @@ impl AppState {
         let global = RateLimiter::direct(quota(l.registrations_per_s, l.registration_burst));
         Self {
             authority,
+            liveness: None,
             per_ip: Arc::new(per_ip),
             global: Arc::new(global),
         }
+    }
+
+    /// Serves the liveness endpoints from `liveness` (404 `liveness_disabled`
+    /// without it).
+    pub fn with_liveness(mut self, liveness: Option<Arc<Liveness>>) -> Self {
+        self.liveness = liveness;
+        self
     }
 
     /// Forgets per-IP limiter entries that are back to a full bucket; call
@@ -69,6 +79,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/topology/{epoch}", get(topology))
         .route("/v1/signature/{epoch}", get(signature))
         .route("/v1/epoch", get(epoch_info))
+        .route("/v1/liveness/current", get(liveness_current))
+        .route(
+            "/v1/liveness/observation/{round}",
+            get(liveness_observation),
+        )
+        .route("/v1/liveness/signature/{round}", get(liveness_signature))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
@@ -180,6 +196,76 @@ async fn topology(State(s): State<AppState>, Path(epoch): Path<String>) -> Respo
 
 async fn signature(State(s): State<AppState>, Path(epoch): Path<String>) -> Response {
     match parse_epoch(&epoch).and_then(|e| s.authority.own_signature(e)) {
+        Ok(sig) => json(StatusCode::OK, &sig),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn liveness_of(s: &AppState) -> Result<&Arc<Liveness>, ApiError> {
+    s.liveness.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "liveness_disabled",
+            "this authority does not publish liveness lists",
+        )
+    })
+}
+
+fn parse_round(s: &str) -> Result<u64, ApiError> {
+    s.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_round",
+            format!("{s:?} is not a round number"),
+        )
+    })
+}
+
+async fn liveness_current(State(s): State<AppState>) -> Response {
+    let r = liveness_of(&s).and_then(|l| {
+        l.current(now_ms()).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_liveness_document",
+                "no k-signed liveness list is valid now",
+            )
+        })
+    });
+    match r {
+        Ok(d) => json(StatusCode::OK, &d),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn liveness_observation(State(s): State<AppState>, Path(round): Path<String>) -> Response {
+    let r = liveness_of(&s).and_then(|l| {
+        let round = parse_round(&round)?;
+        l.observation(round).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_round",
+                format!("no observation for round {round}"),
+            )
+        })
+    });
+    match r {
+        Ok(o) => json(StatusCode::OK, &o),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn liveness_signature(State(s): State<AppState>, Path(round): Path<String>) -> Response {
+    let r = liveness_of(&s).and_then(|l| {
+        let round = parse_round(&round)?;
+        l.signature(round).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_signed",
+                format!("no liveness document signed for round {round}"),
+            )
+        })
+    });
+    match r {
         Ok(sig) => json(StatusCode::OK, &sig),
         Err(e) => e.into_response(),
     }

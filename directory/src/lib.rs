@@ -10,6 +10,8 @@
 //! * [`config`]: the TOML configuration (`init` writes a commented default).
 //! * [`store`]: redb persistence of registrations, documents, signatures.
 //! * [`authority`]: registration rules, the epoch driver, signature exchange.
+//! * [`liveness`]: probing every listed node and publishing the k-of-n
+//!   signed liveness ("down") list every few seconds.
 //! * [`http`]: the axum API with body limits, timeouts and rate limits.
 //! * [`harness`]: authority processes on loopback for tests and testnets.
 
@@ -17,6 +19,7 @@ pub mod authority;
 pub mod config;
 pub mod harness;
 pub mod http;
+pub mod liveness;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -50,7 +53,20 @@ pub async fn run(cfg: DirectoryConfig, shutdown: CancellationToken) -> anyhow::R
     );
 
     let scheduler = tokio::spawn(authority.clone().run_scheduler(shutdown.clone()));
-    let state = http::AppState::new(authority.clone());
+    let liveness = if cfg.liveness.enabled {
+        // A second copy of the key: the QUIC prober needs it behind an Arc.
+        let key = Arc::new(IdentityKeypair::read_pem(&cfg.authority.identity_key)?);
+        Some(Arc::new(
+            liveness::Liveness::new(authority.clone(), key).context("starting liveness")?,
+        ))
+    } else {
+        tracing::info!("liveness probing and publishing disabled ([liveness] enabled = false)");
+        None
+    };
+    let liveness_task = liveness
+        .clone()
+        .map(|l| tokio::spawn(l.run(shutdown.clone())));
+    let state = http::AppState::new(authority.clone()).with_liveness(liveness);
     let shrinker = {
         let state = state.clone();
         let cancel = shutdown.clone();
@@ -73,6 +89,9 @@ pub async fn run(cfg: DirectoryConfig, shutdown: CancellationToken) -> anyhow::R
     shutdown.cancel();
     let _ = scheduler.await;
     let _ = shrinker.await;
+    if let Some(t) = liveness_task {
+        let _ = t.await;
+    }
     tracing::info!("directory authority stopped");
     served.context("HTTP server")
 }

@@ -215,6 +215,11 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
 
     let metrics = NodeMetrics::new()?;
     let allowed = PeerAllowList::default();
+    if let Some(d) = &cfg.directory {
+        // The pinned authorities probe that our endpoint answers (signed
+        // liveness); their connections carry no packets.
+        allowed.set_authorities(d.authorities.iter().map(|a| a.key));
+    }
     let refused = metrics.refused.clone();
     let transport = Transport::bind(
         cfg.node.listen,
@@ -255,6 +260,9 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
                 );
             }
             let dir = directory_client(d, &metrics.registry)?;
+            // Keep the verified liveness list current (dir.liveness()) for
+            // whoever routes around down nodes.
+            tokio::spawn(dir.clone().follow_liveness(background.clone()));
             tokio::spawn(
                 Registrar {
                     dir: dir.clone(),

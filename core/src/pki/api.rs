@@ -8,6 +8,9 @@
 //! | GET | `/v1/topology/{epoch}` | [`super::SignedTopology`] |
 //! | GET | `/v1/signature/{epoch}` | [`super::AuthoritySignature`] (this authority's own) |
 //! | GET | `/v1/epoch` | [`EpochInfo`] |
+//! | GET | `/v1/liveness/current` | [`super::SignedLiveness`] (newest k-signed down list) |
+//! | GET | `/v1/liveness/observation/{round}` | [`super::SignedObservation`] (this authority's own) |
+//! | GET | `/v1/liveness/signature/{round}` | [`super::AuthoritySignature`] (this authority's, over its liveness document) |
 //! | GET | `/metrics` | Prometheus text |
 //!
 //! Errors are `4xx/5xx` with an [`ErrorBody`].
@@ -21,6 +24,15 @@ use super::descriptor::SignedDescriptor;
 pub const PATH_DESCRIPTORS: &str = "/v1/descriptors";
 pub const PATH_TOPOLOGY_CURRENT: &str = "/v1/topology/current";
 pub const PATH_EPOCH: &str = "/v1/epoch";
+pub const PATH_LIVENESS_CURRENT: &str = "/v1/liveness/current";
+
+pub fn path_liveness_observation(round: u64) -> String {
+    format!("/v1/liveness/observation/{round}")
+}
+
+pub fn path_liveness_signature(round: u64) -> String {
+    format!("/v1/liveness/signature/{round}")
+}
 
 pub fn path_topology(epoch: u64) -> String {
     format!("/v1/topology/{epoch}")

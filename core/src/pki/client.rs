@@ -14,11 +14,20 @@
 //! stays, the refusal is logged with its reason and counted in
 //! `loopmix_directory_documents_rejected_total{reason}`.
 //!
+//! It also follows the authorities' signed liveness list
+//! ([`DirectoryClient::follow_liveness`], [`DirectoryClient::liveness`]):
+//! a document is adopted only if it verifies (k-of-n under the liveness
+//! context) and its round is newer than the one held, so nobody can roll a
+//! client back to an older list; refusals are counted in
+//! `loopmix_directory_liveness_rejected_total{reason}` and the last valid
+//! list stays until it expires.
+//!
 //! The client speaks plain HTTP (no TLS in the tree, see the workspace
 //! `Cargo.toml`): authenticity comes from the authority signatures, and what
 //! a network observer learns (that this host fetches the public topology) is
 //! the same with TLS.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,7 +41,12 @@ use crate::metrics::{self, MetricError};
 use super::api::{self, EpochInfo, ErrorBody, RegisterResponse};
 use super::descriptor::SignedDescriptor;
 use super::document::{SignedTopology, TrustAnchors, VerifiedTopology, VerifyError};
+use super::liveness::{MAX_LIVENESS_BYTES, SignedLiveness, VerifiedLiveness};
 use super::unix_now;
+
+/// Poll interval of [`DirectoryClient::follow_liveness`] before any
+/// liveness document is held (afterwards: the document's `interval_s`).
+const DEFAULT_LIVENESS_POLL: Duration = Duration::from_secs(5);
 
 /// Largest non-document answer read (error bodies, epoch info, ...).
 const MAX_SMALL_BODY: usize = 64 * 1024;
@@ -96,6 +110,24 @@ pub enum RegisterError {
     },
 }
 
+/// What [`DirectoryClient::fetch_liveness`] did with a verified document.
+#[derive(Debug, Clone)]
+pub enum LivenessOutcome {
+    /// Newer than the one held: now in force (subscribers are notified).
+    Adopted(Arc<VerifiedLiveness>),
+    /// The round already held: nothing changed. Not an error (authorities
+    /// publish every few seconds and clients poll at about that rate).
+    Unchanged(Arc<VerifiedLiveness>),
+}
+
+impl LivenessOutcome {
+    pub fn document(&self) -> &Arc<VerifiedLiveness> {
+        match self {
+            Self::Adopted(v) | Self::Unchanged(v) => v,
+        }
+    }
+}
+
 /// One authority's answer to [`DirectoryClient::register`].
 #[derive(Debug, Clone)]
 pub struct RegistrationOutcome {
@@ -109,6 +141,9 @@ struct ClientMetrics {
     adopted: IntCounter,
     epoch: IntGauge,
     registrations: IntCounterVec,
+    liveness_rejected: IntCounterVec,
+    liveness_round: IntGauge,
+    liveness_fetch_failures: IntCounter,
 }
 
 impl ClientMetrics {
@@ -142,6 +177,22 @@ impl ClientMetrics {
                 "Descriptor registrations per authority answer: accepted, refused, unreachable",
                 &["result"],
             )?,
+            liveness_rejected: metrics::counter_vec(
+                r,
+                "loopmix_directory_liveness_rejected_total",
+                "Liveness documents refused (verification failure reasons, or stale = an older round than the one held); the last valid one stayed in force",
+                &["reason"],
+            )?,
+            liveness_round: metrics::gauge(
+                r,
+                "loopmix_directory_liveness_round",
+                "Round of the liveness document currently held",
+            )?,
+            liveness_fetch_failures: metrics::counter(
+                r,
+                "loopmix_directory_liveness_fetch_failures_total",
+                "Liveness requests to an authority that failed (unreachable, timeout, HTTP error other than 404)",
+            )?,
         })
     }
 }
@@ -153,6 +204,11 @@ pub struct DirectoryClient {
     http: reqwest::Client,
     current: watch::Sender<Option<Arc<VerifiedTopology>>>,
     upcoming: Mutex<Option<Arc<VerifiedTopology>>>,
+    liveness: watch::Sender<Option<Arc<VerifiedLiveness>>>,
+    /// Newest liveness round ever adopted, plus one (0: none yet). Kept
+    /// apart from the held document so an expired (dropped) list still
+    /// blocks a rollback to an older round.
+    liveness_high: AtomicU64,
     metrics: ClientMetrics,
 }
 
@@ -171,11 +227,14 @@ impl DirectoryClient {
             .build()
             .map_err(|e| DirectoryError::Http(e.to_string()))?;
         let (current, _) = watch::channel(None);
+        let (liveness, _) = watch::channel(None);
         Ok(Self {
             cfg,
             http,
             current,
             upcoming: Mutex::new(None),
+            liveness,
+            liveness_high: AtomicU64::new(0),
             metrics: ClientMetrics::new(registry)?,
         })
     }
@@ -314,6 +373,223 @@ impl DirectoryClient {
                 _ = tokio::time::sleep(poll) => {}
             }
         }
+    }
+
+    /// The liveness document in force: the newest verified round, while it
+    /// is valid (`None` once `valid_until` plus the clock-skew allowance has
+    /// passed, or before the first one).
+    pub fn liveness(&self) -> Option<Arc<VerifiedLiveness>> {
+        let skew = self.cfg.trust.clock_skew_s();
+        self.liveness
+            .borrow()
+            .clone()
+            .filter(|v| v.is_valid_at(unix_now(), skew))
+    }
+
+    /// Notified when a newer liveness document is adopted, and with `None`
+    /// when the held one expires ([`follow_liveness`](Self::follow_liveness)
+    /// checks expiry on every poll, so the `None` comes at most one poll
+    /// interval late: callers that need the exact instant use
+    /// [`liveness`](Self::liveness), which checks validity itself).
+    pub fn subscribe_liveness(&self) -> watch::Receiver<Option<Arc<VerifiedLiveness>>> {
+        self.liveness.subscribe()
+    }
+
+    /// Fetches `GET /v1/liveness/current` from the authorities in turn until
+    /// one answers with a document that verifies and is not older than the
+    /// one held. A newer round is adopted; the same round is
+    /// [`LivenessOutcome::Unchanged`]; an older round is refused as `stale`
+    /// (counted) and the next authority is asked. A refused document never
+    /// replaces the held one.
+    pub async fn fetch_liveness(&self) -> Result<LivenessOutcome, DirectoryError> {
+        let path = api::PATH_LIVENESS_CURRENT;
+        let max_body = MAX_LIVENESS_BYTES.div_ceil(3) * 4 + 64 * 1024;
+        let mut reasons = Vec::new();
+        let mut any_answer = false;
+        for url in self.rotated_urls() {
+            let body = match self.get(&url, path, max_body).await {
+                Ok((200, body)) => body,
+                Ok((status, body)) => {
+                    any_answer = true;
+                    // 404: the authority has published nothing valid yet
+                    // (just started, or liveness switched off): not a fault.
+                    if status != 404 {
+                        self.metrics.liveness_fetch_failures.inc();
+                    }
+                    reasons.push(format!("{url}: {}", describe(status, &body)));
+                    continue;
+                }
+                Err(e) => {
+                    if e.contains("too large") {
+                        any_answer = true;
+                        self.liveness_refused(
+                            &url,
+                            "oversized",
+                            &format!("answer over {max_body} bytes"),
+                        );
+                    }
+                    self.metrics.liveness_fetch_failures.inc();
+                    reasons.push(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            any_answer = true;
+            let verified = serde_json::from_slice::<SignedLiveness>(&body)
+                .map_err(|e| VerifyError::Malformed(e.to_string()))
+                .and_then(|s| self.cfg.trust.verify_liveness(&s, unix_now()));
+            match verified {
+                Ok(v) => match self.adopt_liveness(Arc::new(v)) {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(reason) => {
+                        self.liveness_refused(&url, "stale", &reason);
+                        reasons.push(format!("{url}: {reason}"));
+                    }
+                },
+                Err(e) => {
+                    self.liveness_refused(&url, e.reason(), &e.to_string());
+                    reasons.push(format!("{url}: {e}"));
+                }
+            }
+        }
+        let reasons = reasons.join("; ");
+        let path = path.to_string();
+        Err(if any_answer {
+            DirectoryError::NoValidDocument { path, reasons }
+        } else {
+            DirectoryError::Unreachable { path, reasons }
+        })
+    }
+
+    /// Verifies `signed` and adopts it like a fetched liveness document (for
+    /// documents obtained another way). Refusals are counted like fetched ones.
+    pub fn offer_liveness(&self, signed: &SignedLiveness) -> Result<LivenessOutcome, VerifyError> {
+        let v = match self.cfg.trust.verify_liveness(signed, unix_now()) {
+            Ok(v) => v,
+            Err(e) => {
+                self.liveness_refused("offered", e.reason(), &e.to_string());
+                return Err(e);
+            }
+        };
+        self.adopt_liveness(Arc::new(v)).map_err(|reason| {
+            self.liveness_refused("offered", "stale", &reason);
+            VerifyError::Invalid(reason)
+        })
+    }
+
+    /// Fetches the liveness list until `cancel`: every `interval_s` of the
+    /// held document (5 s before the first), with up to ±10 % jitter so
+    /// clients do not poll in lockstep. Failures keep the last valid list;
+    /// a streak of failures is logged once when it starts and once when it
+    /// ends. Drops the held list (subscribers see `None`) once it expires.
+    pub async fn follow_liveness(self: Arc<Self>, cancel: CancellationToken) {
+        use rand::RngExt;
+        let mut streak: u64 = 0;
+        loop {
+            match self.fetch_liveness().await {
+                Ok(_) => {
+                    if streak > 0 {
+                        tracing::info!(failed_polls = streak, "liveness list reachable again");
+                    }
+                    streak = 0;
+                }
+                Err(e) => {
+                    streak = streak.saturating_add(1);
+                    if streak == 1 {
+                        tracing::warn!(
+                            error = %e,
+                            "no valid liveness list from any authority; keeping the last valid one until it expires"
+                        );
+                    } else {
+                        tracing::debug!(error = %e, streak, "liveness fetch failed");
+                    }
+                }
+            }
+            self.expire_liveness();
+            let base = self
+                .liveness
+                .borrow()
+                .as_ref()
+                .map(|v| Duration::from_secs(v.interval_s().clamp(1, 300)))
+                .unwrap_or(DEFAULT_LIVENESS_POLL);
+            let base_ms = u64::try_from(base.as_millis()).unwrap_or(5000);
+            let jitter = rand::rng().random_range(0..=base_ms / 5);
+            let wait = Duration::from_millis(base_ms - base_ms / 10 + jitter);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Replaces an expired held liveness document with `None` (notifying
+    /// subscribers once).
+    fn expire_liveness(&self) {
+        let skew = self.cfg.trust.clock_skew_s();
+        let now = unix_now();
+        self.liveness.send_if_modified(|held| {
+            if held.as_ref().is_some_and(|v| !v.is_valid_at(now, skew)) {
+                tracing::warn!(
+                    "liveness list expired; no node is excluded until a fresh one arrives"
+                );
+                *held = None;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Adopts `v` if its round is newer than any adopted before; `Err` with
+    /// a description if it is older (a rollback).
+    fn adopt_liveness(&self, v: Arc<VerifiedLiveness>) -> Result<LivenessOutcome, String> {
+        let mut outcome = Err(String::new());
+        self.liveness.send_if_modified(|held| {
+            let high = self.liveness_high.load(Ordering::Acquire);
+            let round_plus_one = v.round().saturating_add(1);
+            if round_plus_one < high {
+                outcome = Err(format!(
+                    "stale liveness round {} (holding round {})",
+                    v.round(),
+                    high - 1
+                ));
+                return false;
+            }
+            if round_plus_one == high {
+                // Same round: keep the first one adopted (with k > n/2 it is
+                // the only k-signed one anyway).
+                outcome = Ok(LivenessOutcome::Unchanged(
+                    held.clone().unwrap_or_else(|| v.clone()),
+                ));
+                return false;
+            }
+            self.liveness_high.store(round_plus_one, Ordering::Release);
+            self.metrics
+                .liveness_round
+                .set(i64::try_from(v.round()).unwrap_or(i64::MAX));
+            tracing::debug!(
+                round = v.round(),
+                down = v.down().len(),
+                signers = v.signers().len(),
+                "liveness list adopted"
+            );
+            *held = Some(v.clone());
+            outcome = Ok(LivenessOutcome::Adopted(v.clone()));
+            true
+        });
+        outcome
+    }
+
+    fn liveness_refused(&self, source: &str, reason: &'static str, error: &str) {
+        self.metrics
+            .liveness_rejected
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(
+            authority = %source,
+            reason,
+            error,
+            "refusing liveness document; the last valid one stays in force"
+        );
     }
 
     /// POSTs the descriptor to every authority concurrently; one outcome per
@@ -637,6 +913,7 @@ mod tests {
     use crate::keys::IdentityKeypair;
     use crate::pki::document::tests::epoch_doc;
     use crate::pki::document::{AuthoritySignature, EpochDocument};
+    use crate::pki::liveness::LivenessDocument;
     use crate::pki::{b64_decode, b64_encode};
     use axum::Router;
     use axum::extract::State;
@@ -772,5 +1049,159 @@ mod tests {
         ));
         assert!(client.current().is_none());
         assert!(client.epoch_info().await.is_err());
+    }
+
+    type ServedLiveness = Arc<Mutex<Option<SignedLiveness>>>;
+
+    async fn serve_liveness(doc: ServedLiveness) -> String {
+        async fn current(State(s): State<ServedLiveness>) -> Result<String, StatusCode> {
+            let doc = s.lock().unwrap().clone();
+            doc.map(|d| serde_json::to_string(&d).unwrap())
+                .ok_or(StatusCode::NOT_FOUND)
+        }
+        let app = Router::new()
+            .route("/v1/liveness/current", get(current))
+            .with_state(doc);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        format!("http://{addr}")
+    }
+
+    fn liveness_doc(round: u64, now: u64, down: Vec<crate::keys::NodeId>) -> LivenessDocument {
+        LivenessDocument {
+            version: crate::pki::LIVENESS_VERSION,
+            round,
+            issued_at: now - 1,
+            valid_until: now + 30,
+            epoch: 1,
+            interval_s: 5,
+            down,
+        }
+    }
+
+    fn sign_liveness(doc: &LivenessDocument, keys: &[&IdentityKeypair]) -> SignedLiveness {
+        let bytes = doc.canonical_bytes().unwrap();
+        let mut s = SignedLiveness::unsigned(&bytes);
+        for k in keys {
+            s.add_signature(SignedLiveness::sign(&bytes, k));
+        }
+        s
+    }
+
+    #[tokio::test]
+    async fn liveness_keeps_the_last_valid_list_and_refuses_rollbacks() {
+        let keys: Vec<_> = (0..3).map(|_| IdentityKeypair::generate()).collect();
+        let trust = TrustAnchors::new(keys.iter().map(|k| k.node_id()), 2).unwrap();
+        let now = unix_now();
+        let mut down = vec![
+            IdentityKeypair::generate().node_id(),
+            IdentityKeypair::generate().node_id(),
+        ];
+        down.sort();
+        let d10 = liveness_doc(10, now, vec![down[0]]);
+        let served: ServedLiveness = Arc::new(Mutex::new(None));
+        let url = serve_liveness(served.clone()).await;
+        let registry = Registry::new();
+        let client = Arc::new(
+            DirectoryClient::new(DirectoryClientConfig::new(vec![url], trust), &registry).unwrap(),
+        );
+        let mut rx = client.subscribe_liveness();
+
+        // Nothing published yet: an error, nothing held, not a failure.
+        assert!(client.fetch_liveness().await.is_err());
+        assert!(client.liveness().is_none());
+
+        *served.lock().unwrap() = Some(sign_liveness(&d10, &[&keys[0], &keys[1]]));
+        let out = client.fetch_liveness().await.unwrap();
+        assert!(matches!(out, LivenessOutcome::Adopted(_)));
+        assert_eq!(client.liveness().unwrap().round(), 10);
+        assert!(client.liveness().unwrap().is_down(&down[0]));
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        // The same round again: unchanged, not an error, no notification.
+        let out = client.fetch_liveness().await.unwrap();
+        assert!(matches!(out, LivenessOutcome::Unchanged(_)));
+        assert!(!rx.has_changed().unwrap());
+
+        // Round 11, forged: one byte changed after signing.
+        let d11 = liveness_doc(11, now, down.clone());
+        let mut forged = sign_liveness(&d11, &[&keys[0], &keys[1], &keys[2]]);
+        let mut b = b64_decode(&forged.document).unwrap();
+        let i = b.iter().position(|&c| c == b'1').unwrap();
+        b[i] = b'2';
+        forged.document = b64_encode(&b);
+        *served.lock().unwrap() = Some(forged);
+        assert!(client.fetch_liveness().await.is_err());
+        // Round 11 with one signature: below k.
+        *served.lock().unwrap() = Some(sign_liveness(&d11, &[&keys[2]]));
+        assert!(client.fetch_liveness().await.is_err());
+        // Round 9, genuinely signed: a rollback, refused as stale.
+        let d9 = liveness_doc(9, now, vec![]);
+        *served.lock().unwrap() = Some(sign_liveness(&d9, &[&keys[0], &keys[2]]));
+        let e = client.fetch_liveness().await.unwrap_err().to_string();
+        assert!(e.contains("stale"), "{e}");
+        // A topology-context signature over the liveness bytes.
+        let bytes = d11.canonical_bytes().unwrap();
+        let mut cross = SignedLiveness::unsigned(&bytes);
+        for k in &keys {
+            cross.add_signature(AuthoritySignature::sign(&bytes, k));
+        }
+        assert!(client.offer_liveness(&cross).is_err());
+
+        // The last valid list stayed, and nobody was told otherwise.
+        assert_eq!(client.liveness().unwrap().round(), 10);
+        assert!(!rx.has_changed().unwrap());
+        let text = metrics::render(&registry);
+        for series in [
+            "loopmix_directory_liveness_rejected_total{reason=\"bad_signature\"} 2",
+            "loopmix_directory_liveness_rejected_total{reason=\"below_threshold\"} 1",
+            "loopmix_directory_liveness_rejected_total{reason=\"stale\"} 1",
+            "loopmix_directory_liveness_round 10",
+            "loopmix_directory_liveness_fetch_failures_total 0",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+
+        // The genuine round 11 is adopted and announced.
+        *served.lock().unwrap() = Some(sign_liveness(&d11, &[&keys[1], &keys[2]]));
+        client.fetch_liveness().await.unwrap();
+        assert_eq!(client.liveness().unwrap().round(), 11);
+        assert_eq!(client.liveness().unwrap().down().len(), 2);
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+
+        // An expired document: refused; the follower drops the held list
+        // once it expires (here: a list that expired while held).
+        let mut old = liveness_doc(12, now, vec![]);
+        old.issued_at = now - 100;
+        old.valid_until = now - 60;
+        *served.lock().unwrap() = Some(sign_liveness(&old, &[&keys[0], &keys[1]]));
+        assert!(client.fetch_liveness().await.is_err());
+        assert!(metrics::render(&registry).contains("reason=\"expired\"} 1"));
+        let short = TrustAnchors::new(keys.iter().map(|k| k.node_id()), 2)
+            .unwrap()
+            .with_clock_skew(0);
+        let mut cfg = DirectoryClientConfig::new(vec!["http://127.0.0.1:1".into()], short);
+        cfg.request_timeout = Duration::from_secs(2);
+        let c2 = Arc::new(DirectoryClient::new(cfg, &Registry::new()).unwrap());
+        let mut brief = liveness_doc(20, now, vec![]);
+        brief.valid_until = now + 1;
+        c2.offer_liveness(&sign_liveness(&brief, &[&keys[0], &keys[1]]))
+            .unwrap();
+        let mut rx2 = c2.subscribe_liveness();
+        rx2.mark_unchanged();
+        assert!(c2.liveness().is_some());
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(c2.liveness().is_none(), "expired lists are not in force");
+        let cancel = CancellationToken::new();
+        let follower = tokio::spawn(c2.clone().follow_liveness(cancel.clone()));
+        tokio::time::timeout(Duration::from_secs(10), rx2.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(rx2.borrow().is_none());
+        cancel.cancel();
+        follower.await.unwrap();
     }
 }

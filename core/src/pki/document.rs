@@ -81,7 +81,12 @@ impl EpochDocument {
     }
 }
 
-/// One authority's signature over `TOPOLOGY_CONTEXT || document bytes`.
+/// One authority's signature over `context || document bytes`, where the
+/// context is [`TOPOLOGY_CONTEXT`] for topology documents (what
+/// [`sign`](Self::sign) and [`verify`](Self::verify) use) and another
+/// domain-separation prefix for other signed objects (e.g.
+/// [`super::LIVENESS_CONTEXT`]), so a signature never verifies as a
+/// different kind of object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthoritySignature {
@@ -92,11 +97,14 @@ pub struct AuthoritySignature {
 }
 
 impl AuthoritySignature {
+    /// Signs a topology document (context [`TOPOLOGY_CONTEXT`]).
     pub fn sign(document_bytes: &[u8], key: &IdentityKeypair) -> Self {
-        Self::from_raw(
-            key.node_id(),
-            key.sign(&signed_message(TOPOLOGY_CONTEXT, document_bytes)),
-        )
+        Self::sign_with(TOPOLOGY_CONTEXT, document_bytes, key)
+    }
+
+    /// Signs `context || bytes`.
+    pub fn sign_with(context: &[u8], bytes: &[u8], key: &IdentityKeypair) -> Self {
+        Self::from_raw(key.node_id(), key.sign(&signed_message(context, bytes)))
     }
 
     pub fn from_raw(authority: NodeId, signature: [u8; 64]) -> Self {
@@ -115,11 +123,16 @@ impl AuthoritySignature {
 
     /// `verify_strict` over `TOPOLOGY_CONTEXT || document_bytes`.
     pub fn verify(&self, document_bytes: &[u8]) -> bool {
+        self.verify_with(TOPOLOGY_CONTEXT, document_bytes)
+    }
+
+    /// `verify_strict` over `context || bytes`.
+    pub fn verify_with(&self, context: &[u8], bytes: &[u8]) -> bool {
         let (Some(vk), Some(sig)) = (self.authority.verifying_key(), self.raw()) else {
             return false;
         };
         vk.verify_strict(
-            &signed_message(TOPOLOGY_CONTEXT, document_bytes),
+            &signed_message(context, bytes),
             &Signature::from_bytes(&sig),
         )
         .is_ok()
@@ -305,9 +318,23 @@ impl TrustAnchors {
     }
 
     /// Signature rule only: the distinct pinned authorities whose signature
-    /// over `bytes` verifies, or why there are fewer than k.
+    /// over `bytes` (as a topology document) verifies, or why there are
+    /// fewer than k.
     pub fn check_signatures(
         &self,
+        bytes: &[u8],
+        signatures: &[AuthoritySignature],
+    ) -> Result<Vec<NodeId>, VerifyError> {
+        self.check_signatures_with(TOPOLOGY_CONTEXT, bytes, signatures)
+    }
+
+    /// The k-of-n rule for any signed object: the distinct pinned
+    /// authorities whose signature over `context || bytes` verifies, or why
+    /// there are fewer than k. Every kind of signed document goes through
+    /// this one function, so the rule cannot drift between them.
+    pub fn check_signatures_with(
+        &self,
+        context: &[u8],
         bytes: &[u8],
         signatures: &[AuthoritySignature],
     ) -> Result<Vec<NodeId>, VerifyError> {
@@ -322,7 +349,7 @@ impl TrustAnchors {
             if !self.authorities.contains(&s.authority) || valid.contains(&s.authority) {
                 continue;
             }
-            if s.verify(bytes) {
+            if s.verify_with(context, bytes) {
                 valid.insert(s.authority);
             } else if first_bad.is_none() {
                 first_bad = Some(s.authority);
@@ -350,22 +377,7 @@ impl TrustAnchors {
         now: u64,
         max_ahead_s: u64,
     ) -> Result<VerifiedTopology, VerifyError> {
-        let max = self.max_document_bytes;
-        if signed.document.len() > max.div_ceil(3).saturating_mul(4) {
-            return Err(VerifyError::Oversized {
-                len: signed.document.len() / 4 * 3,
-                max,
-            });
-        }
-        let bytes = signed
-            .document_bytes()
-            .map_err(|e| VerifyError::Malformed(format!("document: not base64url: {e}")))?;
-        if bytes.len() > max {
-            return Err(VerifyError::Oversized {
-                len: bytes.len(),
-                max,
-            });
-        }
+        let bytes = decode_limited(&signed.document, self.max_document_bytes)?;
         // Signatures first: nothing unauthenticated is parsed.
         let signers = self.check_signatures(&bytes, &signed.signatures)?;
         let doc: EpochDocument =
@@ -413,6 +425,26 @@ impl TrustAnchors {
             bytes: bytes.into(),
         })
     }
+}
+
+/// The base64url `document` field decoded, refusing more than `max` bytes
+/// before decoding anything (the length check is on the text).
+pub(crate) fn decode_limited(document: &str, max: usize) -> Result<Vec<u8>, VerifyError> {
+    if document.len() > max.div_ceil(3).saturating_mul(4) {
+        return Err(VerifyError::Oversized {
+            len: document.len() / 4 * 3,
+            max,
+        });
+    }
+    let bytes = b64_decode(document)
+        .map_err(|e| VerifyError::Malformed(format!("document: not base64url: {e}")))?;
+    if bytes.len() > max {
+        return Err(VerifyError::Oversized {
+            len: bytes.len(),
+            max,
+        });
+    }
+    Ok(bytes)
 }
 
 /// A document that passed [`TrustAnchors::verify`].

@@ -86,6 +86,15 @@ pub const CLOSE_NO_IDENTITY: u32 = 1;
 pub const CLOSE_TOO_MANY_CLIENTS: u32 = 2;
 /// Connection close: the peer's key is no longer accepted.
 pub const CLOSE_NOT_ALLOWED: u32 = 3;
+/// Connection close: too many authority probe connections at once.
+pub const CLOSE_TOO_MANY_PROBES: u32 = 4;
+/// Concurrent probe connections from directory authorities. Authorities are
+/// few and close each probe at once; the bound only stops a misbehaving
+/// (pinned) authority from holding connection state without limit.
+const MAX_PROBE_CONNECTIONS: usize = 64;
+/// How long a probe connection may stay open: a probe closes right after
+/// the handshake, so this only bounds one that does not.
+const PROBE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 /// `STOP_SENDING` on a unidirectional stream that is not loopmix framing.
 pub const STOP_BAD_PREAMBLE: u32 = 1;
 /// `STOP_SENDING`/`RESET_STREAM` on a bidirectional stream nobody serves.
@@ -145,6 +154,7 @@ impl Ingress {
             control: self.control,
             clients: self.clients,
             client_connections: AtomicUsize::new(0),
+            probe_connections: AtomicUsize::new(0),
         });
         loop {
             let incoming = tokio::select! {
@@ -176,6 +186,7 @@ struct Shared {
     control: Option<Arc<dyn ControlHandler>>,
     clients: ClientPolicy,
     client_connections: AtomicUsize,
+    probe_connections: AtomicUsize,
 }
 
 /// Holds one of the client connection places until dropped.
@@ -203,6 +214,13 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         conn.close(CLOSE_NO_IDENTITY.into(), b"no identity");
         return;
     };
+    // A directory authority probing that we answer: checked first, so an
+    // authority key is never treated as a node or client and never reaches
+    // the packet path.
+    if shared.transport.allow_list().is_authority(&peer) {
+        serve_probe(conn, peer, &shared).await;
+        return;
+    }
     // Decided once per connection: a topology change does not turn a node
     // link into a client link or back.
     let Some(kind) = shared.transport.allow_list().kind_of(&peer) else {
@@ -258,6 +276,27 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
             },
         }
     }
+}
+
+/// An authority's liveness probe: the completed handshake was the answer.
+/// No stream it opens is ever accepted (their data is dropped with the
+/// connection, and no new stream credit is granted), so nothing from it
+/// reaches the packet path; waits, bounded, for the authority to close.
+async fn serve_probe(conn: quinn::Connection, peer: NodeId, shared: &Shared) {
+    let Some(_slot) = ClientSlot::take(&shared.probe_connections, MAX_PROBE_CONNECTIONS) else {
+        (shared.transport.on_refuse)("too_many_probes");
+        conn.close(CLOSE_TOO_MANY_PROBES.into(), b"too many probes");
+        return;
+    };
+    conn.set_max_concurrent_uni_streams(VarInt::from_u32(0));
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(0));
+    debug!(authority = %peer.short(), remote = %conn.remote_address(), "authority probe");
+    tokio::select! {
+        _ = shared.cancel.cancelled() => {}
+        _ = conn.closed() => {}
+        _ = tokio::time::sleep(PROBE_LINGER) => {}
+    }
+    conn.close(CLOSE_NOT_ALLOWED.into(), b"probe done");
 }
 
 fn serve_control(
@@ -511,6 +550,32 @@ mod tests {
             .connect(client.node_id(), client.local_addr().unwrap())
             .await;
         assert!(e.is_err());
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn authorities_may_probe_a_mix_but_carry_no_packets() {
+        let (server, seen, cancel) = server(false, false);
+        let addr = server.local_addr().unwrap();
+        let authority = dialer();
+        server.allow_list().set_authorities([authority.node_id()]);
+        assert!(server.allow_list().is_authority(&authority.node_id()));
+        assert_eq!(server.allow_list().kind_of(&authority.node_id()), None);
+        let conn = authority.connect(server.node_id(), addr).await.unwrap();
+        // The server keeps the probe connection (a refused key is closed
+        // right after the handshake), but every stream is refused.
+        let closed = tokio::time::timeout(Duration::from_millis(500), conn.closed()).await;
+        assert!(closed.is_err(), "probe connection closed early");
+        if let Ok(mut s) = conn.open_uni().await {
+            let mut b = BytesMut::new();
+            b.extend_from_slice(&PREAMBLE);
+            encode_frame(1, &[7; SIZE], &mut b);
+            let _ = s.write_all(&b).await;
+            let _ = s.finish();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(seen.0.lock().unwrap().is_empty(), "no packet from a prober");
+        conn.close(0u32.into(), b"done");
         cancel.cancel();
     }
 }

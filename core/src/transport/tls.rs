@@ -34,10 +34,18 @@ pub const ALPN: &[u8] = b"loopmix/1";
 /// them). Whether a connected peer is a listed node or a client is decided
 /// with [`PeerAllowList::contains`] / [`PeerAllowList::kind_of`] when the
 /// connection is accepted.
+///
+/// A third set holds the pinned directory authorities
+/// ([`PeerAllowList::set_authorities`]): they connect only to probe that
+/// the node's endpoint answers (a QUIC handshake, then close). The ingress
+/// recognises them with [`PeerAllowList::is_authority`] *before* deciding a
+/// [`PeerKind`], and never reads a packet from them; they are deliberately
+/// not a `PeerKind`, so no packet path can ever see one.
 #[derive(Clone, Default)]
 pub struct PeerAllowList {
     nodes: Arc<RwLock<HashSet<NodeId>>>,
     clients: Arc<AtomicBool>,
+    authorities: Arc<RwLock<HashSet<NodeId>>>,
 }
 
 impl PeerAllowList {
@@ -54,6 +62,24 @@ impl PeerAllowList {
             Ok(mut g) => g.insert(id),
             Err(p) => p.into_inner().insert(id),
         };
+    }
+
+    /// Replaces the pinned directory authorities whose probe connections
+    /// are accepted (they carry no packets).
+    pub fn set_authorities(&self, ids: impl IntoIterator<Item = NodeId>) {
+        let set: HashSet<NodeId> = ids.into_iter().collect();
+        match self.authorities.write() {
+            Ok(mut g) => *g = set,
+            Err(p) => *p.into_inner() = set,
+        }
+    }
+
+    /// Whether `id` is a pinned directory authority (a prober).
+    pub fn is_authority(&self, id: &NodeId) -> bool {
+        match self.authorities.read() {
+            Ok(g) => g.contains(id),
+            Err(p) => p.into_inner().contains(id),
+        }
     }
 
     /// Whether `id` is a listed (topology) node.
@@ -247,7 +273,9 @@ impl ClientCertVerifier for AllowListedClients {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         match node_id_from_spki(end_entity.as_ref()) {
-            Some(id) if self.allowed.kind_of(&id).is_some() => Ok(ClientCertVerified::assertion()),
+            Some(id) if self.allowed.kind_of(&id).is_some() || self.allowed.is_authority(&id) => {
+                Ok(ClientCertVerified::assertion())
+            }
             Some(_) => {
                 (self.on_refuse)("unknown_peer_key");
                 Err(rustls::Error::InvalidCertificate(
