@@ -26,6 +26,7 @@ use loopmix_core::metrics::{counter, counter_vec, float_gauge, histogram};
 use loopmix_core::pki::{DirectoryClient, DirectoryClientConfig, VerifiedTopology};
 use loopmix_core::poisson::{PoissonTicker, sleep_until};
 use loopmix_core::provider_link::{self, Request, Response};
+use loopmix_core::routing::RoutingView;
 use loopmix_core::topology::Topology;
 use loopmix_core::transport::egress::{Egress, EgressMetrics, OutPacket};
 use loopmix_core::transport::{PeerAllowList, Transport};
@@ -50,6 +51,7 @@ pub struct ClientMetrics {
     pub loop_return_ratio: Gauge,
     pub loops_lost: IntCounter,
     pub pulls: IntCounterVec,
+    pub routes_avoiding: IntCounter,
 }
 
 impl ClientMetrics {
@@ -101,6 +103,11 @@ impl ClientMetrics {
                 "loopmix_client_pulls_total",
                 "Inbox pulls by result",
                 &["result"],
+            )?,
+            routes_avoiding: counter(
+                r,
+                "loopmix_client_routes_avoiding_suspects_total",
+                "Retransmissions routed around mixes this client's own loops and acks suspect",
             )?,
         })
     }
@@ -231,8 +238,13 @@ impl Client {
             pull_interval: cfg.messages.pull_interval,
             ..EngineConfig::default()
         };
+        let mut routing = RoutingView::new(registry)?;
         let mut engine = Engine::new(identity.node_id(), encryption, provider, ecfg);
-        engine.set_topology(Arc::new(first.topology().clone()));
+        engine.set_topology(Arc::new(routing.apply(
+            first.topology(),
+            &Default::default(),
+            0,
+        )));
         let address = engine.address();
         let engine = Arc::new(Mutex::new(engine));
 
@@ -299,6 +311,7 @@ impl Client {
             pull_interval: cfg.messages.pull_interval,
             cancel: cancel.clone(),
             filler,
+            routing: Mutex::new(routing),
         };
         shell.spawn_all();
         info!(%address, "client running");
@@ -366,6 +379,7 @@ struct Shell {
     pull_interval: Duration,
     cancel: CancellationToken,
     filler: Option<Arc<dyn SlotFiller>>,
+    routing: Mutex<RoutingView>,
 }
 
 #[derive(Clone, Copy)]
@@ -393,6 +407,7 @@ impl Shell {
             let (dir, cancel) = (me.dir.clone(), me.cancel.clone());
             tokio::spawn(async move { dir.run(cancel).await });
         }
+        tokio::spawn(me.dir.clone().follow_liveness(me.cancel.clone()));
         tokio::spawn(me.clone().follow_topology());
         for s in [Stream::Payload, Stream::Loop, Stream::Drop] {
             tokio::spawn(me.clone().poisson(s));
@@ -405,18 +420,49 @@ impl Shell {
         self.dir.current()
     }
 
+    /// Applies every new topology and every new (or expired) signed
+    /// liveness list to route choice: the engine gets the topology less the
+    /// mixes the network lists down (`RoutingView`, capped per layer).
     async fn follow_topology(self: Arc<Self>) {
         let mut rx = self.dir.subscribe();
+        let mut lrx = self.dir.subscribe_liveness();
+        // Expiry is checked here too, so a list that stopped coming is
+        // dropped on time even between polls; suspects are exported.
+        let mut every = tokio::time::interval(Duration::from_secs(2));
+        let mut applied: Option<(u64, u64)> = None;
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 r = rx.changed() => if r.is_err() { return },
+                r = lrx.changed() => if r.is_err() { return },
+                _ = every.tick() => {}
             }
-            let doc = rx.borrow_and_update().clone();
-            if let Some(doc) = doc {
-                lock(&self.engine).set_topology(Arc::new(doc.topology().clone()));
-                debug!(epoch = doc.epoch(), "topology in force");
+            let Some(doc) = self.dir.current() else {
+                continue;
+            };
+            let live = self.dir.liveness();
+            let key = (doc.epoch(), live.as_ref().map_or(0, |l| l.round()));
+            let mut routing = match self.routing.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if applied != Some(key) {
+                applied = Some(key);
+                let down = live.as_ref().map(|l| l.down().clone()).unwrap_or_default();
+                let t = routing.apply(doc.topology(), &down, key.1);
+                lock(&self.engine).set_topology(Arc::new(t));
+                debug!(
+                    epoch = key.0,
+                    liveness_round = key.1,
+                    "routing with topology and liveness list"
+                );
             }
+            let stats = lock(&self.engine).stats();
+            routing.set_suspects(&stats.suspects);
+            let avoided = stats
+                .routes_avoiding
+                .saturating_sub(self.metrics.routes_avoiding.get());
+            self.metrics.routes_avoiding.inc_by(avoided);
         }
     }
 

@@ -17,6 +17,7 @@ use rand::{RngExt, SeedableRng};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::liveness::RouteIds;
 use crate::pipeline::{Shared, sleep_until};
 
 /// Plaintext of a loop packet; its identifier, not this, is what we check.
@@ -28,6 +29,8 @@ struct Prepared {
     key_epoch: u64,
     packet: Vec<u8>,
     loop_id: [u8; 16],
+    /// Every node the loop crosses, for the liveness estimator.
+    route: RouteIds,
 }
 
 fn build_loop(topology: &Topology, me: NodeId) -> Option<Prepared> {
@@ -52,6 +55,7 @@ fn build_loop(topology: &Topology, me: NodeId) -> Option<Prepared> {
             key_epoch: topology.epoch(),
             packet,
             loop_id,
+            route: route.iter().map(|n| n.id).collect(),
         }),
         Err(e) => {
             warn!(error = %e, "cannot build loop packet");
@@ -124,8 +128,14 @@ impl LoopCover {
 
     fn send(&self, p: Prepared) {
         let m = &self.shared.metrics;
-        let evicted = self.shared.loops().sent(p.loop_id, Instant::now());
-        m.cover_lost.inc_by(evicted as u64);
+        let evicted = self
+            .shared
+            .loops()
+            .track(p.loop_id, Instant::now(), p.route);
+        m.cover_lost.inc_by(evicted.len() as u64);
+        for (sent, route) in evicted {
+            self.shared.liveness.lost(&route, sent);
+        }
         let pkt = OutPacket {
             key_epoch: p.key_epoch,
             packet: p.packet,
@@ -148,10 +158,14 @@ impl LoopCover {
         };
         let mut loops = self.shared.loops();
         loops.set_timeout(timeout);
-        let lost = loops.expire(Instant::now());
-        self.shared.metrics.cover_lost.inc_by(lost as u64);
+        let lost = loops.expire_routes(Instant::now());
+        self.shared.metrics.cover_lost.inc_by(lost.len() as u64);
         if let Some(r) = loops.return_ratio() {
             self.shared.metrics.loop_return_ratio.set(r);
+        }
+        drop(loops);
+        for (sent, route) in lost {
+            self.shared.liveness.lost(&route, sent);
         }
     }
 }

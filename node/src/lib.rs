@@ -11,6 +11,7 @@ pub mod demo;
 pub mod directory_sync;
 pub mod epoch_keys;
 pub mod harness;
+pub mod liveness;
 pub mod metrics;
 pub mod node;
 pub mod pipeline;

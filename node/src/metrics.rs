@@ -3,6 +3,9 @@
 
 use loopmix_core::metrics::{MetricError, counter, counter_vec, float_gauge, gauge, histogram};
 use loopmix_core::transport::egress::EgressMetrics;
+use std::sync::{Arc, Mutex};
+
+use loopmix_core::routing::RoutingView;
 use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 
 /// Every `reason` the drop counter uses; pre-registered so dashboards see 0s.
@@ -33,6 +36,8 @@ pub const REFUSAL_REASONS: &[&str] = &[
 #[derive(Clone)]
 pub struct NodeMetrics {
     pub registry: Registry,
+    /// Liveness gauges and the route-choice view (`crate::liveness`).
+    pub routing: Arc<Mutex<RoutingView>>,
     pub received: IntCounter,
     pub forwarded: IntCounter,
     pub dropped: IntCounterVec,
@@ -301,6 +306,7 @@ impl NodeMetrics {
             malformed_frames,
             refused,
             egress,
+            routing: Arc::new(Mutex::new(RoutingView::new(&r)?)),
             registry: r,
         })
     }

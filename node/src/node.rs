@@ -336,7 +336,12 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         transport.clone(),
         cfg.mixing.egress_queue,
         metrics.egress.clone(),
-    );
+    )
+    .with_link_failure_hook({
+        // A next hop we cannot connect to is direct evidence against it.
+        let shared = shared.clone();
+        Arc::new(move |peer| shared.liveness.link_failed(peer))
+    });
 
     // Pipeline.
     let (job_tx, job_rx) = crossbeam_channel::bounded(cfg.mixing.ingress_queue);
@@ -467,6 +472,11 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
             };
             follower.apply(&first, None);
             tokio::spawn(follower.run(first));
+            tokio::spawn(crate::liveness::follow(
+                dir.clone(),
+                shared.clone(),
+                background.clone(),
+            ));
             let cancel = background.clone();
             tokio::spawn(async move { dir.run(cancel).await });
         }

@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::liveness::{NodeLiveness, RouteIds};
 use crate::metrics::NodeMetrics;
 use crate::provider::delivery::{DeliveryQueue, FinalPacket};
 
@@ -51,7 +52,9 @@ pub struct Shared {
     pub me: NodeId,
     topology: RwLock<Arc<Topology>>,
     pub metrics: NodeMetrics,
-    pub loops: Mutex<LoopTracker<Instant>>,
+    pub loops: Mutex<LoopTracker<Instant, RouteIds>>,
+    /// The network's down list and this node's own evidence.
+    pub liveness: NodeLiveness,
     /// Providers only: where final-hop packets for clients (and drop cover
     /// for us) go. Unset on a mix, which drops them.
     pub final_hop: OnceLock<DeliveryQueue>,
@@ -67,13 +70,14 @@ impl Shared {
         me: NodeId,
         topology: Topology,
         metrics: NodeMetrics,
-        loops: LoopTracker<Instant>,
+        loops: LoopTracker<Instant, RouteIds>,
     ) -> Self {
         Self {
             me,
             topology: RwLock::new(Arc::new(topology)),
             metrics,
             loops: Mutex::new(loops),
+            liveness: NodeLiveness::default(),
             final_hop: OnceLock::new(),
             fault_drop_rate: 0.0,
             ingress_max_wait: Duration::MAX,
@@ -95,7 +99,7 @@ impl Shared {
         }
     }
 
-    pub fn loops(&self) -> std::sync::MutexGuard<'_, LoopTracker<Instant>> {
+    pub fn loops(&self) -> std::sync::MutexGuard<'_, LoopTracker<Instant, RouteIds>> {
         match self.loops.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -455,11 +459,12 @@ fn worker(
                 payload,
             }) => {
                 let sent = if destination == shared.me {
-                    shared.loops().returned(&identifier)
+                    shared.loops().returned_route(&identifier)
                 } else {
                     None
                 };
-                if let Some(at) = sent {
+                if let Some((at, route)) = sent {
+                    shared.liveness.returned(&route, at);
                     shared.metrics.cover_returned.inc();
                     shared.metrics.loop_rtt.observe(at.elapsed().as_secs_f64());
                     continue;

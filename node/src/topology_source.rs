@@ -74,7 +74,8 @@ impl TopologySink {
             nodes = topology.nodes().len(),
             "topology in force"
         );
-        self.shared.set_topology(topology);
+        let routed = crate::liveness::routed(&self.shared, &topology);
+        self.shared.set_topology(routed);
     }
 }
 

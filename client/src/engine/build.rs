@@ -7,6 +7,7 @@
 //! header's ephemeral secret from the OS RNG itself, so packets are never
 //! reproducible byte for byte; routes, delays and identifiers are.)
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use loopmix_core::e2e::{
@@ -17,7 +18,7 @@ use loopmix_core::keys::NodeId;
 use loopmix_core::sphinx::{
     HEADER_SIZE, IDENTIFIER_LEN, build_packet, destination_of, sample_delays,
 };
-use loopmix_core::topology::{NodeEntry, Role, Topology};
+use loopmix_core::topology::{MAX_EXCLUDED_FRACTION, NodeEntry, Role, Topology};
 use rand::RngExt;
 use rand::rngs::StdRng;
 use sphinx_packet::constants::NODE_ADDRESS_LENGTH;
@@ -57,17 +58,44 @@ fn provider<'a>(t: &'a Topology, id: &NodeId) -> Option<&'a NodeEntry> {
     t.get(id).filter(|e| e.role == Role::Provider)
 }
 
-/// `first → L1 → … → L_layers → last`, one uniformly random mix per layer.
+/// How the mixes of a route are chosen. `avoid` is the sender's *local*
+/// liveness evidence: only retransmissions use it (a first attempt is drawn
+/// from the network-wide list alone, which every client shares, so local
+/// evidence cannot set one client's routes apart). The network's signed
+/// down list is already applied to `Topology` itself
+/// ([`Topology::with_exclusions`]).
+#[derive(Clone, Copy)]
+pub(super) struct RouteChoice<'a> {
+    pub avoid: Option<&'a HashSet<NodeId>>,
+}
+
+impl RouteChoice<'_> {
+    pub const NETWORK: RouteChoice<'static> = RouteChoice { avoid: None };
+}
+
+/// `first → L1 → … → L_layers → last`, one uniformly random routable mix
+/// per layer.
 fn route<'a>(
     t: &'a Topology,
     rng: &mut StdRng,
+    choice: RouteChoice<'_>,
     first: Option<&'a NodeEntry>,
     last: &'a NodeEntry,
 ) -> Vec<&'a NodeEntry> {
     let mut r: Vec<&NodeEntry> = first.into_iter().collect();
-    r.extend(t.random_mix_path(rng));
+    match choice.avoid.filter(|a| !a.is_empty()) {
+        Some(avoid) => r.extend(t.random_mix_path_avoiding(rng, avoid, MAX_EXCLUDED_FRACTION)),
+        None => r.extend(t.random_mix_path(rng)),
+    }
     r.push(last);
     r
+}
+
+/// The ids of a route, for the liveness estimator.
+pub(super) type RouteIds = Box<[NodeId]>;
+
+fn ids(hops: &[&NodeEntry]) -> RouteIds {
+    hops.iter().map(|n| n.id).collect()
 }
 
 fn delays(t: &Topology, rng: &mut StdRng, hops: usize) -> Vec<Delay> {
@@ -85,20 +113,23 @@ fn own_provider<'a>(t: &'a Topology, me: &Me) -> Result<&'a NodeEntry, BuildErro
     provider(t, &me.provider).ok_or(BuildError::OwnProvider(me.provider, t.epoch()))
 }
 
-/// A forward packet from our provider through the mixes to `last`.
+/// A forward packet from our provider through the mixes to `last`, with
+/// its sampled delays and its route.
+#[allow(clippy::too_many_arguments)]
 fn forward(
     t: &Topology,
     rng: &mut StdRng,
+    choice: RouteChoice<'_>,
     me: &Me,
     last: &NodeEntry,
     destination: NodeId,
     identifier: [u8; IDENTIFIER_LEN],
     payload: &Payload,
-) -> Result<(Vec<u8>, Vec<Delay>), BuildError> {
+) -> Result<(Vec<u8>, Vec<Delay>, RouteIds), BuildError> {
     let ps = t.params().payload_size;
     let first = own_provider(t, me)?;
     let plaintext = payload.encode(payload_plaintext_len(ps)).map_err(other)?;
-    let hops = route(t, rng, Some(first), last);
+    let hops = route(t, rng, choice, Some(first), last);
     let d = delays(t, rng, hops.len());
     let packet = build_packet(
         &plaintext,
@@ -108,15 +139,18 @@ fn forward(
         ps,
     )
     .map_err(other)?;
-    Ok((packet, d))
+    Ok((packet, d, ids(&hops)))
 }
 
 /// A data packet as it leaves: the packet, the ack id its SURB-ACK answers
-/// with, and the sum of both routes' sampled delays (for the ack timeout).
+/// with, the sum of both routes' sampled delays (for the ack timeout), and
+/// every node of both routes (an ack clears them all; a missing one counts
+/// against them all).
 pub(super) struct DataPacket {
     pub packet: Vec<u8>,
     pub ack_id: [u8; IDENTIFIER_LEN],
     pub delays: Duration,
+    pub route: RouteIds,
 }
 
 /// One encoded fragment for `to` (PROTOCOL.md 6.3, 6.4): sealed to its
@@ -125,13 +159,14 @@ pub(super) struct DataPacket {
 pub(super) fn data_packet(
     t: &Topology,
     rng: &mut StdRng,
+    choice: RouteChoice<'_>,
     me: &Me,
     to: &ClientAddress,
     fragment: &[u8],
 ) -> Result<DataPacket, BuildError> {
     let ps = t.params().payload_size;
     let last = provider(t, &to.provider).ok_or(BuildError::Provider(to.provider, t.epoch()))?;
-    let ack_route = route(t, rng, None, own_provider(t, me)?);
+    let ack_route = route(t, rng, choice, None, own_provider(t, me)?);
     let ack_delays = delays(t, rng, ack_route.len());
     let ack_id: [u8; IDENTIFIER_LEN] = rng.random();
     let surb_ack = make_surb(&ack_route, me.identity, ack_id, &ack_delays).map_err(other)?;
@@ -145,24 +180,38 @@ pub(super) fn data_packet(
     .map_err(other)?;
     let payload = Payload::Data { surb_ack, sealed };
     let identifier: [u8; IDENTIFIER_LEN] = rng.random();
-    let (packet, fwd_delays) = forward(t, rng, me, last, to.identity, identifier, &payload)?;
+    let (packet, fwd_delays, fwd_route) =
+        forward(t, rng, choice, me, last, to.identity, identifier, &payload)?;
+    let mut route = fwd_route.into_vec();
+    route.extend(ack_route.iter().map(|n| n.id));
     Ok(DataPacket {
         packet,
         ack_id,
         delays: delay_sum(&fwd_delays).saturating_add(delay_sum(&ack_delays)),
+        route: route.into(),
     })
 }
 
 /// A loop (6.2): our provider → mixes → our provider, destination us,
-/// identifier `id`.
+/// identifier `id`; with its route (every loop is a liveness probe).
 pub(super) fn loop_packet(
     t: &Topology,
     rng: &mut StdRng,
     me: &Me,
     id: [u8; IDENTIFIER_LEN],
-) -> Result<Vec<u8>, BuildError> {
+) -> Result<(Vec<u8>, RouteIds), BuildError> {
     let last = own_provider(t, me)?;
-    forward(t, rng, me, last, me.identity, id, &Payload::Loop).map(|(p, _)| p)
+    forward(
+        t,
+        rng,
+        RouteChoice::NETWORK,
+        me,
+        last,
+        me.identity,
+        id,
+        &Payload::Loop,
+    )
+    .map(|(p, _, r)| (p, r))
 }
 
 /// A drop (6.2): to a uniformly random provider, destination that provider.
@@ -172,25 +221,48 @@ pub(super) fn drop_packet(t: &Topology, rng: &mut StdRng, me: &Me) -> Result<Vec
         return Err(BuildError::OwnProvider(me.provider, t.epoch()));
     };
     let id: [u8; IDENTIFIER_LEN] = rng.random();
-    forward(t, rng, me, last, last.id, id, &Payload::Drop).map(|(p, _)| p)
+    forward(
+        t,
+        rng,
+        RouteChoice::NETWORK,
+        me,
+        last,
+        last.id,
+        id,
+        &Payload::Drop,
+    )
+    .map(|(p, _, _)| p)
 }
 
 /// A reply block (6.5) that a recipient at `their_provider` can answer
 /// over: `their provider → mixes → our provider`, destination us. Returns
-/// the identifier the reply will arrive with and the block.
+/// the identifier the reply will arrive with, the block, and the mixes its
+/// route crosses (to revoke it if one of them is listed down).
 pub(super) fn reply_block(
     t: &Topology,
     rng: &mut StdRng,
     me: &Me,
     their_provider: &NodeId,
-) -> Result<([u8; IDENTIFIER_LEN], ReplyBlock), BuildError> {
+) -> Result<([u8; IDENTIFIER_LEN], ReplyBlock, RouteIds), BuildError> {
     let first =
         provider(t, their_provider).ok_or(BuildError::Provider(*their_provider, t.epoch()))?;
-    let hops = route(t, rng, Some(first), own_provider(t, me)?);
+    let hops = route(
+        t,
+        rng,
+        RouteChoice::NETWORK,
+        Some(first),
+        own_provider(t, me)?,
+    );
     let d = delays(t, rng, hops.len());
     let id: [u8; IDENTIFIER_LEN] = rng.random();
     let surb = make_surb(&hops, me.identity, id, &d).map_err(other)?;
     let key: [u8; REPLY_KEY_LEN] = rng.random();
+    // The providers at both ends cannot be avoided; only mixes matter.
+    let mixes = hops
+        .iter()
+        .filter(|n| n.role == Role::Mix)
+        .map(|n| n.id)
+        .collect();
     Ok((
         id,
         ReplyBlock {
@@ -198,6 +270,7 @@ pub(super) fn reply_block(
             surb,
             key,
         },
+        mixes,
     ))
 }
 

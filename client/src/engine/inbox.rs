@@ -56,7 +56,7 @@ impl Engine {
                 // Providers send acks with the loop kind, so our own provider
                 // cannot count our real fragments by counting acks: the
                 // identifier alone says which it is.
-                Ok(Payload::Loop) => match self.loops.returned(&identifier) {
+                Ok(Payload::Loop) => match self.probes.loop_returned(&identifier) {
                     Some(sent) => events.push(Event::LoopReturned {
                         rtt: now.saturating_duration_since(sent),
                     }),
@@ -77,6 +77,7 @@ impl Engine {
     }
 
     fn ack_in(&mut self, id: &[u8; 16], now: Instant, events: &mut Vec<Event>) {
+        self.probes.ack_in(id);
         match self.outbox.ack(id, now) {
             AckOutcome::Unknown => self.bad("ack", "unknown"),
             AckOutcome::Duplicate => self.counters.duplicate_acks += 1,

@@ -16,6 +16,15 @@
 //! tick ─► ack timeouts (requeue / Failed), expiry of reassembly, loops, reply state
 //! ```
 //!
+//! # Liveness
+//!
+//! Routes are drawn from the topology given to [`Engine::set_topology`],
+//! to which the shell has applied the network's signed down list
+//! ([`Topology::with_exclusions`]): new routes, SURB-ACK routes and reply
+//! blocks all avoid what the network lists as down. Loops and SURB-ACKs
+//! are also probes (`probes.rs`): our own evidence decides only which
+//! mixes a retransmission avoids.
+//!
 //! # Packets
 //!
 //! * **Data** (6.3, 6.4): one fragment sealed to the recipient's encryption
@@ -60,6 +69,7 @@
 mod build;
 mod inbox;
 mod outbox;
+mod probes;
 mod stores;
 
 #[cfg(test)]
@@ -79,17 +89,21 @@ use loopmix_core::keys::NodeId;
 use loopmix_core::message::{
     MessageId, Reassembler, ReassemblyLimits, RetransmitConfig, max_fragment_data, split,
 };
-use loopmix_core::mixing::loops::LoopTracker;
 use loopmix_core::sphinx::MAX_PATH_LENGTH;
 use loopmix_core::topology::{MAX_LAYERS, Role, Topology};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use build::{BuildError, Me};
+use build::{BuildError, Me, RouteChoice};
 use outbox::{Outbox, Slot, Target};
-use stores::{HeldBlocks, ReplyKeys};
+use probes::Probes;
+use stores::{HeldBlocks, ReplyKey, ReplyKeys};
 
-pub use stores::ReplyHandle;
+pub use stores::{BlockTag, ReplyHandle, block_tag};
+
+/// Revocations held per holder at most (each reply key is revoked once, so
+/// the reply-key limit bounds them too).
+const MAX_PENDING_REVOCATIONS: usize = 4096;
 
 /// Events buffered between `tick`/`on_inbox` calls at most (`Failed`
 /// events are bounded by the send queue and always kept).
@@ -300,6 +314,12 @@ pub struct EngineStats {
     pub bad_inbox: BTreeMap<String, u64>,
     /// Incomplete messages dropped by the reassembly timeout.
     pub reassembly_expired: u64,
+    /// Nodes our own loops and acks say are down (they only steer
+    /// retransmissions), sorted.
+    pub suspects: Vec<NodeId>,
+    /// Retransmissions built while we suspected some node: their routes
+    /// avoided the suspects where the per-layer cap allowed.
+    pub routes_avoiding: u64,
 }
 
 /// The most an envelope adds to a body: its header and
@@ -328,6 +348,7 @@ struct Counters {
     duplicate_acks: u64,
     bad: BTreeMap<(&'static str, &'static str), u64>,
     reassembly_expired: u64,
+    routes_avoiding: u64,
 }
 
 /// The messaging engine of one client. See the module documentation.
@@ -339,8 +360,10 @@ pub struct Engine {
     rng: StdRng,
     outbox: Outbox,
     reassembler: Reassembler<Instant>,
-    loops: LoopTracker<Instant>,
+    probes: Probes,
     reply_keys: ReplyKeys,
+    /// Revoked reply blocks per holder, not yet handed to the mux.
+    revoked: BTreeMap<NodeId, Vec<BlockTag>>,
     held: HeldBlocks,
     /// Events found outside `tick` and `on_inbox` (failures while building,
     /// loops evicted), handed out by the next of those calls.
@@ -397,8 +420,9 @@ impl Engine {
             encryption,
             outbox: Outbox::new(retransmit),
             reassembler: Reassembler::new(cfg.reassembly.clone()),
-            loops: LoopTracker::new(cfg.loop_pending_limit, cfg.loop_timeout, 100),
+            probes: Probes::new(cfg.loop_pending_limit, cfg.loop_timeout, cfg.pull_interval),
             reply_keys: ReplyKeys::new(cfg.reply_key_limit, cfg.reply_ttl),
+            revoked: BTreeMap::new(),
             held: HeldBlocks::new(cfg.reply_handle_limit, cfg.reply_ttl),
             cfg,
             topology: None,
@@ -419,9 +443,38 @@ impl Engine {
     }
 
     /// The verified topology in force: packets are built with its keys, and
-    /// carry its epoch as `key_epoch`.
+    /// carry its epoch as `key_epoch`. Routes are drawn from its routable
+    /// mixes: pass it through [`Topology::with_exclusions`] with the
+    /// network's signed liveness list first (the shell does).
     pub fn set_topology(&mut self, t: Arc<Topology>) {
+        self.probes.set_topology(&t);
+        // Reply blocks we handed out that cross a mix now listed down
+        // would carry their replies into it: tell their holders.
+        if !t.excluded().is_empty() {
+            for (holder, tag) in self.reply_keys.revoke_crossing(t.excluded()) {
+                let pending = self.revoked.entry(holder).or_default();
+                if pending.len() < MAX_PENDING_REVOCATIONS {
+                    pending.push(tag);
+                }
+            }
+        }
         self.topology = Some(t);
+    }
+
+    /// Tags of reply blocks we gave `holder` that it must not use any more
+    /// (their routes cross a mix the network lists down), at most `max`;
+    /// the rest stay for the next call. The stream mux sends them to the
+    /// exit in a REVOKE frame (PROTOCOL.md 7.4).
+    pub fn take_revocations(&mut self, holder: &NodeId, max: usize) -> Vec<BlockTag> {
+        let Some(pending) = self.revoked.get_mut(holder) else {
+            return Vec::new();
+        };
+        let n = pending.len().min(max);
+        let out: Vec<BlockTag> = pending.drain(..n).collect();
+        if pending.is_empty() {
+            self.revoked.remove(holder);
+        }
+        out
     }
 
     pub fn topology(&self) -> Option<&Arc<Topology>> {
@@ -512,9 +565,17 @@ impl Engine {
         let mut keys = Vec::with_capacity(reply_blocks);
         let mut blocks = Vec::with_capacity(reply_blocks);
         for _ in 0..reply_blocks {
-            let (id, block) = build::reply_block(&t, &mut self.rng, &self.me, &to.provider)
+            let (id, block, mixes) = build::reply_block(&t, &mut self.rng, &self.me, &to.provider)
                 .map_err(|e| SendError::Build(e.to_string()))?;
-            keys.push((id, block.key));
+            keys.push((
+                id,
+                ReplyKey {
+                    key: block.key,
+                    mixes,
+                    holder: to.identity,
+                    revoked: false,
+                },
+            ));
             blocks.push(block);
         }
         let envelope = Envelope {
@@ -694,7 +755,18 @@ impl Engine {
         match target {
             Target::Data(to) => {
                 let to = *to;
-                let built = build::data_packet(t, &mut self.rng, &self.me, &to, bytes)?;
+                // Local evidence steers retransmissions only (module docs).
+                let suspects = self.probes.suspects();
+                let choice = if slot.retransmission && !suspects.is_empty() {
+                    self.counters.routes_avoiding += 1;
+                    RouteChoice {
+                        avoid: Some(suspects),
+                    }
+                } else {
+                    RouteChoice::NETWORK
+                };
+                let built = build::data_packet(t, &mut self.rng, choice, &self.me, &to, bytes)?;
+                self.probes.data_sent(built.ack_id, built.route, now);
                 let attempts = self
                     .outbox
                     .sent_data(slot.key, built.ack_id, built.delays, now)
@@ -737,8 +809,8 @@ impl Engine {
     pub fn loop_packet(&mut self, now: Instant) -> Option<Outgoing> {
         let t = self.topology.clone()?;
         let id: [u8; 16] = self.rng.random();
-        let packet = build::loop_packet(&t, &mut self.rng, &self.me, id).ok()?;
-        for _ in 0..self.loops.sent(id, now) {
+        let (packet, route) = build::loop_packet(&t, &mut self.rng, &self.me, id).ok()?;
+        for _ in 0..self.probes.loop_sent(id, route, now) {
             // Bounded even if nobody calls `tick`: beyond the limit the
             // loss still shows in the return ratio.
             if self.events.len() < MAX_BUFFERED_EVENTS {
@@ -780,7 +852,7 @@ impl Engine {
             .counters
             .reassembly_expired
             .saturating_add(self.reassembler.expire(now) as u64);
-        for _ in 0..self.loops.expire(now) {
+        for _ in 0..self.probes.expire(now) {
             events.push(Event::LoopLost);
         }
         self.reply_keys.expire(now);
@@ -802,8 +874,8 @@ impl Engine {
             pending_reassemblies: self.reassembler.pending_messages(),
             reply_keys: self.reply_keys.len(),
             reply_handles: self.held.len(),
-            loops_pending: self.loops.pending(),
-            loop_return_ratio: self.loops.return_ratio(),
+            loops_pending: self.probes.loops.pending(),
+            loop_return_ratio: self.probes.loops.return_ratio(),
             sent: self.counters.sent.clone(),
             retransmissions: self.counters.retransmissions,
             duplicate_fragments: self.counters.duplicate_fragments,
@@ -815,6 +887,12 @@ impl Engine {
                 .map(|((what, label), n)| (format!("{what}:{label}"), *n))
                 .collect(),
             reassembly_expired: self.counters.reassembly_expired,
+            suspects: {
+                let mut v: Vec<NodeId> = self.probes.suspects().iter().copied().collect();
+                v.sort();
+                v
+            },
+            routes_avoiding: self.counters.routes_avoiding,
         }
     }
 }

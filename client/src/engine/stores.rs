@@ -11,11 +11,25 @@
 //! (a reply block is useless after its sender forgot the key, and after its
 //! key epoch ended anyway).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use loopmix_core::e2e::{REPLY_KEY_LEN, ReplyBlock};
+use loopmix_core::keys::NodeId;
+
+use super::build::RouteIds;
+
+/// How a reply block is named when it is revoked: the first 8 bytes of its
+/// reply key, known only to its maker and its holder.
+pub type BlockTag = [u8; 8];
+
+/// The tag of the block whose reply key is `key`.
+pub fn block_tag(key: &[u8; REPLY_KEY_LEN]) -> BlockTag {
+    let mut t = [0; 8];
+    t.copy_from_slice(&key[..8]);
+    t
+}
 
 /// An insertion-ordered map with a size limit and a time to live. Removing
 /// an entry leaves a stale line in `order`, compacted when `order` grows
@@ -93,8 +107,19 @@ impl<K: Copy + Eq + Hash, V> Expiring<K, V> {
     }
 }
 
+/// What we remember of a reply block we handed out.
+pub(super) struct ReplyKey {
+    pub key: [u8; REPLY_KEY_LEN],
+    /// The mixes its route crosses, to revoke it if one goes down.
+    pub mixes: RouteIds,
+    /// Whom we gave it to (the recipient's identity).
+    pub holder: NodeId,
+    /// Already named in a revocation.
+    pub revoked: bool,
+}
+
 /// Reply keys by the identifier their reply arrives with.
-pub(super) struct ReplyKeys(Expiring<[u8; 16], [u8; REPLY_KEY_LEN]>);
+pub(super) struct ReplyKeys(Expiring<[u8; 16], ReplyKey>);
 
 impl ReplyKeys {
     pub fn new(limit: usize, ttl: Duration) -> Self {
@@ -105,18 +130,33 @@ impl ReplyKeys {
         self.0.len()
     }
 
-    pub fn insert(&mut self, id: [u8; 16], key: [u8; REPLY_KEY_LEN], now: Instant) -> usize {
+    pub fn insert(&mut self, id: [u8; 16], key: ReplyKey, now: Instant) -> usize {
         self.0.insert(id, key, now)
     }
 
     pub fn get(&self, id: &[u8; 16]) -> Option<&[u8; REPLY_KEY_LEN]> {
-        self.0.get(id)
+        self.0.get(id).map(|k| &k.key)
     }
 
     pub fn remove(&mut self, id: &[u8; 16]) {
-        if let Some(mut key) = self.0.remove(id) {
-            key.fill(0);
+        if let Some(mut k) = self.0.remove(id) {
+            k.key.fill(0);
         }
+    }
+
+    /// Marks every unrevoked block whose route crosses a node in `down` as
+    /// revoked and returns `(holder, tag)` for each: the holder must be
+    /// told not to use it. The key stays until it expires, in case the
+    /// holder used the block before it heard.
+    pub fn revoke_crossing(&mut self, down: &BTreeSet<NodeId>) -> Vec<(NodeId, BlockTag)> {
+        let mut out = Vec::new();
+        for (k, _) in self.0.map.values_mut() {
+            if !k.revoked && k.mixes.iter().any(|m| down.contains(m)) {
+                k.revoked = true;
+                out.push((k.holder, block_tag(&k.key)));
+            }
+        }
+        out
     }
 
     pub fn expire(&mut self, now: Instant) -> usize {
@@ -198,6 +238,29 @@ impl HeldBlocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_crossing_a_down_mix_are_revoked_once() {
+        let t0 = Instant::now();
+        let (m1, m2, m3) = (NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]));
+        let (exit, other) = (NodeId([8; 32]), NodeId([9; 32]));
+        let mut k = ReplyKeys::new(10, Duration::from_secs(60));
+        let entry = |key: u8, mixes: Vec<NodeId>, holder| ReplyKey {
+            key: [key; REPLY_KEY_LEN],
+            mixes: mixes.into(),
+            holder,
+            revoked: false,
+        };
+        k.insert([1; 16], entry(1, vec![m1, m2], exit), t0);
+        k.insert([2; 16], entry(2, vec![m1, m3], exit), t0);
+        k.insert([3; 16], entry(3, vec![m2, m3], other), t0);
+        let mut got = k.revoke_crossing(&BTreeSet::from([m2]));
+        got.sort();
+        assert_eq!(got, vec![(exit, [1; 8]), (other, [3; 8])]);
+        assert!(k.revoke_crossing(&BTreeSet::from([m2])).is_empty(), "once");
+        // The key stays: a reply sent before the holder heard still opens.
+        assert!(k.get(&[1; 16]).is_some());
+    }
 
     #[test]
     fn expiring_is_bounded_and_expires_in_order() {

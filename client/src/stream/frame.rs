@@ -9,9 +9,15 @@
 //!         | DATA    0x04 stream(u32) seq(u32) fin(u8) len(u16) bytes
 //!         | ACK     0x05 stream(u32) next(u32) sack(u32) window(u16)
 //!         | RESET   0x06 stream(u32) code(u8)
+//!         | REVOKE  0x07 stream(u32 = 0) count(u8) tag(8)*count
 //! target  = 0x01 ipv4(4) port(u16) | 0x04 ipv6(16) port(u16)
 //!         | 0x03 len(u8) name(len) port(u16)
 //! ```
+//!
+//! REVOKE (client → exit) names pooled reply blocks the exit must not use:
+//! their routes cross a mix the network's signed liveness list now names
+//! down. A tag is the first 8 bytes of the block's reply key, which only
+//! the block's maker and its holder know (PROTOCOL.md 7.4).
 //!
 //! Everything comes from strangers: [`Message::decode`] is strict (unknown
 //! versions, frame types, flags, empty or non-ASCII names, trailing bytes
@@ -36,6 +42,15 @@ const T_REFUSED: u8 = 0x03;
 const T_DATA: u8 = 0x04;
 const T_ACK: u8 = 0x05;
 const T_RESET: u8 = 0x06;
+const T_REVOKE: u8 = 0x07;
+
+/// Tags one REVOKE frame carries at most (a count byte; fits any packet).
+pub const MAX_REVOKE_TAGS: usize = 64;
+pub use crate::engine::BlockTag;
+/// Length of a REVOKE frame with `n` tags.
+pub const fn revoke_len(n: usize) -> usize {
+    1 + 4 + 1 + 8 * n
+}
 
 /// A random name for one client's set of streams at one exit. It links
 /// the streams of a session together at the exit (as a Tor circuit does),
@@ -111,6 +126,10 @@ pub enum Frame {
         stream: u32,
         code: u8,
     },
+    /// Session-level: drop these pooled reply blocks (stream is 0).
+    Revoke {
+        tags: Vec<BlockTag>,
+    },
 }
 
 impl Frame {
@@ -122,6 +141,7 @@ impl Frame {
             | Frame::Data { stream, .. }
             | Frame::Ack { stream, .. }
             | Frame::Reset { stream, .. } => *stream,
+            Frame::Revoke { .. } => 0,
         }
     }
 
@@ -132,6 +152,7 @@ impl Frame {
             Frame::Refused { .. } | Frame::Reset { .. } => 1 + 4 + 1,
             Frame::Data { data, .. } => DATA_OVERHEAD + data.len(),
             Frame::Ack { .. } => ACK_LEN,
+            Frame::Revoke { tags } => revoke_len(tags.len()),
         }
     }
 
@@ -143,6 +164,7 @@ impl Frame {
             Frame::Data { stream, .. } => (T_DATA, stream),
             Frame::Ack { stream, .. } => (T_ACK, stream),
             Frame::Reset { stream, .. } => (T_RESET, stream),
+            Frame::Revoke { .. } => (T_REVOKE, &0),
         };
         out.push(t);
         out.extend_from_slice(&stream.to_be_bytes());
@@ -181,6 +203,13 @@ impl Frame {
                 out.extend_from_slice(&next.to_be_bytes());
                 out.extend_from_slice(&sack.to_be_bytes());
                 out.extend_from_slice(&window.to_be_bytes());
+            }
+            Frame::Revoke { tags } => {
+                // At most MAX_REVOKE_TAGS; encode() checks.
+                out.push(tags.len() as u8);
+                for t in tags {
+                    out.extend_from_slice(t);
+                }
             }
         }
     }
@@ -322,6 +351,17 @@ fn decode_frame(r: &mut Reader<'_>) -> Result<Frame, FrameError> {
             stream,
             code: r.u8()?,
         },
+        T_REVOKE => {
+            let n = usize::from(r.u8()?);
+            if stream != 0 || n > MAX_REVOKE_TAGS {
+                return Err(FrameError::Flag(n as u8));
+            }
+            let mut tags = Vec::with_capacity(n);
+            for _ in 0..n {
+                tags.push(r.array::<8>()?);
+            }
+            Frame::Revoke { tags }
+        }
         t => return Err(FrameError::UnknownFrame(t)),
     })
 }
@@ -357,6 +397,9 @@ impl Message {
                     target: Target::Name(n, _),
                     ..
                 } if !valid_name(n) => return Err(FrameError::Name),
+                Frame::Revoke { tags } if tags.len() > MAX_REVOKE_TAGS => {
+                    return Err(FrameError::TooLarge);
+                }
                 _ => {}
             }
             f.encode_into(&mut out);
@@ -422,6 +465,9 @@ mod tests {
                 window: 64,
             },
             Frame::Reset { stream: 8, code: 1 },
+            Frame::Revoke {
+                tags: vec![[1; 8], [2; 8]],
+            },
         ];
         m
     }
@@ -459,6 +505,20 @@ mod tests {
             target: Target::Name("bad name".into(), 1),
         });
         assert_eq!(m.encode(), Err(FrameError::Name));
+        // REVOKE: at most MAX_REVOKE_TAGS, always on stream 0.
+        let mut m = Message::new([0; 16]);
+        m.frames.push(Frame::Revoke {
+            tags: vec![[0; 8]; MAX_REVOKE_TAGS + 1],
+        });
+        assert_eq!(m.encode(), Err(FrameError::TooLarge));
+        let mut v = Message::new([0; 16]).encode().unwrap();
+        v.extend_from_slice(&[T_REVOKE, 0, 0, 0, 1, 1]);
+        v.extend_from_slice(&[9; 8]);
+        assert!(Message::decode(&v).is_err(), "REVOKE on a stream");
+        let mut v = Message::new([0; 16]).encode().unwrap();
+        v.extend_from_slice(&[T_REVOKE, 0, 0, 0, 0, 2]);
+        v.extend_from_slice(&[9; 8]);
+        assert_eq!(Message::decode(&v), Err(FrameError::Truncated));
     }
 
     proptest! {

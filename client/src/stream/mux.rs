@@ -27,11 +27,13 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use rand::RngExt;
 
 use super::frame::{
-    ACK_LEN, DATA_OVERHEAD, Frame, HEADER_LEN, MAX_OPEN_LEN, Message, SessionId, Target,
+    ACK_LEN, BlockTag, DATA_OVERHEAD, Frame, HEADER_LEN, MAX_OPEN_LEN, MAX_REVOKE_TAGS, Message,
+    SessionId, Target,
 };
 use super::recv::Receiver;
 use super::send::{Rtt, Sender};
 use crate::engine::Engine;
+use crate::engine::block_tag;
 
 /// SOCKS5 reply codes (RFC 1928 §6), also used as stream error codes.
 pub mod code {
@@ -353,6 +355,9 @@ pub struct StreamMetrics {
     pub bad: IntCounterVec,
     pub sessions: IntGauge,
     pub blocks: IntGauge,
+    /// Reply blocks revoked because their routes cross a mix listed down:
+    /// `sent` by the client, `dropped` from the exit's pool.
+    pub blocks_revoked: IntCounterVec,
 }
 
 impl StreamMetrics {
@@ -382,6 +387,12 @@ impl StreamMetrics {
                 r,
                 "loopmix_stream_retransmissions_total",
                 "Stream segments sent again after their timeout",
+            )?,
+            blocks_revoked: counter_vec(
+                r,
+                "loopmix_stream_reply_blocks_revoked_total",
+                "Reply blocks revoked because their route crosses a mix the network lists down: sent (client) or dropped from the pool (exit)",
+                &["action"],
             )?,
             bad: counter_vec(
                 r,
@@ -624,6 +635,19 @@ impl Mux {
         let mut bad = Vec::new();
         let mut opens = Vec::new();
         for f in msg.frames {
+            if let Frame::Revoke { tags } = &f {
+                if role == Role::Exit {
+                    let before = session.pool.len();
+                    session.pool.retain(|b| !tags.contains(&block_tag(&b.key)));
+                    self.metrics
+                        .blocks_revoked
+                        .with_label_values(&["dropped"])
+                        .inc_by((before - session.pool.len()) as u64);
+                } else {
+                    bad.push("unexpected_revoke");
+                }
+                continue;
+            }
             Self::on_frame(
                 role,
                 &cfg,
@@ -951,6 +975,10 @@ impl Mux {
     /// Client: fills one λ_P slot (see [`crate::runtime::SlotFiller`]).
     pub fn fill_client(&mut self, engine: &mut Engine, now: Instant) {
         let Some((_, exit)) = self.own else { return };
+        let tags = engine.take_revocations(&exit.identity, MAX_REVOKE_TAGS);
+        if !tags.is_empty() {
+            self.revoke(tags);
+        }
         let cap0 = engine.send_capacity(0);
         let block_len = cap0.saturating_sub(engine.send_capacity(1)).max(1);
         let Some(out) = self.client_message(cap0, block_len, now) else {
@@ -974,6 +1002,24 @@ impl Mux {
         {
             self.bad(e.label());
         }
+    }
+
+    /// Client: tells the exit not to use the reply blocks named by `tags`
+    /// (their routes cross a mix now listed down). Our estimate of what it
+    /// holds drops at once, so fresh blocks are granted without waiting
+    /// for its next report.
+    pub(crate) fn revoke(&mut self, tags: Vec<BlockTag>) {
+        let Some((id, _)) = self.own else { return };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let n = u16::try_from(tags.len()).unwrap_or(u16::MAX);
+        session.reported_held = session.reported_held.saturating_sub(n);
+        self.metrics
+            .blocks_revoked
+            .with_label_values(&["sent"])
+            .inc_by(u64::from(n));
+        session.queue_control(Frame::Revoke { tags });
     }
 
     /// Client: the next message, for packets whose body holds `cap0` bytes

@@ -59,12 +59,17 @@ struct Link {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Called with the peer whenever connecting to it fails: direct liveness
+/// evidence against that one node (`loopmix_core::liveness`).
+pub type LinkFailureHook = Arc<dyn Fn(NodeId) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Egress {
     transport: Transport,
     queue_len: usize,
     links: Arc<Mutex<HashMap<NodeId, Link>>>,
     metrics: EgressMetrics,
+    on_link_failure: Option<LinkFailureHook>,
 }
 
 const BATCH: usize = 256;
@@ -76,7 +81,14 @@ impl Egress {
             queue_len: queue_len.max(1),
             links: Arc::default(),
             metrics,
+            on_link_failure: None,
         }
+    }
+
+    /// Reports every failed connection attempt to `hook`.
+    pub fn with_link_failure_hook(mut self, hook: LinkFailureHook) -> Self {
+        self.on_link_failure = Some(hook);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Link>> {
@@ -139,6 +151,7 @@ impl Egress {
             addr,
             up: up.clone(),
             metrics: self.metrics.clone(),
+            on_link_failure: self.on_link_failure.clone(),
         };
         let task = tokio::spawn(task.run(rx));
         Link { addr, tx, up, task }
@@ -151,6 +164,7 @@ struct LinkTask {
     addr: SocketAddr,
     up: Arc<AtomicBool>,
     metrics: EgressMetrics,
+    on_link_failure: Option<LinkFailureHook>,
 }
 
 impl LinkTask {
@@ -188,6 +202,9 @@ impl LinkTask {
                 Ok(c) => c,
                 Err(e) => {
                     failures += 1;
+                    if let Some(hook) = &self.on_link_failure {
+                        hook(self.peer);
+                    }
                     // Log the first failure loudly, repeats quietly.
                     if failures == 1 {
                         warn!(peer = %self.peer.short(), addr = %self.addr, error = %e, "link down");

@@ -304,3 +304,57 @@ fn a_vanished_client_leaves_nothing_at_the_exit() {
     assert_eq!(m.sessions.get(), 0);
     assert_eq!(m.blocks.get(), 0);
 }
+
+#[test]
+fn revoked_reply_blocks_leave_the_exit_pool() {
+    let r = Registry::new();
+    let cm = StreamMetrics::new(&r).unwrap();
+    let mut client = Mux::client(exit_address(), StreamConfig::default(), cm.clone());
+    let r2 = Registry::new();
+    let em = StreamMetrics::new(&r2).unwrap();
+    let mut exit = Mux::exit(StreamConfig::default(), em.clone());
+    let t0 = Instant::now();
+    client
+        .open(Target::Name("example.org".into(), 80), t0)
+        .unwrap();
+    // Four blocks with distinct keys reach the exit with the OPEN.
+    let keyed = |k: u8| {
+        let mut b = block();
+        b.key = [k; 32];
+        b
+    };
+    let out = client.client_message(CAP0, BLOCK, t0).unwrap();
+    client.client_sent(out.grants, out.blocks, t0);
+    exit.on_message(&out.body, (1..=4).map(keyed).collect(), t0);
+    assert_eq!(em.blocks.get(), 4);
+    // Blocks 2 and 4 cross a mix now listed down; one unknown tag too.
+    client.revoke(vec![block_tag(&[2; 32]), block_tag(&[4; 32]), [9; 8]]);
+    let t1 = t0 + Duration::from_millis(10);
+    let out = client.client_message(CAP0, BLOCK, t1).unwrap();
+    let msg = Message::decode(&out.body).unwrap();
+    assert!(
+        msg.frames
+            .iter()
+            .any(|f| matches!(f, Frame::Revoke { tags } if tags.len() == 3))
+    );
+    exit.on_message(&out.body, Vec::new(), t1);
+    assert_eq!(
+        em.blocks_revoked.with_label_values(&["dropped"]).get(),
+        2,
+        "exactly the named blocks are dropped"
+    );
+    assert_eq!(cm.blocks_revoked.with_label_values(&["sent"]).get(), 3);
+    // The survivors are the ones used next.
+    let key = match exit.take_events().as_slice() {
+        [MuxEvent::Connect(k, _)] => *k,
+        other => panic!("{other:?}"),
+    };
+    exit.connected(key, Ok(()), t1);
+    let (_, b) = exit.exit_message(REPLY_CAP, 5, t1).unwrap();
+    assert!(b.key == [1; 32] || b.key == [3; 32]);
+    // A REVOKE sent to a client is refused and counted, not obeyed.
+    let mut m = Message::new(client.own.unwrap().0);
+    m.frames.push(Frame::Revoke { tags: vec![[1; 8]] });
+    client.on_message(&m.encode().unwrap(), Vec::new(), t1);
+    assert_eq!(cm.bad.with_label_values(&["unexpected_revoke"]).get(), 1);
+}
