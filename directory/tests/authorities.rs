@@ -334,3 +334,271 @@ async fn bad_inputs_get_specific_answers() {
     let list: DescriptorList = serde_json::from_slice(&b).unwrap();
     assert_eq!(list.descriptors, vec![good]);
 }
+
+/// Replaces whole `key = ...` lines of a TOML text.
+fn set_keys(text: &str, values: &[(&str, &str)]) -> String {
+    text.lines()
+        .map(|l| {
+            for (k, v) in values {
+                if l.starts_with(&format!("{k} =")) {
+                    return format!("{k} = {v}");
+                }
+            }
+            l.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Signed liveness end to end: three authorities (k = 2) probe a real node
+/// process; SIGSTOP gets it listed down within seconds, SIGCONT gets it
+/// listed up again, both inside one (long) epoch. One authority's
+/// observation marks every node down (its probes cannot succeed): with
+/// k = 2 that one vote changes nothing. Forged, below-threshold and stale
+/// (older round) lists are refused and counted, the last valid one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_lists_a_stopped_node_down_and_up_again_within_one_epoch() {
+    use loopmix_core::pki::{SignedLiveness, SignedObservation, api};
+    use loopmix_core::topology::Role;
+    use loopmix_directory::liveness::prober::{ProbeResult, probe};
+    use loopmix_node::harness::{NodeProcess, init_directory_node, workspace_bin};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let node_bin = workspace_bin("loopmix-node").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // Epoch 1 starts soon and lasts 10 minutes: no epoch change in the test.
+    let genesis = unix_now() + 45;
+    let mut net = Net::launch(
+        BIN.as_ref(),
+        &tmp.path().join("auths"),
+        3,
+        2,
+        "600s",
+        "10s",
+        |t| set_keys(&t, &[("genesis", &genesis.to_string()), ("layers", "1")]),
+    )
+    .unwrap();
+    // Authority 2: a 1 ms handshake timeout fails every probe, one failure
+    // is enough and nothing comes back: it observes every node down.
+    {
+        let a = &mut net.auths[2];
+        a.kill();
+        let text = std::fs::read_to_string(a.config()).unwrap();
+        let text = set_keys(
+            &text,
+            &[
+                ("probe_timeout", "\"1ms\""),
+                ("down_after", "1"),
+                ("up_after", "1000"),
+            ],
+        );
+        std::fs::write(a.config(), text).unwrap();
+        a.start().unwrap();
+    }
+    let registry = Registry::new();
+    let client = Arc::new(net.client(&registry).unwrap());
+
+    // A real mix, plus a provider and a mix that never run (listed, down).
+    let nd = init_directory_node(
+        &node_bin,
+        &tmp.path().join("mix"),
+        Role::Mix,
+        &net.node_init_args(),
+    )
+    .unwrap();
+    let node = NodeProcess::start(&node_bin, &nd).unwrap();
+    let ghosts: Vec<IdentityKeypair> = (0..2).map(|_| IdentityKeypair::generate()).collect();
+    let ghost_ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    for epoch in [1, 2] {
+        for (i, (k, role)) in ghosts.iter().zip([Role::Provider, Role::Mix]).enumerate() {
+            let out = client
+                .register(&descriptor(k, epoch, ghost_ports[i], role))
+                .await;
+            assert!(out.iter().any(|o| o.result.is_ok()), "{out:?}");
+        }
+    }
+
+    // Epoch 1 is published and lists the node.
+    let topo = wait_for(120, "epoch 1 listing the node", || {
+        let c = client.clone();
+        async move {
+            let v = c.fetch_epoch(1).await.ok()?;
+            v.topology().contains(&nd.id).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(topo.topology().nodes().len(), 3);
+
+    // The published list has the ghosts down and the node up (it may have
+    // been down briefly: a node serves nothing before its first epoch).
+    let up = wait_for(120, "a list with the node up and the ghosts down", || {
+        let c = client.clone();
+        let (id, g0, g1) = (nd.id, ghosts[0].node_id(), ghosts[1].node_id());
+        async move {
+            c.fetch_liveness().await.ok();
+            let l = c.liveness()?;
+            (!l.is_down(&id) && l.is_down(&g0) && l.is_down(&g1) && unix_now() >= genesis)
+                .then_some(l)
+        }
+    })
+    .await;
+    assert_eq!(up.epoch(), 1);
+    assert!(up.signers().len() >= 2);
+
+    // Authority 2 observes the node down; one vote is not enough.
+    let http = http();
+    let obs_round = up.round() + 1;
+    let obs: SignedObservation = wait_for(30, "authority 2's observation", || {
+        let (http, url) = (http.clone(), net.auths[2].url.clone());
+        async move {
+            let (s, b) = get(
+                &http,
+                &format!("{url}{}", api::path_liveness_observation(obs_round)),
+            )
+            .await;
+            (s == 200).then(|| serde_json::from_slice(&b).unwrap())
+        }
+    })
+    .await;
+    let obs = obs.verify(&net.auths[2].key, obs_round).unwrap();
+    assert!(obs.down.contains(&nd.id), "{obs:?}");
+    assert_eq!(obs.down.len(), 3, "everything down at authority 2");
+
+    // Probes with an authority's key: a running node answers.
+    let auth_key =
+        Arc::new(IdentityKeypair::read_pem(&net.auths[0].dir.join("identity.pem")).unwrap());
+    let prober = loopmix_core::transport::Transport::dial_only(
+        "127.0.0.1:0".parse().unwrap(),
+        auth_key,
+        Arc::new(|_| {}),
+    )
+    .unwrap();
+    let quic = node.bound.quic;
+    assert_eq!(
+        probe(&prober, nd.id, quic, Duration::from_secs(5)).await,
+        ProbeResult::Ok
+    );
+
+    // SIGSTOP: listed down within seconds, same epoch.
+    signal(node.child.id(), "-STOP");
+    let stopped = Instant::now();
+    assert!(
+        !probe(&prober, nd.id, quic, Duration::from_millis(1500))
+            .await
+            .is_ok(),
+        "a stopped node does not answer"
+    );
+    let down = wait_for(90, "the stopped node listed down", || {
+        let c = client.clone();
+        let id = nd.id;
+        async move {
+            c.fetch_liveness().await.ok();
+            c.liveness().filter(|l| l.is_down(&id))
+        }
+    })
+    .await;
+    let took_down = stopped.elapsed();
+    eprintln!(
+        "listed down {took_down:?} after SIGSTOP (round {})",
+        down.round()
+    );
+    assert!(took_down < Duration::from_secs(45), "{took_down:?}");
+    assert_eq!(down.epoch(), 1);
+
+    // SIGCONT: listed up again, no new epoch needed.
+    signal(node.child.id(), "-CONT");
+    let resumed = Instant::now();
+    let back = wait_for(120, "the resumed node listed up", || {
+        let c = client.clone();
+        let id = nd.id;
+        async move {
+            c.fetch_liveness().await.ok();
+            c.liveness().filter(|l| !l.is_down(&id))
+        }
+    })
+    .await;
+    eprintln!(
+        "listed up {:?} after SIGCONT (round {})",
+        resumed.elapsed(),
+        back.round()
+    );
+    assert_eq!(back.epoch(), 1);
+    assert!(back.round() > down.round());
+    assert_eq!(
+        client.fetch_current().await.unwrap().epoch(),
+        1,
+        "same epoch"
+    );
+
+    // Bad inputs: refused, counted, the last valid list stays.
+    let held = client.liveness().unwrap();
+    let mut bytes = b64_decode(&held.signed().document).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    let forged = SignedLiveness {
+        document: b64_encode(&bytes),
+        signatures: held.signed().signatures.clone(),
+    };
+    assert!(client.offer_liveness(&forged).is_err());
+    let mut one = held.signed().clone();
+    one.signatures.truncate(1);
+    assert!(matches!(
+        client.offer_liveness(&one),
+        Err(VerifyError::BelowThreshold { .. })
+    ));
+    assert!(client.offer_liveness(down.signed()).is_err(), "older round");
+    assert_eq!(client.liveness().unwrap().round(), held.round());
+    let text = loopmix_core::metrics::render(&registry);
+    for series in [
+        "loopmix_directory_liveness_rejected_total{reason=\"bad_signature\"} 1",
+        "loopmix_directory_liveness_rejected_total{reason=\"below_threshold\"} 1",
+        "loopmix_directory_liveness_rejected_total{reason=\"stale\"} 1",
+    ] {
+        assert!(text.contains(series), "{series}\n{text}");
+    }
+
+    // The authorities' metrics tell the story.
+    let (_, m) = get(&http, &format!("{}/metrics", net.auths[0].url)).await;
+    let m = String::from_utf8(m).unwrap();
+    for series in [
+        format!("loopmix_authority_probe_down{{node=\"{}\"}} 0", nd.id),
+        format!("loopmix_liveness_down{{node=\"{}\"}} 0", nd.id),
+        format!(
+            "loopmix_liveness_down{{node=\"{}\"}} 1",
+            ghosts[0].node_id()
+        ),
+        "loopmix_liveness_transitions_total{direction=\"down\"}".into(),
+        "loopmix_liveness_transitions_total{direction=\"up\"}".into(),
+        "loopmix_authority_probes_total{result=\"ok\"}".into(),
+        "loopmix_authority_liveness_round ".into(),
+    ] {
+        assert!(m.contains(&series), "{series}\n{m}");
+    }
+
+    // Killed: a probe fails too.
+    drop(node);
+    assert!(
+        !probe(&prober, nd.id, quic, Duration::from_millis(1500))
+            .await
+            .is_ok()
+    );
+}
