@@ -539,7 +539,10 @@ length = "{length}"
 # the authorities merge each other's registrations, build the document, sign
 # it and collect each other's signatures.
 registration_lead = "{lead}"
-# Nodes may register this many epochs ahead.
+# Nodes may register this many epochs ahead. A node that dies stays listed
+# until the last epoch it registered for ends (at most register_ahead + 1
+# epochs; the signed liveness list keeps it out of routes meanwhile); more
+# epochs ahead let nodes ride out longer authority outages.
 register_ahead = {ahead}
 # A document stays valid this long after its epoch ends (used only if the
 # next document is late).
@@ -651,7 +654,14 @@ impl EpochSection {
             registration_lead: registration_lead.unwrap_or_else(|| {
                 (length / 10).clamp(Duration::from_secs(1), Duration::from_secs(120))
             }),
-            register_ahead: 2,
+            // One epoch: a node that stops registering (it died) drops out
+            // of the topology after the epoch it last registered for, at
+            // most two epochs after it died; the signed liveness list keeps
+            // it out of routes within seconds meanwhile. More epochs ahead
+            // only help nodes survive an authority outage longer than one
+            // registration window, at the price of listing dead nodes
+            // longer (docs/OPERATING.md, "Registration").
+            register_ahead: 1,
             validity_grace: length,
         }
     }
