@@ -10,7 +10,7 @@ use common::*;
 use loopmix_core::keys::IdentityKeypair;
 use loopmix_core::pki::api::{DescriptorList, EpochInfo};
 use loopmix_core::pki::{
-    SignedDescriptor, SignedTopology, VerifyError, b64_decode, b64_encode, unix_now,
+    SignedDescriptor, SignedLiveness, SignedTopology, VerifyError, b64_decode, b64_encode, unix_now,
 };
 use loopmix_core::topology::Role;
 use prometheus::Registry;
@@ -307,6 +307,42 @@ async fn bad_inputs_get_specific_answers() {
         404
     );
     assert_eq!(get(&http, &format!("{base}/nope")).await.0, 404);
+    assert_eq!(
+        get(&http, &format!("{base}/v1/liveness/observation/abc"))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        get(&http, &format!("{base}/v1/liveness/signature/12345"))
+            .await
+            .0,
+        404
+    );
+    // With k = 1 every round publishes at once (nothing listed: empty).
+    let trust = net.trust().unwrap();
+    let live = wait_for(30, "a published liveness list", || {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let (s, b) = get(&http, &format!("{base}/v1/liveness/current")).await;
+            (s == 200).then(|| serde_json::from_slice::<SignedLiveness>(&b).unwrap())
+        }
+    })
+    .await;
+    let v = trust.verify_liveness(&live, unix_now()).unwrap();
+    assert!(v.down().is_empty());
+    assert!(
+        trust
+            .verify(
+                &SignedTopology {
+                    document: live.document.clone(),
+                    signatures: live.signatures.clone(),
+                },
+                unix_now()
+            )
+            .is_err(),
+        "a liveness signature is no topology signature"
+    );
 
     // A flood is cut off with 429, and the authority keeps serving.
     let mut limited = 0;
@@ -368,7 +404,7 @@ fn signal(pid: u32, sig: &str) {
 /// (older round) lists are refused and counted, the last valid one stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_lists_a_stopped_node_down_and_up_again_within_one_epoch() {
-    use loopmix_core::pki::{SignedLiveness, SignedObservation, api};
+    use loopmix_core::pki::{SignedObservation, api};
     use loopmix_core::topology::Role;
     use loopmix_directory::liveness::prober::{ProbeResult, probe};
     use loopmix_node::harness::{NodeProcess, init_directory_node, workspace_bin};
