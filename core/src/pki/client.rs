@@ -584,6 +584,13 @@ impl DirectoryClient {
             .liveness_rejected
             .with_label_values(&[reason])
             .inc();
+        if reason == "stale" {
+            // Normal now and then: authorities publish a round a few hundred
+            // ms apart, so one may still serve the previous round. Counted,
+            // not shouted about; the next authority is asked.
+            tracing::debug!(authority = %source, error, "older liveness round refused");
+            return;
+        }
         tracing::warn!(
             authority = %source,
             reason,
