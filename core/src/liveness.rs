@@ -79,15 +79,33 @@ pub struct EstimatorConfig {
     pub max_nodes: usize,
 }
 
-/// The default `K`, from `loopmix-sim liveness` at the balanced preset
-/// (50 ms per hop, λ_L = λ_M = 1/s, 5.6 s loop timeout) — see
-/// [`EstimatorConfig::default`] for the numbers.
-pub const DEFAULT_SUSPECT_AFTER: f64 = 4.0;
+/// The default `K`, measured by `loopmix-sim liveness` (seed 1: 20
+/// observers × 1 h per cell, 3 layers of 2 and of 10 mixes, balanced preset:
+/// 50 ms per hop, 5.6 s loop timeout, one mix dead for 20 min; loss is per
+/// link, so 20 % is a 59 % loss of whole loops). With [`Blame::Split`]:
+///
+/// * K = 16 keeps false positives ≈ 0 everywhere: at 20 % link loss ≤ 1 %
+///   of (observer, healthy mix) pairs are ever suspected, for 0.01–0.11
+///   suspect-seconds per mix-hour; at ≤ 5 % loss none.
+/// * With the acks of a sending client (λ_L + λ_P = 21 probes/s) it finds a
+///   dead mix in 6.8–7.1 s (3×2, median; p95 ≤ 7.8 s) and 12.2–13.0 s
+///   (3×10), i.e. one loop timeout plus a few seconds. Only sending clients
+///   retransmit, so this is the rate that matters for local avoidance.
+/// * Loops alone (1/s) take 44–58 s (3×2) and 5–6 min (3×10): an idle
+///   sender has nothing to retransmit, and the authorities' list covers it.
+/// * Smaller K trades false positives for speed: K = 4 detects in 5.9 s
+///   (3×2, acks) but suspects every healthy mix at 20 % loss with loops
+///   alone; K = 20 removes the last false positives for +0.3–1.8 s.
+///
+/// [`Blame::Whole`] has the same FP/delay frontier at about 1.3–2× the K
+/// but suspects more route-mates around a death (K = 1 with no loss at all:
+/// 14 % of healthy mixes in 3×2 against 5 % split); split blame keeps `K` a count of losses only
+/// this node explains. `docs/SIMULATIONS.md`, "Liveness estimator".
+pub const DEFAULT_SUSPECT_AFTER: f64 = 16.0;
 
 impl Default for EstimatorConfig {
     /// `K` = [`DEFAULT_SUSPECT_AFTER`] with [`Blame::Split`], chosen by
-    /// `loopmix-sim liveness` (seed 1, one hour, 3×2 and 3×10 mixes; see
-    /// `docs/SIMULATIONS.md`, "Liveness estimator").
+    /// `loopmix-sim liveness` (numbers at [`DEFAULT_SUSPECT_AFTER`]).
     fn default() -> Self {
         Self {
             suspect_after: DEFAULT_SUSPECT_AFTER,
