@@ -33,6 +33,8 @@ fn small() -> Scenario {
         mu: 4.0,
         real_fraction: 0.5,
         corrupt_fraction: 0.0,
+        corrupt_spread: false,
+        excluded_honest: 0,
         duration_s: 200.0,
         burn_in_s: 10.0,
         repetitions: 1,
@@ -363,4 +365,69 @@ fn bad_input_is_refused_before_any_work() {
     assert_eq!(code, 2);
     assert!(err.contains("lamda_p"), "{err}");
     let _ = Duration::ZERO;
+}
+
+#[test]
+fn liveness_estimator_study_finds_the_dead_mix_deterministically() {
+    use loopmix_core::liveness::Blame;
+    use loopmix_sim::sim::liveness::{EstimatorStudy, ProbeStream};
+    let st = EstimatorStudy {
+        observers: 3,
+        duration_s: 300.0,
+        dead_from_s: 100.0,
+        dead_until_s: 200.0,
+        shapes: vec![(3, 2)],
+        streams: vec![ProbeStream {
+            name: "acks".into(),
+            rate_per_s: 10.0,
+        }],
+        losses: vec![0.0, 0.05],
+        ks: vec![4.0, 16.0],
+        rules: vec![Blame::Split],
+        ..EstimatorStudy::default()
+    };
+    let a = st.run(&mut no_progress()).unwrap();
+    assert_eq!(a, st.run(&mut no_progress()).unwrap());
+    assert_eq!(a.len(), 4);
+    for r in &a {
+        assert_eq!(r.detected, 3, "{r:?}");
+        assert_eq!(r.fp_pairs, 0, "{r:?}");
+        // One loop timeout (5.6 s) plus a few probes through the dead mix.
+        assert!(r.detect_median_s > 5.0 && r.detect_median_s < 15.0, "{r:?}");
+        assert_eq!(r.not_cleared, 0, "{r:?}");
+    }
+}
+
+#[test]
+fn excluding_the_only_honest_mix_of_each_layer_links_every_route() {
+    let base = Scenario {
+        layers: 3,
+        mixes_per_layer: 2,
+        corrupt_fraction: 0.5,
+        corrupt_spread: true,
+        duration_s: 30.0,
+        ..small()
+    };
+    let r0 = engine::run(&base, 0, &mut no_progress()).unwrap();
+    assert!(r0.exposure.routes > 0);
+    assert!(r0.exposure.all_share() < 0.3, "{:?}", r0.exposure);
+    assert!(r0.exclusions.iter().all(|e| e.excluded == 0));
+    let s1 = Scenario {
+        excluded_honest: 1,
+        ..base.clone()
+    };
+    let r1 = engine::run(&s1, 0, &mut no_progress()).unwrap();
+    assert!(r1.exclusions.iter().all(|e| e.excluded == 1 && !e.fallback));
+    assert_eq!(r1.exposure.all_corrupt, r1.exposure.routes);
+    assert_eq!(r1.unlinkability.delta(), 1.0);
+    // Over the cap a layer is routed uniformly again.
+    let s = Scenario {
+        mixes_per_layer: 4,
+        corrupt_fraction: 0.25,
+        excluded_honest: 3,
+        ..base
+    };
+    s.validate().unwrap();
+    let r = engine::run(&s, 0, &mut no_progress()).unwrap();
+    assert!(r.exclusions.iter().all(|e| e.fallback && e.excluded == 0));
 }

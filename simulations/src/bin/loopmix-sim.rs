@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use loopmix_sim::sim::liveness::{EstimatorStudy, ExclusionStudy, Study, run_liveness};
 use loopmix_sim::sim::scenario::Scenario;
 use loopmix_sim::sim::sweep::{PRESETS, Param, Sweep, preset};
 use loopmix_sim::sim::{Output, SimError, run_sweep, simulate};
@@ -63,6 +64,36 @@ enum Command {
         name: String,
         #[command(flatten)]
         scenario: ScenarioArgs,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Liveness routing: the local estimator's false positives and detection
+    /// delay for each threshold K (probes over random routes, lossy links, one
+    /// dead mix), and the anonymity cost when an adversary gets k honest mixes
+    /// per layer listed down.
+    Liveness {
+        /// Which study: estimator, exclusion or both.
+        #[arg(long, value_enum, default_value = "both")]
+        study: Study,
+        /// Master seed; the same seed gives byte-identical output.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Estimator study: virtual seconds per observer (the dead mix is
+        /// down over its middle third).
+        #[arg(long)]
+        duration_s: Option<f64>,
+        /// Estimator study: independent observers per configuration.
+        #[arg(long)]
+        observers: Option<u32>,
+        /// Exclusion study: measured seconds per repetition.
+        #[arg(long)]
+        exclusion_duration_s: Option<f64>,
+        /// Exclusion study: repetitions per point.
+        #[arg(long)]
+        repetitions: Option<u32>,
+        /// Exclusion study: clients.
+        #[arg(long)]
+        clients: Option<u32>,
         #[command(flatten)]
         out: OutArgs,
     },
@@ -126,6 +157,13 @@ struct ScenarioArgs {
     /// Share of mixes that are corrupt (see through), [0, 1].
     #[arg(long, allow_negative_numbers = true)]
     corrupt_fraction: Option<f64>,
+    /// Spread corrupt mixes round-robin over the layers (true/false).
+    #[arg(long)]
+    corrupt_spread: Option<bool>,
+    /// Honest mixes per layer on the network's down list (liveness routing
+    /// excludes them, at most half of each layer).
+    #[arg(long)]
+    excluded_honest: Option<u32>,
     /// Measured virtual time after the burn-in, seconds.
     #[arg(long, allow_negative_numbers = true)]
     duration_s: Option<f64>,
@@ -171,6 +209,8 @@ impl ScenarioArgs {
             mu,
             real_fraction,
             corrupt_fraction,
+            corrupt_spread,
+            excluded_honest,
             duration_s,
             burn_in_s,
             repetitions,
@@ -305,6 +345,50 @@ fn real_main(cli: Cli) -> Result<(), SimError> {
                 let _ = writeln!(std::io::stdout());
             }
             Ok(())
+        }
+        Command::Liveness {
+            study,
+            seed,
+            duration_s,
+            observers,
+            exclusion_duration_s,
+            repetitions,
+            clients,
+            out,
+        } => {
+            let mut est = EstimatorStudy {
+                seed,
+                ..EstimatorStudy::default()
+            };
+            if let Some(d) = duration_s {
+                if !(d.is_finite() && d > 0.0 && d <= 1.0e7) {
+                    return Err(loopmix_sim::sim::scenario::ScenarioError::OutOfRange {
+                        name: "duration_s",
+                        value: d.to_string(),
+                        allowed: "seconds in (0, 1e7]".into(),
+                    }
+                    .into());
+                }
+                est.duration_s = d;
+                est.dead_from_s = d / 3.0;
+                est.dead_until_s = 2.0 * d / 3.0;
+            }
+            if let Some(o) = observers {
+                est.observers = o.max(1);
+            }
+            let mut excl = ExclusionStudy::default();
+            excl.base.seed = seed;
+            if let Some(d) = exclusion_duration_s {
+                excl.base.duration_s = d;
+            }
+            if let Some(r) = repetitions {
+                excl.base.repetitions = r;
+            }
+            if let Some(c) = clients {
+                excl.base.clients = c;
+            }
+            excl.points()?;
+            execute(&out, |p| run_liveness(study, &est, &excl, p))
         }
         Command::Init { path, force } => {
             if path.exists() && !force {

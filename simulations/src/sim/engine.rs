@@ -23,13 +23,15 @@
 use std::ops::{Add, Sub};
 use std::time::Duration;
 
+use loopmix_core::keys::NodeId;
 use loopmix_core::keys::{IdentityKeypair, SphinxPublicKey};
 use loopmix_core::mixing::delay_queue::DelayQueue;
 use loopmix_core::mixing::entropy::{EntropyWindow, MixEntropy};
 use loopmix_core::poisson::PoissonTicker;
 use loopmix_core::sphinx::{MAX_PATH_LENGTH, sample_delays};
 use loopmix_core::topology::{
-    NetworkParams, NodeEntry, Role, Topology, TopologyDocument, TopologyError,
+    LayerExclusion, MAX_EXCLUDED_FRACTION, NetworkParams, NodeEntry, Role, Topology,
+    TopologyDocument, TopologyError,
 };
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
@@ -244,6 +246,27 @@ impl Unlinkability {
     }
 }
 
+/// How many real messages sent in the window crossed corrupt mixes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Exposure {
+    /// Real messages (all clients) created in the window.
+    pub routes: u64,
+    /// Of those, routes whose every mix is corrupt: the adversary links
+    /// sender and recipient outright.
+    pub all_corrupt: u64,
+    /// Routes through at least one corrupt mix.
+    pub any_corrupt: u64,
+}
+
+impl Exposure {
+    pub fn all_share(&self) -> f64 {
+        self.all_corrupt as f64 / self.routes.max(1) as f64
+    }
+    pub fn any_share(&self) -> f64 {
+        self.any_corrupt as f64 / self.routes.max(1) as f64
+    }
+}
+
 /// Everything one repetition measured.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunResult {
@@ -255,6 +278,10 @@ pub struct RunResult {
     pub traffic: Traffic,
     pub latency: Latency,
     pub unlinkability: Unlinkability,
+    pub exposure: Exposure,
+    /// Per layer, how the liveness list of [`Scenario::excluded_honest`]
+    /// was applied to route choice.
+    pub exclusions: Vec<LayerExclusion>,
 }
 
 impl RunResult {
@@ -377,6 +404,7 @@ struct World<'t> {
     latency: Latency,
     reservoir_rng: ChaCha8Rng,
     unlinkability: Unlinkability,
+    exposure: Exposure,
 }
 
 /// Runs repetition `rep` of `s` (which must be valid).
@@ -399,10 +427,43 @@ pub fn run(s: &Scenario, rep: u32, progress: Progress<'_>) -> Result<RunResult, 
     let mut topo_rng = stream(seed, STREAM_TOPOLOGY);
     let mut mix_ids: Vec<u32> = (s.providers..s.providers + s.mixes()).collect();
     mix_ids.shuffle(&mut topo_rng);
-    let corrupt: std::collections::BTreeSet<u32> = mix_ids
-        .into_iter()
-        .take(s.corrupt_mixes() as usize)
-        .collect();
+    let corrupt: std::collections::BTreeSet<u32> = if s.corrupt_spread {
+        // Round-robin over the layers, in the shuffled order within each.
+        let w = s.mixes_per_layer;
+        let mut by_layer: Vec<Vec<u32>> = vec![Vec::new(); s.layers as usize];
+        for m in mix_ids {
+            if let Some(l) = by_layer.get_mut(((m - s.providers) / w) as usize) {
+                l.push(m);
+            }
+        }
+        (0..s.mixes_per_layer as usize)
+            .flat_map(|i| by_layer.iter().filter_map(move |l| l.get(i).copied()))
+            .take(s.corrupt_mixes() as usize)
+            .collect()
+    } else {
+        mix_ids
+            .into_iter()
+            .take(s.corrupt_mixes() as usize)
+            .collect()
+    };
+    // The active adversary of `docs/THREAT_MODEL.md` ("Liveness routing"):
+    // it has got `excluded_honest` honest mixes per layer onto the network's
+    // down list, and every sender routes with the core's exclusion rules.
+    let topology = if s.excluded_honest > 0 {
+        let mut down = std::collections::BTreeSet::<NodeId>::new();
+        for l in 1..=s.layers {
+            down.extend(
+                topology
+                    .layer(l)
+                    .filter(|e| !corrupt.contains(&node_index(e)))
+                    .take(s.excluded_honest as usize)
+                    .map(|e| e.id),
+            );
+        }
+        topology.with_exclusions(&down, MAX_EXCLUDED_FRACTION)
+    } else {
+        topology
+    };
 
     let params = topology.params();
     let mut nodes = Vec::with_capacity(topology.nodes().len());
@@ -473,6 +534,7 @@ pub fn run(s: &Scenario, rep: u32, progress: Progress<'_>) -> Result<RunResult, 
         latency: Latency::default(),
         reservoir_rng: stream(seed, STREAM_RESERVOIR),
         unlinkability: Unlinkability::default(),
+        exposure: Exposure::default(),
     };
 
     let mut events = 0u64;
@@ -535,6 +597,8 @@ pub fn run(s: &Scenario, rep: u32, progress: Progress<'_>) -> Result<RunResult, 
         traffic: w.traffic,
         latency: w.latency,
         unlinkability: w.unlinkability,
+        exposure: w.exposure,
+        exclusions: topology.exclusions().to_vec(),
     })
 }
 
@@ -586,6 +650,19 @@ impl World<'_> {
             self.traffic.count(kind);
             if kind == Kind::Real && origin < 2 {
                 p.mass[origin as usize] = 1.0;
+            }
+            if kind == Kind::Real {
+                // Client routes: provider, the mixes, provider.
+                let mixes = &route[1..len.saturating_sub(1).max(1)];
+                let corrupt = |&m: &u32| self.nodes.get(m as usize).is_some_and(|n| n.corrupt);
+                let e = &mut self.exposure;
+                e.routes += 1;
+                if !mixes.is_empty() && mixes.iter().all(corrupt) {
+                    e.all_corrupt += 1;
+                }
+                if mixes.iter().any(corrupt) {
+                    e.any_corrupt += 1;
+                }
             }
         }
         let first = p.route[0];

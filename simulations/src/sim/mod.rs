@@ -8,11 +8,14 @@
 //!   CSV and the text summary.
 //! * [`sweep`]: one parameter varied; presets for Loopix Fig. 5 and 6.
 //! * [`plot`]: SVG charts.
+//! * [`liveness`]: the liveness estimator's thresholds, and what an
+//!   adversary who gets honest mixes listed down gains (`loopmix-sim liveness`).
 //!
 //! [`simulate`] and [`run_sweep`] return every output file in memory, so
 //! the binary writes them and the tests compare them byte for byte.
 
 pub mod engine;
+pub mod liveness;
 pub mod plot;
 pub mod report;
 pub mod scenario;

@@ -40,6 +40,13 @@ pub struct Scenario {
     pub real_fraction: f64,
     /// Fraction of mixes that are corrupt (the adversary sees through them).
     pub corrupt_fraction: f64,
+    /// Spread the corrupt mixes evenly over the layers (round-robin) instead
+    /// of drawing them among all mixes.
+    pub corrupt_spread: bool,
+    /// Honest mixes per layer the adversary has got onto the network's down
+    /// list (by dropping their packets); routes then come from
+    /// `Topology::with_exclusions` with the core's 50 % cap per layer.
+    pub excluded_honest: u32,
     /// Measured virtual time after the burn-in, seconds.
     pub duration_s: f64,
     /// Virtual time simulated before measuring, seconds (pools fill up).
@@ -64,6 +71,8 @@ impl Default for Scenario {
             mu: 20.0,
             real_fraction: 0.5,
             corrupt_fraction: 0.0,
+            corrupt_spread: false,
+            excluded_honest: 0,
             duration_s: 3600.0,
             burn_in_s: 60.0,
             repetitions: 1,
@@ -149,6 +158,12 @@ impl Scenario {
         int("mixes_per_layer", self.mixes_per_layer.into(), 1, 10_000)?;
         int("providers", self.providers.into(), 1, 10_000)?;
         int("repetitions", self.repetitions.into(), 1, 100_000)?;
+        int(
+            "excluded_honest",
+            self.excluded_honest.into(),
+            0,
+            self.mixes_per_layer.into(),
+        )?;
 
         let positive_rate = |name: &'static str, v: f64| {
             if v.is_finite() && (MIN_RATE..=MAX_RATE).contains(&v) {
@@ -257,7 +272,7 @@ impl Scenario {
 
     /// The scenario as commented TOML (for `init`).
     pub fn to_toml(&self) -> String {
-        let lines: [(&str, String, &str); 15] = [
+        let lines: [(&str, String, &str); 17] = [
             (
                 "clients",
                 self.clients.to_string(),
@@ -308,6 +323,16 @@ impl Scenario {
                 "corrupt_fraction",
                 format!("{:?}", self.corrupt_fraction),
                 "share of corrupt mixes, [0, 1]",
+            ),
+            (
+                "corrupt_spread",
+                self.corrupt_spread.to_string(),
+                "corrupt mixes round-robin over the layers",
+            ),
+            (
+                "excluded_honest",
+                self.excluded_honest.to_string(),
+                "honest mixes per layer listed down (liveness)",
             ),
             (
                 "duration_s",

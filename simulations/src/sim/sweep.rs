@@ -140,6 +140,8 @@ pub fn loopix_base() -> Scenario {
         mu: 1.0,
         real_fraction: 0.5,
         corrupt_fraction: 0.0,
+        corrupt_spread: false,
+        excluded_honest: 0,
         duration_s: 100.0,
         burn_in_s: 100.0,
         repetitions: 50,
