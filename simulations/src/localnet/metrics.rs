@@ -26,9 +26,47 @@ pub fn sum(text: &str, name: &str) -> Option<f64> {
     found
 }
 
+/// Every series of metric `name` that has label `label`: (its value of
+/// the label, the sample). Lines it cannot read are skipped (a scrape is a
+/// best-effort view, never a reason to fail).
+pub fn by_label(text: &str, name: &str, label: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        let Some(v) = value.split_whitespace().next().and_then(|v| v.parse().ok()) else {
+            continue;
+        };
+        // Label values here are node ids and names: no commas or escaped
+        // quotes, so a plain split is exact for them.
+        let found = labels.split(',').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k.trim() == label).then(|| v.trim().trim_matches('"').to_string())
+        });
+        if let Some(l) = found {
+            out.push((l, v));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_labelled_series() {
+        let t = "# TYPE d gauge\nd{node=\"abc\"} 1\nd{x=\"1\",node=\"def\"} 0\nd 3\nd_more{node=\"z\"} 1\nd{node=\"bad\"} x\n";
+        assert_eq!(
+            by_label(t, "d", "node"),
+            vec![("abc".to_string(), 1.0), ("def".to_string(), 0.0)]
+        );
+        assert!(by_label("", "d", "node").is_empty());
+    }
 
     #[test]
     fn sums_series_and_ignores_prefixes() {

@@ -5,10 +5,14 @@
 //! SOCKS5 client with fresh keys and configs in one directory, waits until
 //! the network carries traffic (topology published and every node listed,
 //! the clients' loop cover packets coming back), prints how to use it and a
-//! live status line, and stops every process it started on Ctrl-C.
+//! live status line, and stops every process it started on Ctrl-C. A
+//! member that dies is reported and the rest keeps running;
+//! `loopmix-localnet ctl` kills, stops, continues and restarts members of a
+//! running localnet.
 //!
 //! * [`network`]: what gets started, in which order, and when it is ready;
 //! * [`process`]: the child processes and their shutdown;
+//! * [`control`]: `ctl` and the socket the running localnet serves it on;
 //! * [`status`]: the live status line;
 //! * [`toml_edit`], [`metrics`]: editing configs, reading `/metrics`.
 //!
@@ -18,6 +22,7 @@
 //! restarted (`tests/faults.rs`, `docs/FAULTS.md`).
 
 pub mod compose;
+pub mod control;
 pub mod metrics;
 pub mod network;
 pub mod process;
@@ -28,7 +33,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Payload bytes one Sphinx packet carries for a stream after the payload
 /// and fragment overheads, with `payload_size = 2048` (approximate).
@@ -45,7 +50,7 @@ const LONG_ABOUT: &str = "Start a whole loopmix network on this machine: directo
 authorities, layers of mixes, providers, an exit service and a SOCKS5 client, each a \
 separate process on 127.0.0.1 with fresh keys and configs. Once the network carries \
 traffic it prints the SOCKS5 address, a curl command to try it, and where every \
-process serves its metrics; Ctrl-C stops everything.
+process serves its metrics; Ctrl-C stops everything. A process that dies is reported and the rest keeps running; `loopmix-localnet ctl kill|stop|cont|restart NAME --dir DIR` injects failures into a running localnet (see `loopmix-localnet ctl --help`).
 
 Privacy or speed: every packet waits a random, exponentially distributed time at each \
 hop (mean = the per-hop delay), and every client sends at fixed Poisson rates whether \
@@ -147,9 +152,35 @@ impl PresetParams {
     }
 }
 
+const CTL_ABOUT: &str = "Kill, stop, continue or restart a member of a running localnet, \
+or list the members and their states.";
+
+const CTL_LONG_ABOUT: &str = "Kill, stop, continue or restart a member of a running localnet, \
+or list the members and their states. The running loopmix-localnet does it (it owns the \
+processes) and shows it in its status line and localnet.json.
+
+  kill     SIGKILL: the member dies as in a crash
+  stop     SIGSTOP: the member hangs with its sockets open (a hung node)
+  cont     SIGCONT: a stopped member goes on
+  restart  start it again with the same config, keys, data and addresses
+  status   every member, its state (running, stopped, restarting, exited) and pid
+
+Exit code: 0 done, 1 failed or no localnet running in DIR, 2 unknown member or command.";
+
+/// Subcommands (without one, `loopmix-localnet` starts a network).
+#[derive(Debug, Clone, Subcommand)]
+pub enum Cmd {
+    #[command(about = CTL_ABOUT, long_about = CTL_LONG_ABOUT)]
+    Ctl(control::CtlArgs),
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loopmix-localnet", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Options {
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+
     /// Directory for every key, config, database and log (kept afterwards;
     /// must be empty or not exist). Default: a fresh temporary directory,
     /// removed when the network stops (kept if start-up fails, for its logs).
@@ -191,9 +222,11 @@ pub struct Options {
     #[arg(long, hide = true, value_name = "RATE")]
     pub fault_drop_rate: Option<f64>,
 
-    /// Test knob: directory epoch length (whole seconds, at least 4 s). Every
-    /// epoch nodes get new Sphinx keys and layers are reshuffled.
-    #[arg(long, hide = true, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Directory epoch length (whole seconds, at least 4 s). Every epoch
+    /// nodes get new Sphinx keys and layers are reshuffled: 30 s shows that
+    /// quickly; the directory's production default is 20m (use it to watch
+    /// the network survive a failure without an epoch change).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub epoch_length: Duration,
 
     /// Test knob: exit policy pattern (`host:port`, `*` wildcards), passed
@@ -207,11 +240,6 @@ pub struct Options {
     /// SOCKS5 proxy then.
     #[arg(long, hide = true)]
     pub stand_in_clients: bool,
-
-    /// Test knob: when a process exits unexpectedly, report it and keep the
-    /// rest running instead of stopping the network.
-    #[arg(long, hide = true)]
-    pub keep_going: bool,
 }
 
 impl Options {
@@ -242,6 +270,9 @@ impl Options {
 
 /// Runs `loopmix-localnet` with `opts`; returns the process exit code.
 pub fn main(opts: Options) -> std::process::ExitCode {
+    if let Some(Cmd::Ctl(args)) = opts.command {
+        return control::main(args);
+    }
     match network::run(opts) {
         Ok(code) => code,
         Err(e) => {

@@ -10,6 +10,13 @@
 //! 3. the exit (on provider 0) and the SOCKS5 client (on provider 1): a
 //!    client needs its provider in the topology; ready when both see their
 //!    own loop cover packets come back through the mixes.
+//!
+//! Once it is ready, the network is watched rather than guarded: a member
+//! that exits is reported (once, with the end of its log) and shown in the
+//! status line and `localnet.json`, and the rest keeps running, so one can
+//! watch the network survive it. `loopmix-localnet ctl` requests (see
+//! [`super::control`]) are served from the same loop, the only place that
+//! touches the children.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,7 +31,8 @@ use loopmix_core::keys::NodeId;
 use loopmix_core::topology::Role;
 use loopmix_node::node::BoundAddresses;
 
-use super::process::{Processes, STOP_GRACE, UnexpectedExit};
+use super::control::{Action, ControlServer, RESTART_TIMEOUT, Reply, Request};
+use super::process::{Processes, STOP_GRACE, State, UnexpectedExit, log_tail};
 use super::status::{Status, Ui};
 use super::toml_edit::{edit_file, toml_str};
 use super::{Options, PresetParams};
@@ -139,6 +147,18 @@ pub enum Kind {
     Socks,
 }
 
+impl Kind {
+    pub fn word(self) -> &'static str {
+        match self {
+            Kind::Authority => "authority",
+            Kind::Mix => "mix",
+            Kind::Provider => "provider",
+            Kind::Exit => "exit",
+            Kind::Socks => "socks5",
+        }
+    }
+}
+
 /// One started process and where to see it.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -157,6 +177,8 @@ pub struct Member {
     /// Mixes and providers: the address in its descriptor, which peers dial
     /// (its fault relay's, with [`Localnet::use_fault_relays`]).
     pub public: Option<SocketAddr>,
+    /// The exit and the SOCKS5 client: their data directory.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// A network that is up.
@@ -197,6 +219,10 @@ pub struct Localnet {
     relays: Option<RelaySet>,
     /// The authorities, once started (clients added later pin them too).
     auths: Vec<Authority>,
+    /// Set by [`announce`](Self::announce).
+    ready: Option<Ready>,
+    /// The `ctl` socket, if served.
+    control_socket: Option<PathBuf>,
 }
 
 fn unix_now() -> u64 {
@@ -256,6 +282,8 @@ impl Localnet {
             genesis: 0,
             relays: None,
             auths: Vec::new(),
+            ready: None,
+            control_socket: None,
         }
     }
 
@@ -306,9 +334,24 @@ impl Localnet {
         Ok(())
     }
 
-    /// Starts a stopped authority, mix or provider again with the same
-    /// config, keys and data, on the same addresses (so the published
-    /// topology and the clients' authority URLs still reach it); waits
+    /// Member `name`'s process state.
+    pub fn state(&self, name: &str) -> Option<State> {
+        self.procs.get(name).map(|c| c.state())
+    }
+
+    /// SIGSTOP to member `name`: it hangs with its sockets open.
+    pub fn pause(&mut self, name: &str) -> anyhow::Result<()> {
+        self.procs.pause(name)
+    }
+
+    /// SIGCONT to member `name`.
+    pub fn resume(&mut self, name: &str) -> anyhow::Result<()> {
+        self.procs.resume(name)
+    }
+
+    /// Starts a stopped member again with the same command, config, keys
+    /// and data, on the same addresses (so the published topology, the
+    /// clients' authority URLs and the SOCKS5 users still reach it); waits
     /// until it listens.
     pub fn restart(&mut self, name: &str, timeout: Duration) -> anyhow::Result<()> {
         let i = self
@@ -324,14 +367,18 @@ impl Localnet {
             .parent()
             .ok_or_else(|| anyhow!("{} has no directory", config.display()))?
             .to_path_buf();
-        let (mut cmd, ready_file) = match m.kind {
+        let stand_in = self.opts.stand_in_clients;
+        let mut args = None;
+        // How to tell that the new process listens: a file it writes once
+        // it does (removed first, so a fresh one is the sign), or, for
+        // stand-in clients on a fixed port, its metrics answering.
+        let ready_file = match m.kind {
             Kind::Authority => {
                 edit_file(
                     &config,
                     &[("authority", "listen", toml_str(&metrics.to_string()))],
                 )?;
-                let file = dir.join("data").join(loopmix_directory::config::ADDR_FILE);
-                (Command::new(&self.bins.directory), file)
+                Some(dir.join("data").join(loopmix_directory::config::ADDR_FILE))
             }
             Kind::Mix | Kind::Provider => {
                 let quic = m
@@ -344,25 +391,84 @@ impl Localnet {
                         ("metrics", "listen", toml_str(&metrics.to_string())),
                     ],
                 )?;
-                (
-                    Command::new(&self.bins.node),
-                    dir.join("data").join("bound.json"),
-                )
+                Some(dir.join("data").join("bound.json"))
             }
-            Kind::Exit | Kind::Socks => bail!("restarting clients is not supported"),
+            Kind::Exit | Kind::Socks if stand_in => None,
+            Kind::Exit | Kind::Socks => {
+                let data_dir = m
+                    .data_dir
+                    .clone()
+                    .ok_or_else(|| anyhow!("{name}: data directory unknown"))?;
+                edit_file(
+                    &config,
+                    &[("metrics", "listen", toml_str(&metrics.to_string()))],
+                )?;
+                if m.kind == Kind::Socks {
+                    // The proxy's port may have been chosen by the system
+                    // (`--socks-listen 127.0.0.1:0`): ask for the same one.
+                    let socks = self
+                        .ready
+                        .as_ref()
+                        .map(|r| r.socks5)
+                        .ok_or_else(|| anyhow!("{name}: SOCKS5 address unknown"))?;
+                    let mut a = self
+                        .procs
+                        .get(name)
+                        .map(|c| c.args().to_vec())
+                        .unwrap_or_default();
+                    if let Some(p) = a.iter().position(|x| x == "--listen")
+                        && let Some(v) = a.get_mut(p + 1)
+                    {
+                        *v = socks.to_string().into();
+                    }
+                    args = Some(a);
+                    Some(data_dir.join("socks5.addr"))
+                } else {
+                    Some(data_dir.join("metrics.addr"))
+                }
+            }
         };
-        // A fresh file is the sign that the new process listens.
-        let _ = std::fs::remove_file(&ready_file);
-        cmd.args(["run", "--config"]).arg(&config);
+        if let Some(f) = &ready_file {
+            let _ = std::fs::remove_file(f);
+        }
+        let cmd = self
+            .procs
+            .same_command(name, args)
+            .ok_or_else(|| anyhow!("no process named {name}"))?;
         let pid = self.procs.respawn(name, cmd)?;
         self.members[i].pid = pid;
         let deadline = Instant::now() + timeout;
-        self.wait_until(
-            deadline,
-            || format!("{name} to listen again (writing {})", ready_file.display()),
-            || std::fs::metadata(&ready_file).ok().filter(|m| m.len() > 0),
-        )?;
-        Ok(())
+        loop {
+            if self.signals.count() > 0 {
+                return Err(Interrupted.into());
+            }
+            let listens = match &ready_file {
+                Some(f) => std::fs::metadata(f).is_ok_and(|m| m.len() > 0),
+                None => super::metrics::scrape(metrics).is_ok(),
+            };
+            if listens {
+                return Ok(());
+            }
+            if let Some(status) = self.procs.exited_now(name) {
+                bail!(
+                    "{name} exited again ({}); last lines of {}:\n{}",
+                    super::process::describe_exit(status),
+                    m.log.display(),
+                    log_tail(&m.log, 20)
+                );
+            }
+            if Instant::now() > deadline {
+                let what = ready_file.as_ref().map_or_else(
+                    || format!("its metrics at {metrics}"),
+                    |f| format!("writing {}", f.display()),
+                );
+                bail!(
+                    "timed out waiting for {name} to listen again ({what}); its log is {}",
+                    m.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `loopmix-client init` for a new client `name` of provider number
@@ -397,6 +503,7 @@ impl Localnet {
             id: None,
             quic: None,
             public: None,
+            data_dir: None,
         });
         Ok(self.members.len() - 1)
     }
@@ -768,6 +875,8 @@ impl Localnet {
         }
         let log = exit.config.with_file_name("client.log");
         let m_exit = self.spawn("exit", Kind::Exit, cmd, log)?;
+        self.members[m_exit].config = Some(exit.config.clone());
+        self.members[m_exit].data_dir = Some(exit.data_dir.clone());
         let mut cmd = Command::new(&self.bins.client);
         if stand_in {
             cmd.args(["receive", "--config"]).arg(&socks.config);
@@ -779,6 +888,8 @@ impl Localnet {
         }
         let log = socks.config.with_file_name("client.log");
         let m_socks = self.spawn("socks5", Kind::Socks, cmd, log)?;
+        self.members[m_socks].config = Some(socks.config.clone());
+        self.members[m_socks].data_dir = Some(socks.data_dir.clone());
 
         for (m, c) in [(m_exit, &exit), (m_socks, &socks)] {
             let name = self.members[m].name.clone();
@@ -837,15 +948,35 @@ impl Localnet {
         })
     }
 
-    /// Writes `localnet.json` (atomically) and prints how to use the network.
-    pub fn announce(&self, ready: &Ready, took: Duration) -> anyhow::Result<()> {
+    /// Writes `localnet.json` (atomically): how to reach the network, and
+    /// every member with its current state. Rewritten whenever a state
+    /// changes; nothing before [`announce`](Self::announce).
+    pub fn write_json(&self) -> anyhow::Result<()> {
+        let Some(ready) = &self.ready else {
+            return Ok(());
+        };
         let mut metrics = BTreeMap::new();
         let mut logs = BTreeMap::new();
+        let mut members = Vec::new();
         for m in &self.members {
-            if let Some(a) = m.metrics {
-                metrics.insert(m.name.clone(), format!("http://{a}/metrics"));
+            let url = m.metrics.map(|a| format!("http://{a}/metrics"));
+            if let Some(u) = &url {
+                metrics.insert(m.name.clone(), u.clone());
             }
             logs.insert(m.name.clone(), m.log.display().to_string());
+            let proc = self.procs.get(&m.name);
+            let state = proc.map(|c| c.state());
+            members.push(serde_json::json!({
+                "name": m.name,
+                "kind": m.kind.word(),
+                "pid": m.pid,
+                "state": state.map_or("unknown", |s| s.word()),
+                "exit": state.and_then(|s| s.exit()),
+                "restarts": proc.map_or(0, |c| c.restarts),
+                "node_id": m.id.map(|i| i.to_string()),
+                "metrics": url,
+                "log": m.log.display().to_string(),
+            }));
         }
         let json = serde_json::json!({
             "socks5": ready.socks5.to_string(),
@@ -854,14 +985,30 @@ impl Localnet {
             "preset": self.opts.preset.name(),
             "epoch_length_s": self.opts.epoch_length.as_secs(),
             "pid": std::process::id(),
+            "control_socket": self.control_socket.as_ref().map(|p| p.display().to_string()),
             "pids": self.members.iter().map(|m| m.pid).collect::<Vec<_>>(),
             "metrics": metrics,
             "logs": logs,
+            "members": members,
         });
         let path = self.root.join(LOCALNET_JSON);
         let tmp = self.root.join(format!("{LOCALNET_JSON}.tmp"));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?)?;
         std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Writes `localnet.json` and prints how to use the network.
+    /// `control`: the `ctl` socket being served, or why there is none.
+    pub fn announce(
+        &mut self,
+        ready: &Ready,
+        took: Duration,
+        control: Result<&Path, &str>,
+    ) -> anyhow::Result<()> {
+        self.ready = Some(ready.clone());
+        self.control_socket = control.ok().map(Path::to_path_buf);
+        self.write_json()?;
 
         let p = &self.preset;
         let mut out = String::new();
@@ -903,15 +1050,34 @@ impl Localnet {
                 out.push_str(&format!("    {:<11} http://{a}/metrics\n", m.name));
             }
         }
+        match control {
+            Ok(_) => {
+                // A middle-layer mix as the example: the one whose failure
+                // is the most interesting to watch.
+                let example = self
+                    .members
+                    .iter()
+                    .filter(|m| m.kind == Kind::Mix)
+                    .nth(usize::from(self.opts.mixes_per_layer))
+                    .or_else(|| self.members.iter().find(|m| m.kind == Kind::Mix))
+                    .map_or("mix0", |m| m.name.as_str());
+                out.push_str(&format!(
+                    "\nInject failures (kill | stop | cont | restart NAME; `status` lists names and states):\n  \
+                     loopmix-localnet ctl stop {example} --dir {}\n",
+                    self.root.display()
+                ));
+            }
+            Err(why) => out.push_str(&format!("\n(ctl is unavailable: {why})\n")),
+        }
         out.push_str("\nCtrl-C stops the network.\n");
         self.ui.print_stdout(&out);
         Ok(())
     }
 
-    /// Shows the status line until a signal (Ok) or, unless `--keep-going`,
-    /// a process exits (Err).
-    pub fn watch(&mut self) -> anyhow::Result<()> {
-        let mut status = Status::new(self.members.clone());
+    /// Shows the status line and serves `ctl` requests until a signal. A
+    /// member that exits is reported once and the rest keeps running.
+    pub fn watch(&mut self, control: Option<&ControlServer>) -> anyhow::Result<()> {
+        let mut status = Status::new(&self.members, |n| self.state_or_running(n));
         let every = if self.ui.is_tty() {
             Duration::from_secs(1)
         } else {
@@ -922,19 +1088,128 @@ impl Localnet {
             if self.signals.count() > 0 {
                 return Ok(());
             }
-            if let Err(e) = self.procs.check() {
-                if !self.opts.keep_going {
-                    return Err(e.into());
+            let mut changed = false;
+            while let Err(e) = self.procs.check() {
+                self.ui.note(format!(
+                    "loopmix-localnet: {e}\nloopmix-localnet: the rest of the network keeps \
+                     running; to start {} again: loopmix-localnet ctl restart {} --dir {}",
+                    e.name,
+                    e.name,
+                    self.root.display()
+                ));
+                changed = true;
+            }
+            while let Some(pending) = control.and_then(|c| c.try_next()) {
+                let reply = self.act(&pending.request);
+                pending.answer(reply);
+                changed = true;
+            }
+            if changed {
+                if let Err(e) = self.write_json() {
+                    self.ui
+                        .note(format!("loopmix-localnet: writing {LOCALNET_JSON}: {e:#}"));
                 }
-                self.ui.note(format!("loopmix-localnet: {e}"));
+                // Show the change now, not at the next tick.
+                next = Instant::now();
             }
             if Instant::now() >= next {
                 next = Instant::now() + every;
-                let line = status.sample();
+                let line = status.sample(&self.members, |n| self.state_or_running(n));
                 self.ui.status(&line);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    fn state_or_running(&self, name: &str) -> State {
+        self.state(name).unwrap_or(State::Running)
+    }
+
+    /// Every member: name, kind, state, pid, restarts (for `ctl status`).
+    pub fn status_table(&self) -> String {
+        let mut out = format!(
+            "{:<11} {:<9} {:<28} {:>8}  {}",
+            "NAME", "KIND", "STATE", "PID", "RESTARTS"
+        );
+        for m in &self.members {
+            let state = self
+                .state(&m.name)
+                .map_or("-".to_string(), |s| s.to_string());
+            let restarts = self.procs.get(&m.name).map_or(0, |c| c.restarts);
+            out.push_str(&format!(
+                "\n{:<11} {:<9} {:<28} {:>8}  {restarts}",
+                m.name,
+                m.kind.word(),
+                state,
+                m.pid
+            ));
+        }
+        out
+    }
+
+    /// Does what a `ctl` request asks, to the child this localnet owns.
+    pub fn act(&mut self, req: &Request) -> Reply {
+        if req.action == Action::Status {
+            return Reply::Ok(self.status_table());
+        }
+        let Some(name) = req.name.as_deref() else {
+            return Reply::Unknown(format!("{} needs a member name", req.action.verb()));
+        };
+        let Some(pid) = self.member(name).map(|m| m.pid) else {
+            let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
+            return Reply::Unknown(format!(
+                "no member named {name:?}; members: {}",
+                names.join(", ")
+            ));
+        };
+        let state = self.state_or_running(name);
+        let verb = req.action.verb();
+        let result = match req.action {
+            Action::Status => Ok(String::new()),
+            Action::Kill => self
+                .kill(name)
+                .map(|()| format!("killed {name} (pid {pid}) with SIGKILL"))
+                .map_err(|_| anyhow!("{name} is not running ({state})")),
+            Action::Stop if state == State::Stopped => Ok(format!("{name} is already stopped")),
+            Action::Stop => self.pause(name).map(|()| {
+                format!(
+                    "stopped {name} (pid {pid}) with SIGSTOP: it keeps its sockets open and \
+                     does nothing until `ctl cont {name}`"
+                )
+            }),
+            Action::Cont => self
+                .resume(name)
+                .map(|()| format!("continued {name} (pid {pid}) with SIGCONT")),
+            Action::Restart => self.restart_member(name, state),
+        };
+        match result {
+            Ok(msg) => {
+                self.ui.note(format!("loopmix-localnet: ctl {verb}: {msg}"));
+                Reply::Ok(msg)
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                self.ui
+                    .note(format!("loopmix-localnet: ctl {verb} {name} failed: {msg}"));
+                Reply::Error(msg)
+            }
+        }
+    }
+
+    /// `ctl restart`: stops `name` if it still runs (SIGTERM, SIGKILL after
+    /// [`STOP_GRACE`]), then starts it again.
+    fn restart_member(&mut self, name: &str, state: State) -> anyhow::Result<String> {
+        if !matches!(state, State::Exited(_)) {
+            self.terminate(name, STOP_GRACE)?;
+        }
+        self.procs.set_restarting(name, true);
+        // Shows `restarting` while the new process starts.
+        let _ = self.write_json();
+        let result = self.restart(name, RESTART_TIMEOUT);
+        self.procs.set_restarting(name, false);
+        result?;
+        let pid = self.member(name).map_or(0, |m| m.pid);
+        Ok(format!("restarted {name} (pid {pid}); it listens again"))
     }
 
     /// Stops every process: SIGTERM, SIGKILL after [`STOP_GRACE`] or at
@@ -1013,14 +1288,25 @@ pub fn run(opts: Options) -> anyhow::Result<ExitCode> {
     // Declared after `tmp`: dropped (every process stopped) before the
     // temporary directory is removed.
     let mut net = Localnet::new(opts, bins, root.clone(), signals);
-    let result = match net.start() {
-        Ok(ready) => match net.announce(&ready, started.elapsed()) {
-            Ok(()) => net.watch(),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
+    let result = net.start().and_then(|ready| {
+        // Served from when the network is ready (and localnet.json names
+        // it) until it stops. A network without it still runs: the socket
+        // is a convenience (its path can be too long for a Unix socket).
+        let control = ControlServer::bind(&root);
+        let why = control.as_ref().err().map(|e| format!("{e:#}"));
+        let socket = match (&control, &why) {
+            (Ok(c), _) => Ok(c.path()),
+            (Err(_), Some(w)) => Err(w.as_str()),
+            (Err(_), None) => Err("unknown error"),
+        };
+        net.announce(&ready, started.elapsed(), socket)?;
+        net.watch(control.as_ref().ok())
+        // `control` dropped here: the socket is gone before the network
+        // stops, so no request arrives that nobody would act on.
+    });
     net.stop();
+    // Final states (kept with --dir): nothing runs any more.
+    let _ = net.write_json();
     drop(net);
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -6,8 +6,17 @@
 //! against its exit monitor. [`Processes`] stops whatever is still running
 //! when it is dropped, so an error half-way through start-up leaves nothing
 //! behind either.
+//!
+//! A child that dies on its own is reported once by
+//! [`Processes::check`] and stays in the list as exited; it can be started
+//! again ([`Processes::respawn`]). Children can also be paused
+//! ([`Processes::pause`], SIGSTOP: a hung process that keeps its sockets
+//! open) and resumed. Stopping the network resumes paused children before
+//! SIGTERM, since a stopped process would only act on SIGTERM once
+//! continued.
 
-use std::os::unix::process::CommandExt;
+use std::ffi::OsString;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -17,12 +26,90 @@ use anyhow::Context;
 /// Grace period between SIGTERM and SIGKILL when stopping the network.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// What a child is doing, as far as its parent knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Running,
+    /// SIGSTOPped by us (see [`Processes::pause`]).
+    Stopped,
+    /// Being started again (set by the caller while it waits).
+    Restarting,
+    Exited(ExitStatus),
+}
+
+impl State {
+    /// One word: `running`, `stopped`, `restarting`, `exited`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Stopped => "stopped",
+            State::Restarting => "restarting",
+            State::Exited(_) => "exited",
+        }
+    }
+
+    /// How it exited, e.g. `code 1` or `signal 9, SIGKILL`.
+    pub fn exit(&self) -> Option<String> {
+        match self {
+            State::Exited(s) => Some(describe_exit(*s)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.exit() {
+            Some(e) => write!(f, "exited ({e})"),
+            None => f.write_str(self.word()),
+        }
+    }
+}
+
+/// `code N` or `signal N, SIGNAME`.
+pub fn describe_exit(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("code {code}");
+    }
+    match status.signal() {
+        Some(sig) => {
+            let name = match sig {
+                1 => ", SIGHUP",
+                2 => ", SIGINT",
+                3 => ", SIGQUIT",
+                4 => ", SIGILL",
+                6 => ", SIGABRT",
+                7 => ", SIGBUS",
+                8 => ", SIGFPE",
+                9 => ", SIGKILL",
+                11 => ", SIGSEGV",
+                13 => ", SIGPIPE",
+                15 => ", SIGTERM",
+                _ => "",
+            };
+            format!("signal {sig}{name}")
+        }
+        None => status.to_string(),
+    }
+}
+
 /// One started process.
 pub struct Supervised {
     pub name: String,
     pub log: PathBuf,
     child: Child,
     exited: Option<ExitStatus>,
+    /// SIGSTOPped by [`Processes::pause`] and not continued since.
+    paused: bool,
+    restarting: bool,
+    /// Its exit was reported by [`Processes::check`] or asked for (a
+    /// kill or terminate by the caller): not to be reported again.
+    reported: bool,
+    /// How many times it was started again.
+    pub restarts: u32,
+    /// The program and arguments it was started with (restarts reuse them).
+    program: OsString,
+    args: Vec<OsString>,
 }
 
 impl Supervised {
@@ -34,6 +121,47 @@ impl Supervised {
         self.exited.is_none()
     }
 
+    pub fn state(&self) -> State {
+        match self.exited {
+            Some(s) => State::Exited(s),
+            None if self.restarting => State::Restarting,
+            None if self.paused => State::Stopped,
+            None => State::Running,
+        }
+    }
+
+    /// The arguments it was started with.
+    pub fn args(&self) -> &[OsString] {
+        &self.args
+    }
+
+    /// Sends `sig` unless the child has been reaped (then its pid may
+    /// belong to another process by now).
+    fn signal(&mut self, sig: rustix::process::Signal) -> anyhow::Result<()> {
+        self.poll_exit();
+        if !self.is_running() {
+            anyhow::bail!("{} is not running ({})", self.name, self.state());
+        }
+        let pid = i32::try_from(self.pid())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| anyhow::anyhow!("{}: bad pid {}", self.name, self.pid()))?;
+        rustix::process::kill_process(pid, sig)
+            .with_context(|| format!("signalling {} (pid {})", self.name, self.pid()))?;
+        Ok(())
+    }
+
+    /// SIGKILL and reap.
+    fn kill_and_reap(&mut self) {
+        // std never signals a child it has already reaped.
+        let _ = self.child.kill();
+        if let Ok(status) = self.child.wait() {
+            self.exited = Some(status);
+        }
+        self.paused = false;
+        self.reported = true;
+    }
+
     /// Reaps the child if it exited; returns its status the first time.
     fn poll_exit(&mut self) -> Option<ExitStatus> {
         if self.exited.is_some() {
@@ -42,6 +170,7 @@ impl Supervised {
         match self.child.try_wait() {
             Ok(Some(status)) => {
                 self.exited = Some(status);
+                self.paused = false;
                 Some(status)
             }
             Ok(None) => None,
@@ -111,8 +240,28 @@ impl Processes {
         if c.is_running() {
             anyhow::bail!("{name} is still running");
         }
+        let restarts = c.restarts + 1;
         *c = Self::start(name, cmd, &c.log.clone())?;
+        c.restarts = restarts;
         Ok(c.pid())
+    }
+
+    /// If `name` has exited: its status, and its exit counts as reported
+    /// (the caller deals with it; [`check`](Self::check) will not).
+    pub fn exited_now(&mut self, name: &str) -> Option<ExitStatus> {
+        let c = self.children.iter_mut().find(|c| c.name == name)?;
+        c.poll_exit();
+        let status = c.exited?;
+        c.reported = true;
+        Some(status)
+    }
+
+    /// Marks `name` as being restarted (or not any more), for
+    /// [`Supervised::state`].
+    pub fn set_restarting(&mut self, name: &str, on: bool) {
+        if let Some(c) = self.children.iter_mut().find(|c| c.name == name) {
+            c.restarting = on;
+        }
     }
 
     /// SIGKILL to `name` and reap it (so [`check`](Self::check) does not
@@ -124,11 +273,32 @@ impl Processes {
         if c.poll_exit().is_some() || !c.is_running() {
             return false;
         }
-        let _ = c.child.kill();
-        if let Ok(status) = c.child.wait() {
-            c.exited = Some(status);
-        }
+        c.kill_and_reap();
         true
+    }
+
+    /// SIGSTOP to `name`: it keeps its sockets open but does nothing (a
+    /// hung process). Err if it is not running.
+    pub fn pause(&mut self, name: &str) -> anyhow::Result<()> {
+        let c = self.find(name)?;
+        c.signal(rustix::process::Signal::STOP)?;
+        c.paused = true;
+        Ok(())
+    }
+
+    /// SIGCONT to `name`. Err if it is not running.
+    pub fn resume(&mut self, name: &str) -> anyhow::Result<()> {
+        let c = self.find(name)?;
+        c.signal(rustix::process::Signal::CONT)?;
+        c.paused = false;
+        Ok(())
+    }
+
+    fn find(&mut self, name: &str) -> anyhow::Result<&mut Supervised> {
+        self.children
+            .iter_mut()
+            .find(|c| c.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no process named {name}"))
     }
 
     /// SIGTERM to `name`, SIGKILL if it still runs after `grace`; reaps it.
@@ -140,12 +310,10 @@ impl Processes {
         if c.poll_exit().is_some() || !c.is_running() {
             return false;
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.pid().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // A stopped process acts on SIGTERM only once continued.
+        let _ = c.signal(rustix::process::Signal::TERM);
+        let _ = c.signal(rustix::process::Signal::CONT);
+        c.paused = false;
         let deadline = Instant::now() + grace;
         while c.is_running() && Instant::now() < deadline {
             if c.poll_exit().is_none() {
@@ -153,11 +321,9 @@ impl Processes {
             }
         }
         if c.is_running() {
-            let _ = c.child.kill();
-            if let Ok(status) = c.child.wait() {
-                c.exited = Some(status);
-            }
+            c.kill_and_reap();
         }
+        c.reported = true;
         true
     }
 
@@ -172,6 +338,8 @@ impl Processes {
         }
         // Plain log files, without terminal colour codes.
         cmd.env("NO_COLOR", "1");
+        let program = cmd.get_program().to_os_string();
+        let args = cmd.get_args().map(|a| a.to_os_string()).collect();
         let child = cmd
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
@@ -184,6 +352,12 @@ impl Processes {
             log: log.to_path_buf(),
             child,
             exited: None,
+            paused: false,
+            restarting: false,
+            reported: false,
+            restarts: 0,
+            program,
+            args,
         })
     }
 
@@ -195,10 +369,24 @@ impl Processes {
         self.children.iter().find(|c| c.name == name)
     }
 
-    /// The first child found to have exited since the last check.
+    /// A command that runs `name` the way it was last started, with
+    /// `args` in place of its arguments if given.
+    pub fn same_command(&self, name: &str, args: Option<Vec<OsString>>) -> Option<Command> {
+        let c = self.get(name)?;
+        let mut cmd = Command::new(&c.program);
+        cmd.args(args.unwrap_or_else(|| c.args.clone()));
+        Some(cmd)
+    }
+
+    /// The first child found to have exited, on its own, since the last
+    /// check (each exit is reported once).
     pub fn check(&mut self) -> Result<(), UnexpectedExit> {
         for c in &mut self.children {
-            if let Some(status) = c.poll_exit() {
+            c.poll_exit();
+            if let Some(status) = c.exited
+                && !c.reported
+            {
+                c.reported = true;
                 return Err(UnexpectedExit {
                     name: c.name.clone(),
                     status,
@@ -220,7 +408,7 @@ impl Processes {
     /// SIGTERM to every running child, then SIGKILL to those still running
     /// after `grace`; reaps them all. Returns how many needed SIGKILL.
     pub fn stop(&mut self, grace: Duration) -> usize {
-        self.signal_running("-TERM");
+        self.terminate_all();
         let deadline = Instant::now() + grace;
         while self.running() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -233,11 +421,7 @@ impl Processes {
         let mut killed = 0;
         for c in &mut self.children {
             if c.poll_exit().is_none() && c.is_running() {
-                // std never signals a child it has already reaped.
-                let _ = c.child.kill();
-                if let Ok(status) = c.child.wait() {
-                    c.exited = Some(status);
-                }
+                c.kill_and_reap();
                 killed += 1;
             }
         }
@@ -245,32 +429,22 @@ impl Processes {
     }
 
     /// SIGTERM to every running child (graceful shutdown), without waiting.
+    /// Stopped children are continued too, or they would not act on it.
     pub fn terminate_all(&mut self) {
-        self.signal_running("-TERM");
+        self.signal_running(rustix::process::Signal::TERM);
+        self.signal_running(rustix::process::Signal::CONT);
+        for c in &mut self.children {
+            c.paused = false;
+        }
     }
 
-    /// `kill SIG pid...` for the children not yet reaped: their pids cannot
-    /// have been reused, since an unreaped child keeps its pid.
-    fn signal_running(&mut self, sig: &str) {
+    /// `sig` to the children not yet reaped: their pids cannot have been
+    /// reused, since an unreaped child keeps its pid.
+    fn signal_running(&mut self, sig: rustix::process::Signal) {
         for c in &mut self.children {
-            c.poll_exit();
+            // Errors (it exited meanwhile) are caught by the next poll.
+            let _ = c.signal(sig);
         }
-        let pids: Vec<String> = self
-            .children
-            .iter()
-            .filter(|c| c.is_running())
-            .map(|c| c.pid().to_string())
-            .collect();
-        if pids.is_empty() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .arg(sig)
-            .args(&pids)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 

@@ -8,8 +8,13 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::metrics::{scrape, sum};
+use super::metrics::{by_label, scrape, sum};
 use super::network::{Kind, Member};
+use super::process::State;
+
+/// The gauge an authority exports for every node of the signed "down" list
+/// it published (1 = down), and every node process for the list it applied.
+pub const LIVENESS_DOWN: &str = "loopmix_liveness_down";
 
 /// Where progress, notes and the status line go.
 #[derive(Clone)]
@@ -92,27 +97,56 @@ fn shape(msg: &str) -> String {
 
 /// Samples the network's metrics into one status line.
 pub struct Status {
-    members: Vec<Member>,
     started: Instant,
     /// Mixes' forwarded-packet total at the previous sample.
     prev: Option<(Instant, f64)>,
 }
 
+/// The nodes that a scrape of an authority's metrics says are down, by
+/// member name (a node id localnet did not start is shown shortened).
+/// `None` if the text has no [`LIVENESS_DOWN`] series at all (an
+/// authority without liveness): nothing to say then.
+pub fn down_nodes(text: &str, members: &[Member]) -> Option<Vec<String>> {
+    let series = by_label(text, LIVENESS_DOWN, "node");
+    if series.is_empty() {
+        return None;
+    }
+    let mut down: Vec<String> = series
+        .into_iter()
+        .filter(|(_, v)| *v >= 1.0)
+        .map(|(id, _)| {
+            members
+                .iter()
+                .find(|m| m.id.is_some_and(|i| i.to_string() == id))
+                .map_or_else(
+                    || id.chars().take(8).collect::<String>() + "…",
+                    |m| m.name.clone(),
+                )
+        })
+        .collect();
+    down.sort();
+    down.dedup();
+    Some(down)
+}
+
 impl Status {
     /// Takes a first sample, so the first line already has a rate.
-    pub fn new(members: Vec<Member>) -> Self {
+    pub fn new(members: &[Member], state: impl Fn(&str) -> State) -> Self {
         let mut s = Self {
-            members,
             started: Instant::now(),
             prev: None,
         };
-        s.sample();
+        s.sample(members, state);
         s
     }
 
     /// Packets/s through the mixes, loops returned to the clients, streams
-    /// open, and which processes do not answer.
-    pub fn sample(&mut self) -> String {
+    /// open, which processes do not answer, which are exited or stopped,
+    /// and which nodes the network itself considers down (the signed list
+    /// of the first authority that answers). `state` is each member's
+    /// process state, by name: only running members are scraped (a stopped
+    /// one would cost a scrape timeout on every line).
+    pub fn sample(&mut self, members: &[Member], state: impl Fn(&str) -> State) -> String {
         let now = Instant::now();
         let mut forwarded = 0.0;
         let mut epoch: Option<f64> = None;
@@ -120,7 +154,17 @@ impl Status {
         let mut ratios = Vec::new();
         let mut streams: Option<f64> = None;
         let mut silent = Vec::new();
-        for m in &self.members {
+        let mut not_running = Vec::new();
+        let mut down: Option<Vec<String>> = None;
+        for m in members {
+            let st = state(&m.name);
+            if st != State::Running {
+                not_running.push(match st.exit() {
+                    Some(e) => format!("{} exited ({e})", m.name),
+                    None => format!("{} {st}", m.name),
+                });
+                continue;
+            }
             let Some(addr) = m.metrics else { continue };
             let Ok(text) = scrape(addr) else {
                 silent.push(m.name.as_str());
@@ -139,7 +183,12 @@ impl Status {
                         streams = sum(&text, "loopmix_streams_open");
                     }
                 }
-                Kind::Authority | Kind::Provider => {}
+                Kind::Authority => {
+                    if down.is_none() {
+                        down = down_nodes(&text, members);
+                    }
+                }
+                Kind::Provider => {}
             }
             if matches!(m.kind, Kind::Mix | Kind::Provider)
                 && let Some(e) = sum(&text, "loopmix_topology_epoch")
@@ -168,8 +217,16 @@ impl Status {
             Some(s) => line.push_str(&format!(" · streams open {s}")),
             None => line.push_str(" · streams open -"),
         }
+        if !not_running.is_empty() {
+            line.push_str(&format!(" · {}", not_running.join(", ")));
+        }
         if !silent.is_empty() {
             line.push_str(&format!(" · not answering: {}", silent.join(", ")));
+        }
+        match down {
+            Some(d) if d.is_empty() => line.push_str(" · down: none"),
+            Some(d) => line.push_str(&format!(" · down: {}", d.join(", "))),
+            None => {}
         }
         line
     }
