@@ -1101,6 +1101,12 @@ impl Localnet {
             }
             while let Some(pending) = control.and_then(|c| c.try_next()) {
                 let reply = self.act(&pending.request);
+                // localnet.json shows the change before `ctl` returns, so
+                // a script can read it right after.
+                if let Err(e) = self.write_json() {
+                    self.ui
+                        .note(format!("loopmix-localnet: writing {LOCALNET_JSON}: {e:#}"));
+                }
                 pending.answer(reply);
                 changed = true;
             }
