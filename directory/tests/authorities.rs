@@ -214,9 +214,16 @@ async fn bad_inputs_get_specific_answers() {
     let http = http();
     let base = net.auths[0].url.clone();
     let url = format!("{base}/v1/descriptors");
-    let (_, b) = get(&http, &format!("{base}/v1/epoch")).await;
-    let info: EpochInfo = serde_json::from_slice(&b).unwrap();
-    let epoch = *info.open_epochs.last().unwrap();
+    // Nothing is open in the last registration_lead of an epoch
+    // (register_ahead = 1): ask again until an epoch is.
+    let (info, epoch) = loop {
+        let (_, b) = get(&http, &format!("{base}/v1/epoch")).await;
+        let info: EpochInfo = serde_json::from_slice(&b).unwrap();
+        if let Some(&e) = info.open_epochs.last() {
+            break (info, e);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    };
 
     // Malformed JSON.
     let (s, b) = post(&http, &url, b"{not json".to_vec()).await;

@@ -17,7 +17,12 @@ pub use loopmix_directory::harness::Authorities as Net;
 /// (kept alive by the returned guard, dropped after the processes).
 pub fn start_net(n: usize, k: usize, epoch_length: &str, lead: &str) -> (Net, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
-    let net = Net::launch(BIN.as_ref(), tmp.path(), n, k, epoch_length, lead, |t| t).unwrap();
+    // These tests use epochs of seconds, where one epoch ahead leaves only
+    // `length - lead` to register: give them the second epoch back.
+    let net = Net::launch(BIN.as_ref(), tmp.path(), n, k, epoch_length, lead, |t| {
+        t.replace("register_ahead = 1\n", "register_ahead = 2\n")
+    })
+    .unwrap();
     (net, tmp)
 }
 
@@ -94,7 +99,12 @@ where
 pub async fn open_epoch(client: &DirectoryClient, margin_s: u64) -> u64 {
     loop {
         let info = client.epoch_info().await.unwrap();
-        let target = *info.open_epochs.last().unwrap();
+        // With register_ahead = 1 nothing is open during the last
+        // registration_lead of an epoch: wait for the next one to open.
+        let Some(&target) = info.open_epochs.last() else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
         let closes = info.epoch_start + (target - info.epoch) * info.epoch_length_s
             - info.registration_lead_s;
         let left = closes.saturating_sub(info.now);
