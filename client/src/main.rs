@@ -105,7 +105,9 @@ enum Cmd {
     Receive {
         #[arg(long)]
         config: PathBuf,
-        /// Stop after this many messages.
+        /// Stop after this many messages (messages that arrived in the same
+        /// pull as the last one are printed too: they are confirmed to the
+        /// provider, so dropping them would lose them).
         #[arg(long)]
         count: Option<usize>,
         /// Stop after this many seconds.
@@ -259,7 +261,15 @@ fn main() -> anyhow::Result<()> {
                 if reply.is_some() {
                     tokio::time::sleep(Duration::from_secs(3)).await;
                 }
-                client.shutdown();
+                // Confirms what was received; messages that came in the same
+                // pull as the last one counted are confirmed too, so they are
+                // printed rather than lost.
+                client.close().await;
+                while let Ok(ev) = events.try_recv() {
+                    if let ClientEvent::Received { body, .. } = ev {
+                        print_message(&body)?;
+                    }
+                }
                 Ok(())
             })
         }

@@ -147,6 +147,9 @@ pub struct Client {
     engine: Arc<Mutex<Engine>>,
     address: ClientAddress,
     cancel: CancellationToken,
+    /// The pull loop, awaited by [`Client::close`] so that the inbox items
+    /// already handed to the application are confirmed before it exits.
+    pull: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub metrics: ClientMetrics,
 }
 
@@ -196,8 +199,26 @@ impl Client {
         e.topology().map(|t| (t.epoch(), t.contains(&provider)))
     }
 
+    /// Stops every task at once. Inbox items handed to the application
+    /// whose confirmation was still under way stay at the provider and come
+    /// again next time; [`close`](Self::close) avoids that.
     pub fn shutdown(&self) {
         self.cancel.cancel();
+    }
+
+    /// Stops like [`shutdown`](Self::shutdown), but first lets the pull loop
+    /// confirm to the provider every inbox item it already put on the event
+    /// channel (waiting at most `CLOSE_TIMEOUT`). After it returns, nothing
+    /// more arrives on the channel: an application that wants every
+    /// message it was given drains the channel then.
+    pub async fn close(&self) {
+        self.cancel.cancel();
+        let pull = self.pull.lock().ok().and_then(|mut p| p.take());
+        if let Some(h) = pull
+            && tokio::time::timeout(CLOSE_TIMEOUT, h).await.is_err()
+        {
+            warn!("the provider did not confirm the last messages in time; they may come again");
+        }
     }
 
     /// Starts the client: waits for a verified topology that lists our
@@ -313,13 +334,14 @@ impl Client {
             filler,
             routing: Mutex::new(routing),
         };
-        shell.spawn_all();
+        let pull = shell.spawn_all();
         info!(%address, "client running");
         Ok((
             Client {
                 engine,
                 address,
                 cancel,
+                pull: Mutex::new(Some(pull)),
                 metrics,
             },
             events_rx,
@@ -328,6 +350,9 @@ impl Client {
 }
 
 /// Where a client with a metrics endpoint writes its bound address.
+/// How long [`Client::close`] waits for the last confirmation.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
 pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 
 /// Writes `text` to `path` through a temporary file and a rename, so a
@@ -401,7 +426,8 @@ impl Stream {
 }
 
 impl Shell {
-    fn spawn_all(self) {
+    /// Spawns every task; returns the pull loop's handle.
+    fn spawn_all(self) -> tokio::task::JoinHandle<()> {
         let me = Arc::new(self);
         {
             let (dir, cancel) = (me.dir.clone(), me.cancel.clone());
@@ -413,7 +439,7 @@ impl Shell {
             tokio::spawn(me.clone().poisson(s));
         }
         tokio::spawn(me.clone().ticks());
-        tokio::spawn(me.pull_loop());
+        tokio::spawn(me.pull_loop())
     }
 
     fn topology(&self) -> Option<Arc<VerifiedTopology>> {
@@ -612,7 +638,20 @@ impl Shell {
         let mut unconfirmed: Vec<u64> = Vec::new();
         loop {
             tokio::select! {
-                _ = self.cancel.cancelled() => return,
+                biased;
+                _ = self.cancel.cancelled() => {
+                    // Items the application already has must not come
+                    // again: one last confirm (bounded by `timeout`).
+                    if let (Some(c), false) = (conn.as_ref(), unconfirmed.is_empty()) {
+                        let batch: Vec<u64> = unconfirmed
+                            .iter()
+                            .copied()
+                            .take(provider_link::MAX_CONFIRM)
+                            .collect();
+                        let _ = provider_link::request(c, &Request::Confirm(batch), timeout).await;
+                    }
+                    return;
+                }
                 _ = every.tick() => {}
             }
             if conn.as_ref().is_none_or(|c| c.close_reason().is_some()) {

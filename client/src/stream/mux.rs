@@ -643,6 +643,12 @@ impl Mux {
                         .blocks_revoked
                         .with_label_values(&["dropped"])
                         .inc_by((before - session.pool.len()) as u64);
+                    // Blocks like these carried what is in flight: resend
+                    // it now over the blocks left, without waiting out a
+                    // backed-off timeout.
+                    for s in session.streams.values_mut() {
+                        s.sender.reroute(now);
+                    }
                 } else {
                     bad.push("unexpected_revoke");
                 }
@@ -977,7 +983,7 @@ impl Mux {
         let Some((_, exit)) = self.own else { return };
         let tags = engine.take_revocations(&exit.identity, MAX_REVOKE_TAGS);
         if !tags.is_empty() {
-            self.revoke(tags);
+            self.revoke(tags, now);
         }
         let cap0 = engine.send_capacity(0);
         let block_len = cap0.saturating_sub(engine.send_capacity(1)).max(1);
@@ -1008,7 +1014,7 @@ impl Mux {
     /// (their routes cross a mix now listed down). Our estimate of what it
     /// holds drops at once, so fresh blocks are granted without waiting
     /// for its next report.
-    pub(crate) fn revoke(&mut self, tags: Vec<BlockTag>) {
+    pub(crate) fn revoke(&mut self, tags: Vec<BlockTag>, now: Instant) {
         let Some((id, _)) = self.own else { return };
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
@@ -1020,6 +1026,10 @@ impl Mux {
             .with_label_values(&["sent"])
             .inc_by(u64::from(n));
         session.queue_control(Frame::Revoke { tags });
+        // What we sent recently may have crossed the node too.
+        for s in session.streams.values_mut() {
+            s.sender.reroute(now);
+        }
     }
 
     /// Client: the next message, for packets whose body holds `cap0` bytes

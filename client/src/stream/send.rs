@@ -102,6 +102,9 @@ pub struct Sender {
     /// A segment went `max_sends` times without an acknowledgement.
     pub failed: bool,
     pub retransmissions: u64,
+    /// Segments sent before this went over routes now known broken: they
+    /// are due at once (see [`Sender::reroute`]).
+    rerouted: Option<Instant>,
 }
 
 impl Sender {
@@ -124,6 +127,7 @@ impl Sender {
             last_ack_at: None,
             failed: false,
             retransmissions: 0,
+            rerouted: None,
         }
     }
 
@@ -165,8 +169,27 @@ impl Sender {
         self.acked.saturating_add(u32::from(w))
     }
 
+    /// When `s` is due for retransmission.
+    fn due_at(&self, s: &Segment, rto: Duration) -> Instant {
+        match self.rerouted {
+            Some(r) if s.sent_at < r => r,
+            _ => s.sent_at + rto,
+        }
+    }
+
     fn due(&self, s: &Segment, now: Instant) -> bool {
-        now >= s.sent_at + self.rtt.rto()
+        now >= self.due_at(s, self.rtt.rto())
+    }
+
+    /// The routes under the segments in flight changed at `now` (a mix on
+    /// them is now listed down, or the reply blocks that carried them were
+    /// revoked), so many of them are lost: every segment sent before `now`
+    /// is due at once, and the timeouts' backoff, which grew while packets
+    /// vanished into the dead node, starts over. Each resend still counts
+    /// towards `max_sends`.
+    pub fn reroute(&mut self, now: Instant) {
+        self.rerouted = Some(now);
+        self.rtt.backoff = 0;
     }
 
     /// Whether a new segment may go now (window open, or a probe when the
@@ -209,21 +232,30 @@ impl Sender {
         let due = self
             .inflight
             .iter()
-            .find(|(_, s)| now >= s.sent_at + rto)
+            .find(|(_, s)| now >= self.due_at(s, rto))
             .map(|(seq, s)| (*seq, s.data.len()));
         if let Some((seq, len)) = due {
             if len > room {
                 return None;
             }
+            let oldest = self.inflight.keys().next() == Some(&seq);
+            let rerouted = self.rerouted;
             let s = self.inflight.get_mut(&seq)?;
             if s.sends >= self.max_sends {
                 self.failed = true;
                 return None;
             }
+            let rerouted = rerouted.is_some_and(|r| s.sent_at < r);
             s.sends += 1;
             s.sent_at = now;
             self.retransmissions += 1;
-            self.rtt.timed_out();
+            // One doubling per timeout of the oldest segment (TCP's single
+            // timer), not per segment: with a window of segments lost
+            // together, per-segment doubling would hit `max_rto` at once.
+            // A rerouted resend is no timeout at all.
+            if oldest && !rerouted {
+                self.rtt.timed_out();
+            }
             return Some(Out {
                 seq,
                 fin: s.fin,
@@ -294,7 +326,7 @@ impl Sender {
     /// When the oldest in-flight segment times out.
     pub fn next_timeout(&self) -> Option<Instant> {
         let rto = self.rtt.rto();
-        self.inflight.values().map(|s| s.sent_at + rto).min()
+        self.inflight.values().map(|s| self.due_at(s, rto)).min()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -358,6 +390,64 @@ mod tests {
         assert_eq!(s.rtt.srtt(), Some(Duration::from_millis(800)));
         // rto = 800 + 4 * 400
         assert_eq!(s.rtt.rto(), Duration::from_millis(2400));
+    }
+
+    #[test]
+    fn a_lost_window_backs_off_once_not_per_segment() {
+        let t0 = Instant::now();
+        let mut s = sender();
+        s.push(&[1; 200]);
+        for _ in 0..4 {
+            s.next_segment(t0, 50).unwrap();
+        }
+        let rto0 = s.rtt.rto();
+        // All four time out together: the oldest goes and doubles the
+        // RTO, the other three go one doubled RTO after their first send…
+        assert_eq!(s.next_segment(t0 + rto0, 50).unwrap().seq, 0);
+        assert!(s.next_segment(t0 + rto0, 50).is_none());
+        let t = t0 + 2 * rto0;
+        for seq in 1..4 {
+            assert_eq!(s.next_segment(t, 50).unwrap().seq, seq);
+        }
+        // …without doubling it again (per-segment doubling made it 16×).
+        assert_eq!(s.retransmissions, 4);
+        assert_eq!(s.rtt.rto(), rto0 * 2);
+    }
+
+    #[test]
+    fn rerouting_makes_what_is_in_flight_due_at_once_without_backoff() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(
+            1000,
+            4,
+            Rtt::new(Duration::from_millis(200), Duration::from_secs(30)),
+            4,
+        );
+        s.push(&[1; 100]);
+        s.next_segment(t0, 50).unwrap();
+        // Timed out twice: the RTO has doubled twice.
+        let rto0 = s.rtt.rto();
+        let mut t = t0 + rto0;
+        s.next_segment(t, 50).unwrap();
+        t += s.rtt.rto();
+        s.next_segment(t, 50).unwrap();
+        assert_eq!(s.rtt.rto(), rto0 * 4);
+        s.next_segment(t, 50).unwrap(); // segment 1, sent once
+        // A mix on the routes is listed down a moment later.
+        let t1 = t + Duration::from_millis(10);
+        assert!(!s.wants_to_send(t1));
+        s.reroute(t1);
+        assert_eq!(s.rtt.rto(), rto0, "backoff forgotten");
+        assert_eq!(s.next_timeout(), Some(t1));
+        assert!(s.wants_to_send(t1));
+        assert_eq!(s.next_segment(t1, 50).unwrap().seq, 0);
+        // Segment 1 counts as too, but reaching max_sends still fails.
+        assert_eq!(s.next_segment(t1, 50).unwrap().seq, 1);
+        assert!(s.next_segment(t1, 50).is_none(), "sent again only once");
+        assert_eq!(s.rtt.rto(), rto0, "a rerouted resend is no timeout");
+        s.reroute(t1 + Duration::from_millis(1));
+        assert!(s.next_segment(t1 + Duration::from_millis(1), 50).is_none());
+        assert!(s.failed, "segment 0 had its 4 sends");
     }
 
     #[test]

@@ -15,6 +15,12 @@
 //! * State exists only for nodes of the published topologies
 //!   ([`ProbeTable::retain`]); a node never probed is up (no evidence), so
 //!   an authority restarting with empty state accuses nobody.
+//! * A node that has never answered gets [`NEW_NODE_GRACE_MS`] before its
+//!   failures count: nodes register before their endpoint is up, and
+//!   authorities probe the next epoch's nodes too, so without it a network
+//!   that is starting would list every node down for its first seconds. A
+//!   node that registered but is unreachable is still listed down, once
+//!   the grace has passed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -27,6 +33,8 @@ use loopmix_core::transport::Transport;
 pub const FLAP_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// Cap of the successes needed to come back (unless `up_after` is larger).
 pub const MAX_UP_AFTER: u32 = 16;
+/// How long failures of a node that never answered a probe are ignored.
+pub const NEW_NODE_GRACE_MS: u64 = 30 * 1000;
 /// Down transitions remembered per node (more cannot raise the cap).
 const MAX_REMEMBERED_DOWNS: usize = 8;
 
@@ -55,6 +63,9 @@ impl Transition {
 
 #[derive(Debug, Default, Clone)]
 struct NodeState {
+    /// When (ms) it was first probed, and whether any probe succeeded.
+    first_probe: Option<u64>,
+    ever_up: bool,
     down: bool,
     failures: u32,
     successes: u32,
@@ -97,6 +108,11 @@ impl ProbeTable {
     pub fn record(&mut self, id: NodeId, ok: bool, now_ms: u64) -> Option<Transition> {
         let p = self.params;
         let s = self.nodes.entry(id).or_default();
+        let first = *s.first_probe.get_or_insert(now_ms);
+        s.ever_up |= ok;
+        if !ok && !s.ever_up && now_ms.saturating_sub(first) < NEW_NODE_GRACE_MS {
+            return None;
+        }
         while s
             .downs
             .front()
@@ -266,6 +282,7 @@ mod tests {
         let mut t = table();
         let n = IdentityKeypair::generate().node_id();
         let mut now = 0;
+        t.record(n, true, now);
         let cycle = |t: &mut ProbeTable, now: &mut u64| -> u32 {
             for _ in 0..3 {
                 *now += 2000;
@@ -290,14 +307,45 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_never_answered_gets_a_grace_period() {
+        let mut t = table();
+        let (starting, dead) = (
+            IdentityKeypair::generate().node_id(),
+            IdentityKeypair::generate().node_id(),
+        );
+        // Probed before its endpoint is up: no accusation, then it answers.
+        for now in (0..NEW_NODE_GRACE_MS).step_by(2000) {
+            assert_eq!(t.record(starting, false, now), None);
+            assert_eq!(t.record(dead, false, now), None);
+        }
+        assert_eq!(t.record(starting, true, NEW_NODE_GRACE_MS), None);
+        assert!(t.down().is_empty());
+        // The one that never answers is listed after the grace…
+        let mut now = NEW_NODE_GRACE_MS;
+        let mut tr = None;
+        while tr.is_none() {
+            tr = t.record(dead, false, now);
+            now += 2000;
+        }
+        assert_eq!(tr, Some(Transition::Down));
+        assert_eq!(now - NEW_NODE_GRACE_MS, 3 * 2000);
+        // …and one that answered once is judged at once from then on.
+        for k in 1..=3 {
+            let tr = t.record(starting, false, NEW_NODE_GRACE_MS + k);
+            assert_eq!(tr, (k == 3).then_some(Transition::Down));
+        }
+    }
+
+    #[test]
     fn state_is_bounded_by_the_listed_nodes() {
         let mut t = table();
         let ids: Vec<NodeId> = (0..100)
             .map(|_| IdentityKeypair::generate().node_id())
             .collect();
         for (i, id) in ids.iter().enumerate() {
-            for k in 0..3 {
-                t.record(*id, i % 2 == 0 && k < 3, k);
+            t.record(*id, true, 0);
+            for k in 1..=3 {
+                t.record(*id, i % 2 == 0, k);
             }
         }
         assert_eq!(t.len(), 100);

@@ -328,7 +328,7 @@ fn revoked_reply_blocks_leave_the_exit_pool() {
     exit.on_message(&out.body, (1..=4).map(keyed).collect(), t0);
     assert_eq!(em.blocks.get(), 4);
     // Blocks 2 and 4 cross a mix now listed down; one unknown tag too.
-    client.revoke(vec![block_tag(&[2; 32]), block_tag(&[4; 32]), [9; 8]]);
+    client.revoke(vec![block_tag(&[2; 32]), block_tag(&[4; 32]), [9; 8]], t0);
     let t1 = t0 + Duration::from_millis(10);
     let out = client.client_message(CAP0, BLOCK, t1).unwrap();
     let msg = Message::decode(&out.body).unwrap();
