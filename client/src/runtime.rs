@@ -358,10 +358,8 @@ pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 /// Writes `text` to `path` through a temporary file and a rename, so a
 /// reader never sees half a file.
 pub fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    loopmix_core::files::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn provider_address(t: &Topology, provider: NodeId) -> anyhow::Result<SocketAddr> {

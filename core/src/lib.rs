@@ -10,11 +10,13 @@
 //! * [`message`]: reliable messages: fragmentation, reassembly, acks and
 //!   retransmission (sans-IO).
 //! * [`transport`]: QUIC with pinned raw public keys, ingress and egress.
+//! * [`files`]: files written whole or not at all (`write_atomic`).
 //! * [`metrics`]: per-node Prometheus registries and the `/metrics` endpoint.
 //! * [`pki`]: signed descriptors and topology documents, k-of-n verification,
 //!   deterministic document building, the directory client.
 
 pub mod e2e;
+pub mod files;
 pub mod keys;
 pub mod liveness;
 pub mod message;

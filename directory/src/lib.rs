@@ -99,10 +99,7 @@ pub async fn run(cfg: DirectoryConfig, shutdown: CancellationToken) -> anyhow::R
 /// Writes `ip:port` to `data_dir/http.addr` atomically (write + rename), so
 /// readers never see a partial address.
 fn write_addr_file(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<()> {
-    let tmp = data_dir.join(format!("{ADDR_FILE}.tmp"));
     let dst = data_dir.join(ADDR_FILE);
-    std::fs::write(&tmp, format!("{addr}\n"))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))?;
-    Ok(())
+    loopmix_core::files::write_atomic(&dst, format!("{addr}\n").as_bytes())
+        .with_context(|| format!("writing {}", dst.display()))
 }

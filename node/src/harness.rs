@@ -148,9 +148,7 @@ pub fn edit_config(nd: &NodeDir, f: impl FnOnce(String) -> String) -> anyhow::Re
 
 /// Writes `doc` atomically to `path`.
 pub fn write_topology(path: &Path, doc: &TopologyDocument) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(doc)?)?;
-    std::fs::rename(&tmp, path)?;
+    loopmix_core::files::write_atomic(path, &serde_json::to_vec_pretty(doc)?)?;
     Ok(())
 }
 

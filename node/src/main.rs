@@ -35,7 +35,7 @@ enum Cmd {
         /// Directory to create the files in (created if missing).
         #[arg(long)]
         dir: PathBuf,
-        /// Node role: mix (provider comes with the provider work).
+        /// Node role: `mix` or `provider`.
         #[arg(long, default_value = "mix", value_parser = parse_role)]
         role: Role,
         /// UDP address QUIC listens on (port 0 = any free port).

@@ -3,13 +3,14 @@
 //! shutdown.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use loopmix_core::e2e::payload_plaintext_len;
+use loopmix_core::files::write_atomic;
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
 use loopmix_core::mixing::loops::LoopTracker;
 use loopmix_core::mixing::processor::SphinxProcessor;
@@ -41,12 +42,6 @@ pub struct BoundAddresses {
     pub quic: SocketAddr,
     pub metrics: SocketAddr,
     pub pid: u32,
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, path)
 }
 
 /// Builds the directory client from `[directory]`.

@@ -5,7 +5,7 @@
 //!                 try_send, drop "overload")
 //!   ─► Sphinx workers, one thread per core (queued too long: drop "overload";
 //!      unwrap, replay, route check)
-//!   ─► delay stage (deadline = arrival + header delay, sans-IO DelayQueue)
+//!   ─► delay stage (deadline = arrival + header delay, the sans-IO `Mix`)
 //!   ─► Egress (one bounded queue + QUIC stream per next hop)
 //! ```
 //! Each arrow is a bounded channel. Only the first one drops on overflow;
@@ -29,9 +29,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use loopmix_core::keys::NodeId;
-use loopmix_core::mixing::delay_queue::DelayQueue;
-use loopmix_core::mixing::entropy::MixEntropy;
 use loopmix_core::mixing::loops::LoopTracker;
+use loopmix_core::mixing::mix::{Decision, Mix, MixConfig};
 use loopmix_core::mixing::processor::{Processed, SphinxProcessor};
 pub use loopmix_core::poisson::sleep_until;
 use loopmix_core::topology::Topology;
@@ -508,14 +507,17 @@ impl DelayStage {
     /// Runs until every worker has exited (the input closes), then keeps
     /// forwarding what is queued at its deadline for at most `drain`.
     pub async fn run(self, mut rx: mpsc::Receiver<Delayed>) {
-        let mut queue: DelayQueue<Instant, Delayed> = DelayQueue::new(self.limit);
-        // How much anonymity this node provides: O(1) per packet, no history.
-        let mut entropy: MixEntropy<Instant> = MixEntropy::new();
+        // The rules (deadline, due-at-once, overload, late, entropy) are
+        // the sans-IO `Mix` the simulator drives too; this is its I/O.
+        let mut mix: Mix<Instant, Delayed> = Mix::new(MixConfig {
+            queue_limit: self.limit,
+            late_tolerance: self.late_tolerance,
+        });
         let mut window_start = Instant::now();
         let mut batch = Vec::with_capacity(256);
         loop {
-            self.release_due(&mut queue, &mut entropy);
-            let next = queue.next_deadline();
+            self.release_due(&mut mix);
+            let next = mix.next_deadline();
             tokio::select! {
                 n = rx.recv_many(&mut batch, 256) => {
                     if n == 0 {
@@ -523,39 +525,32 @@ impl DelayStage {
                     }
                     let now = Instant::now();
                     for item in batch.drain(..) {
-                        let deadline = item.received + item.intended;
-                        if deadline <= now {
-                            entropy.arrive(now);
-                            entropy.depart(now);
-                            self.forward(item, deadline, now);
-                        } else if let Err(item) = queue.push(deadline, item) {
-                            drop(item);
-                            self.shared.drop_packet("overload");
-                        } else {
-                            entropy.arrive(now);
+                        let (received, intended) = (item.received, item.intended);
+                        if let Some(d) = mix.on_processed(item, received, intended, now) {
+                            self.act(d, now);
                         }
                     }
                 }
                 _ = sleep_until(next), if next.is_some() => {}
             }
-            self.shared.metrics.delay_queue.set(queue.len() as i64);
+            self.shared.metrics.delay_queue.set(mix.len() as i64);
             let now = Instant::now();
             if now.saturating_duration_since(window_start) >= ENTROPY_WINDOW {
                 window_start = now;
-                self.publish_entropy(&mut entropy, now);
+                self.publish_entropy(&mut mix, now);
             }
         }
         // Shutdown: honour deadlines for up to `drain`, then count the rest.
         let give_up = Instant::now() + self.drain;
-        while let Some(next) = queue.next_deadline() {
+        while let Some(next) = mix.next_deadline() {
             if next > give_up {
                 break;
             }
             sleep_until(Some(next)).await;
-            self.release_due(&mut queue, &mut entropy);
-            self.shared.metrics.delay_queue.set(queue.len() as i64);
+            self.release_due(&mut mix);
+            self.shared.metrics.delay_queue.set(mix.len() as i64);
         }
-        let left = queue.drain_all().len();
+        let left = mix.drain_all().len();
         if left > 0 {
             warn!(packets = left, "shutdown: delayed packets not forwarded");
             self.shared
@@ -567,36 +562,33 @@ impl DelayStage {
         self.shared.metrics.delay_queue.set(0);
     }
 
-    fn release_due(
-        &self,
-        queue: &mut DelayQueue<Instant, Delayed>,
-        entropy: &mut MixEntropy<Instant>,
-    ) {
+    fn release_due(&self, mix: &mut Mix<Instant, Delayed>) {
         let now = Instant::now();
-        while let Some((deadline, item)) = queue.pop_due(now) {
-            // A packet leaves the pool whether it is forwarded or dropped.
-            entropy.depart(now);
-            self.forward(item, deadline, now);
+        while let Some(d) = mix.poll_due(now) {
+            self.act(d, now);
+        }
+    }
+
+    fn act(&self, d: Decision<Instant, Delayed>, now: Instant) {
+        match d {
+            Decision::Forward { item, .. } => self.forward(item, now),
+            Decision::Drop { reason, .. } => self.shared.drop_packet(reason.label()),
         }
     }
 
     /// Sets `loopmix_node_entropy_bits` and `loopmix_node_pool_size_mean`
     /// to the averages of the window that ends now. Without departures the
     /// entropy gauge keeps the latest `H_t`.
-    fn publish_entropy(&self, entropy: &mut MixEntropy<Instant>, now: Instant) {
-        let w = entropy.take_window(now);
+    fn publish_entropy(&self, mix: &mut Mix<Instant, Delayed>, now: Instant) {
+        let w = mix.take_entropy_window(now);
         let m = &self.shared.metrics;
         m.entropy_bits
-            .set(w.mean_entropy_bits.unwrap_or(entropy.entropy_bits()));
+            .set(w.mean_entropy_bits.unwrap_or(mix.entropy_bits()));
         m.pool_size_mean.set(w.mean_pool_size.unwrap_or(0.0));
     }
 
-    fn forward(&self, item: Delayed, deadline: Instant, now: Instant) {
+    fn forward(&self, item: Delayed, now: Instant) {
         let m = &self.shared.metrics;
-        if now.saturating_duration_since(deadline) > self.late_tolerance {
-            self.shared.drop_packet("late");
-            return;
-        }
         let held = now.saturating_duration_since(item.received);
         m.hop_delay_error
             .observe(held.saturating_sub(item.intended).as_secs_f64());

@@ -6,12 +6,15 @@
 //!
 //! 1. [`processor::SphinxProcessor`]: key by epoch → header MAC → replay tag
 //!    check in that key's [`replay::ReplayCache`] → full unwrap.
-//! 2. [`delay_queue::DelayQueue`]: hold until arrival + header delay.
+//! 2. [`mix::Mix`]: the pool ([`delay_queue::DelayQueue`]) and its rules:
+//!    hold until arrival + header delay, forward at once what is already
+//!    due, drop on overload or when released too late, account entropy.
 //! 3. The driver forwards to the next hop; [`loops::LoopTracker`] recognises
 //!    the node's own loop cover packets when they come back.
 
 pub mod delay_queue;
 pub mod entropy;
 pub mod loops;
+pub mod mix;
 pub mod processor;
 pub mod replay;

@@ -24,10 +24,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use loopmix_core::keys::NodeId;
+use loopmix_core::pki::unix_now;
 use loopmix_core::topology::Role;
 use loopmix_node::node::BoundAddresses;
 
@@ -223,13 +224,6 @@ pub struct Localnet {
     ready: Option<Ready>,
     /// The `ctl` socket, if served.
     control_socket: Option<PathBuf>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `ip:port` from a file, if it holds one.
@@ -992,9 +986,7 @@ impl Localnet {
             "members": members,
         });
         let path = self.root.join(LOCALNET_JSON);
-        let tmp = self.root.join(format!("{LOCALNET_JSON}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?)?;
-        std::fs::rename(&tmp, &path)?;
+        loopmix_core::files::write_atomic(&path, &serde_json::to_vec_pretty(&json)?)?;
         Ok(())
     }
 

@@ -2,8 +2,8 @@
 //!
 //! Nothing here re-implements mixing. Every packet is routed by
 //! [`Topology::random_mix_path`], gets its per-hop delays from
-//! [`sample_delays`], is held in each hop's [`DelayQueue`] until its deadline,
-//! and every client stream and mix loop stream is a [`PoissonTicker`] — the
+//! [`sample_delays`], is held by each hop's [`Mix`] (the node's own pool
+//! and rules) until its deadline, and every client stream and mix loop stream is a [`PoissonTicker`] — the
 //! same sans-IO code `loopmix-client` and `loopmix-node` run, driven here by
 //! a virtual clock ([`SimTime`]). Only Sphinx itself is abstracted away: a
 //! packet is its route, its delays and a little bookkeeping.
@@ -26,7 +26,8 @@ use std::time::Duration;
 use loopmix_core::keys::NodeId;
 use loopmix_core::keys::{IdentityKeypair, SphinxPublicKey};
 use loopmix_core::mixing::delay_queue::DelayQueue;
-use loopmix_core::mixing::entropy::{EntropyWindow, MixEntropy};
+use loopmix_core::mixing::entropy::EntropyWindow;
+use loopmix_core::mixing::mix::{Decision, Mix, MixConfig};
 use loopmix_core::poisson::PoissonTicker;
 use loopmix_core::sphinx::{MAX_PATH_LENGTH, sample_delays};
 use loopmix_core::topology::{
@@ -106,8 +107,8 @@ struct Node {
     /// 0 for providers, else the 1-based mix layer.
     layer: u8,
     corrupt: bool,
-    pool: DelayQueue<SimTime, u32>,
-    entropy: MixEntropy<SimTime>,
+    /// The node's own mixing rules and pool (the node runs the same type).
+    mix: Mix<SimTime, u32>,
     pool_mass: [f64; 2],
     rng: ChaCha8Rng,
     loops: PoissonTicker<SimTime>,
@@ -482,8 +483,12 @@ pub fn run(s: &Scenario, rep: u32, progress: Progress<'_>) -> Result<RunResult, 
         nodes.push(Node {
             layer: e.layer.unwrap_or(0),
             corrupt: corrupt.contains(&i),
-            pool: DelayQueue::new(usize::MAX),
-            entropy: MixEntropy::new(),
+            // Unbounded and never late: the simulator models the mixing,
+            // not overload (virtual time has no processing backlog).
+            mix: Mix::new(MixConfig {
+                queue_limit: usize::MAX,
+                late_tolerance: Duration::MAX,
+            }),
             pool_mass: [0.0; 2],
             rng,
             loops,
@@ -554,13 +559,13 @@ pub fn run(s: &Scenario, rep: u32, progress: Progress<'_>) -> Result<RunResult, 
             Ev::WindowStart => {
                 w.in_window = true;
                 for n in &mut w.nodes {
-                    n.entropy.take_window(now);
+                    n.mix.take_entropy_window(now);
                 }
             }
             Ev::WindowEnd => {
                 w.in_window = false;
                 for n in &mut w.nodes {
-                    n.window = Some(n.entropy.take_window(now));
+                    n.window = Some(n.mix.take_entropy_window(now));
                 }
             }
             Ev::Tick { client, stream } => w.client_tick(client, stream, now),
@@ -744,17 +749,25 @@ impl World<'_> {
             self.deliver(id, now);
             return;
         }
-        let deadline = now + Duration::from_nanos(p.delays_ns[p.hop as usize]);
+        let delay = Duration::from_nanos(p.delays_ns[p.hop as usize]);
+        let deadline = now + delay;
         let mass = p.mass;
         let Some(n) = self.nodes.get_mut(node as usize) else {
             self.free.push(id);
             return;
         };
-        if n.pool.push(deadline, id).is_err() {
-            self.free.push(id);
-            return;
+        match n.mix.on_processed(id, now, delay, now) {
+            None => {}
+            // A zero delay: the node would forward it at once, unmixed.
+            Some(Decision::Forward { .. }) => {
+                self.hop(id, now);
+                return;
+            }
+            Some(Decision::Drop { .. }) => {
+                self.free.push(id);
+                return;
+            }
         }
-        n.entropy.arrive(now);
         if n.mixes_mass() {
             n.pool_mass[0] += mass[0];
             n.pool_mass[1] += mass[1];
@@ -765,23 +778,33 @@ impl World<'_> {
     /// The next packet of `node` is due: forward it to its next hop.
     fn release(&mut self, node: u32, now: SimTime) {
         let n = &mut self.nodes[node as usize];
-        let Some((_, id)) = n.pool.pop_due(now) else {
-            return;
+        let id = match n.mix.poll_due(now) {
+            Some(Decision::Forward { item, .. }) => item,
+            Some(Decision::Drop { item, .. }) => {
+                self.free.push(item);
+                return;
+            }
+            None => return,
         };
-        n.entropy.depart(now);
         let p = &mut self.packets[id as usize];
         if n.mixes_mass() && (n.pool_mass[0] > 0.0 || n.pool_mass[1] > 0.0) {
             // Every packet that was in the pool is equally likely to be this one.
-            let k = (n.pool.len() + 1) as f64;
+            let k = (n.mix.len() + 1) as f64;
             for (pm, m) in n.pool_mass.iter_mut().zip(p.mass.iter_mut()) {
                 *m = *pm / k;
-                *pm = if n.pool.is_empty() {
+                *pm = if n.mix.is_empty() {
                     0.0
                 } else {
                     (*pm - *m).max(0.0)
                 };
             }
         }
+        self.hop(id, now);
+    }
+
+    /// Packet `id` leaves `node` for its next hop.
+    fn hop(&mut self, id: u32, now: SimTime) {
+        let p = &mut self.packets[id as usize];
         p.hop += 1;
         let next = p.route[p.hop as usize];
         self.arrive(next, id, now);
@@ -830,6 +853,66 @@ enum RngOwner {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    /// The node's delay stage drives `Mix<Instant, _>`, the simulator
+    /// `Mix<SimTime, _>`: the same events (arrivals with their queueing
+    /// wait and header delay, and release polls, some of them stalled) give
+    /// the same decisions, in the same order, at the same offsets.
+    #[test]
+    fn the_node_clock_and_the_virtual_clock_decide_alike() {
+        let cfg = MixConfig {
+            queue_limit: 64,
+            late_tolerance: Duration::from_millis(500),
+        };
+        let mut node: Mix<std::time::Instant, u32> = Mix::new(cfg);
+        let mut sim: Mix<SimTime, u32> = Mix::new(cfg);
+        let t0 = std::time::Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let (mut node_log, mut sim_log) = (Vec::new(), Vec::new());
+        fn describe<T: Copy + Sub<Output = Duration>>(d: Decision<T, u32>, t0: T) -> String {
+            match d {
+                Decision::Forward { item, deadline } => {
+                    format!("fwd {item} due {:?}", deadline - t0)
+                }
+                Decision::Drop { item, reason } => format!("drop {item} {}", reason.label()),
+            }
+        }
+        let s0 = SimTime::default();
+        let mut at = Duration::ZERO;
+        for id in 0..5000u32 {
+            at += Duration::from_micros(rng.random_range(0..2_000));
+            let waited = Duration::from_micros(rng.random_range(0..300_000));
+            let delay = Duration::from_micros(rng.random_range(0..400_000));
+            let received = at.saturating_sub(waited);
+            let n = node.on_processed(id, t0 + received, delay, t0 + at);
+            let s = sim.on_processed(id, s0 + received, delay, s0 + at);
+            node_log.extend(n.map(|d| describe(d, t0)));
+            sim_log.extend(s.map(|d| describe(d, s0)));
+            // Now and then the driver polls, sometimes after a stall.
+            if rng.random_bool(0.3) {
+                let stall = if rng.random_bool(0.05) {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::ZERO
+                };
+                while let Some(d) = node.poll_due(t0 + at + stall) {
+                    node_log.push(describe(d, t0));
+                }
+                while let Some(d) = sim.poll_due(s0 + at + stall) {
+                    sim_log.push(describe(d, s0));
+                }
+            }
+        }
+        assert_eq!(node_log, sim_log);
+        // Every kind of decision happened.
+        for kind in ["fwd", "late", "overload"] {
+            assert!(
+                node_log.iter().any(|l| l.contains(kind)),
+                "no {kind} decision"
+            );
+        }
+        assert_eq!(node.len(), sim.len());
+    }
 
     #[test]
     fn node_index_round_trips_through_the_topology() {
