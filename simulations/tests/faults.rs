@@ -677,18 +677,5 @@ fn faults_cost_latency_or_a_clear_error_never_data() {
             }
         }
     }
-    eprintln!(
-        "\n==== summary ({:.0} s) ====\n{}",
-        t0.elapsed().as_secs_f64(),
-        report.join("\n")
-    );
-    if !failed.is_empty() {
-        let kept = tmp.keep();
-        drop(f);
-        panic!(
-            "scenarios failed (logs kept in {}):\n{}",
-            kept.display(),
-            failed.join("\n")
-        );
-    }
+    summarize(t0, &report, &failed, tmp, f);
 }

@@ -750,18 +750,5 @@ fn a_failed_node_costs_seconds_not_epochs() {
             }
         }
     }
-    eprintln!(
-        "\n==== summary ({:.0} s) ====\n{}",
-        t0.elapsed().as_secs_f64(),
-        report.join("\n")
-    );
-    if !failed.is_empty() {
-        let kept = tmp.keep();
-        drop(net);
-        panic!(
-            "scenarios failed (logs kept in {}):\n{}",
-            kept.display(),
-            failed.join("\n")
-        );
-    }
+    summarize(t0, &report, &failed, tmp, net);
 }

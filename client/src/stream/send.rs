@@ -339,11 +339,16 @@ mod tests {
     use super::*;
 
     fn sender() -> Sender {
+        sender_with(3)
+    }
+
+    /// A 4-segment window, 200 ms..30 s RTO, `max_sends` tries per segment.
+    fn sender_with(max_sends: u32) -> Sender {
         Sender::new(
             10_000,
             4,
             Rtt::new(Duration::from_millis(200), Duration::from_secs(30)),
-            3,
+            max_sends,
         )
     }
 
@@ -417,12 +422,7 @@ mod tests {
     #[test]
     fn rerouting_makes_what_is_in_flight_due_at_once_without_backoff() {
         let t0 = Instant::now();
-        let mut s = Sender::new(
-            1000,
-            4,
-            Rtt::new(Duration::from_millis(200), Duration::from_secs(30)),
-            4,
-        );
+        let mut s = sender_with(4);
         s.push(&[1; 100]);
         s.next_segment(t0, 50).unwrap();
         // Timed out twice: the RTO has doubled twice.

@@ -425,3 +425,28 @@ pub fn wait_stream_bytes(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Prints the scenarios' summary; if any failed, stops the network (`net`
+/// is dropped first) and panics with the failures, keeping `tmp`'s logs.
+pub fn summarize<N>(
+    t0: Instant,
+    report: &[String],
+    failed: &[String],
+    tmp: tempfile::TempDir,
+    net: N,
+) {
+    eprintln!(
+        "\n==== summary ({:.0} s) ====\n{}",
+        t0.elapsed().as_secs_f64(),
+        report.join("\n")
+    );
+    if !failed.is_empty() {
+        let kept = tmp.keep();
+        drop(net);
+        panic!(
+            "scenarios failed (logs kept in {}):\n{}",
+            kept.display(),
+            failed.join("\n")
+        );
+    }
+}
