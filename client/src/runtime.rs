@@ -22,14 +22,17 @@ use anyhow::{Context, bail};
 use loopmix_core::e2e::ClientAddress;
 use loopmix_core::keys::NodeId;
 use loopmix_core::message::MessageId;
-use loopmix_core::metrics::{counter, counter_vec, float_gauge, histogram};
-use loopmix_core::pki::{DirectoryClient, DirectoryClientConfig, VerifiedTopology};
-use loopmix_core::poisson::{PoissonTicker, sleep_until};
+use loopmix_core::pki::VerifiedTopology;
+use loopmix_core::poisson::PoissonTicker;
 use loopmix_core::provider_link::{self, Request, Response};
-use loopmix_core::routing::RoutingView;
 use loopmix_core::topology::Topology;
-use loopmix_core::transport::egress::{Egress, EgressMetrics, OutPacket};
-use loopmix_core::transport::{PeerAllowList, Transport};
+use loopmix_net::directory::{DirectoryClient, DirectoryClientConfig};
+use loopmix_net::metrics::{counter, counter_vec, float_gauge, histogram};
+use loopmix_net::provider_link::request as provider_request;
+use loopmix_net::routing::RoutingView;
+use loopmix_net::sleep_until;
+use loopmix_net::transport::egress::{Egress, EgressMetrics, OutPacket};
+use loopmix_net::transport::{PeerAllowList, Transport};
 use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, Registry};
 use rand::SeedableRng;
 use tokio::sync::mpsc;
@@ -293,7 +296,7 @@ impl Client {
                     "Packets the provider link could not take, by reason",
                     &["reason"],
                 )?,
-                links_up: loopmix_core::metrics::gauge(
+                links_up: loopmix_net::metrics::gauge(
                     registry,
                     "loopmix_client_link_up",
                     "1 while the packet link to the provider is connected",
@@ -302,7 +305,7 @@ impl Client {
         );
         let cancel = CancellationToken::new();
         if let Some(listen) = cfg.metrics.listen {
-            let listener = loopmix_core::metrics::bind(listen)
+            let listener = loopmix_net::metrics::bind(listen)
                 .await
                 .with_context(|| format!("binding metrics on {listen}"))?;
             let bound = listener.local_addr()?;
@@ -314,7 +317,7 @@ impl Client {
                 &cfg.client.data_dir.join(METRICS_ADDR_FILE),
                 &format!("{bound}\n"),
             )?;
-            tokio::spawn(loopmix_core::metrics::serve(
+            tokio::spawn(loopmix_net::metrics::serve(
                 registry.clone(),
                 listener,
                 cancel.clone(),
@@ -358,7 +361,7 @@ pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 /// Writes `text` to `path` through a temporary file and a rename, so a
 /// reader never sees half a file.
 pub fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    loopmix_core::files::write_atomic(path, text.as_bytes())
+    loopmix_net::files::write_atomic(path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -646,7 +649,7 @@ impl Shell {
                             .copied()
                             .take(provider_link::MAX_CONFIRM)
                             .collect();
-                        let _ = provider_link::request(c, &Request::Confirm(batch), timeout).await;
+                        let _ = provider_request(c, &Request::Confirm(batch), timeout).await;
                     }
                     return;
                 }
@@ -669,7 +672,7 @@ impl Shell {
                 };
             }
             let Some(c) = conn.clone() else { continue };
-            match provider_link::request(&c, &Request::Pull, timeout).await {
+            match provider_request(&c, &Request::Pull, timeout).await {
                 Ok(Response::Messages { slots }) => {
                     self.metrics.pulls.with_label_values(&["ok"]).inc();
                     if slots.is_empty() && unconfirmed.is_empty() {
@@ -699,9 +702,7 @@ impl Shell {
                         .copied()
                         .take(provider_link::MAX_CONFIRM)
                         .collect();
-                    match provider_link::request(&c, &Request::Confirm(batch.clone()), timeout)
-                        .await
-                    {
+                    match provider_request(&c, &Request::Confirm(batch.clone()), timeout).await {
                         Ok(Response::Ok) => {
                             unconfirmed.retain(|s| !batch.contains(s));
                             // More may be waiting: pull again at once.
@@ -748,7 +749,7 @@ impl Shell {
             .and_then(|t| t.topology().get(&self.provider).map(|e| e.address))
             .context("provider not in the topology")?;
         let conn = self.transport.connect(self.provider, addr).await?;
-        match provider_link::request(&conn, &Request::Register, timeout).await? {
+        match provider_request(&conn, &Request::Register, timeout).await? {
             Response::Ok => Ok(conn),
             other => bail!("registration refused: {other:?}"),
         }

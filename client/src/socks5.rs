@@ -179,7 +179,7 @@ pub async fn run(
     let bound = listener.local_addr()?;
     let data_dir = cfg.client.data_dir.clone();
     let metrics = StreamMetrics::new(registry)?;
-    let handshakes = loopmix_core::metrics::counter_vec(
+    let handshakes = loopmix_net::metrics::counter_vec(
         registry,
         "loopmix_socks_handshakes_total",
         "SOCKS5 handshakes by result",

@@ -1,4 +1,9 @@
-//! loopmix-core: what every loopmix role shares.
+//! loopmix-core: the loopmix protocol, sans-IO. Every rule of the packet
+//! path, the message layer and the signed directory lives here as pure code
+//! that takes time and randomness from its caller; no tokio, quinn, axum or
+//! reqwest is in this crate's dependency tree (Cargo enforces the boundary;
+//! the I/O shell is `loopmix-net`). The node, the client and the simulator
+//! all drive these same types.
 //!
 //! * [`keys`]: Ed25519 identity and X25519 Sphinx keys, PKCS#8 PEM files.
 //! * [`topology`]: the topology document (network parameters, nodes, layers).
@@ -9,24 +14,23 @@
 //! * [`mixing`]: the sans-IO packet path (unwrap, replay, delay, loops).
 //! * [`message`]: reliable messages: fragmentation, reassembly, acks and
 //!   retransmission (sans-IO).
-//! * [`transport`]: QUIC with pinned raw public keys, ingress and egress.
-//! * [`files`]: files written whole or not at all (`write_atomic`).
-//! * [`metrics`]: per-node Prometheus registries and the `/metrics` endpoint.
-//! * [`pki`]: signed descriptors and topology documents, k-of-n verification,
-//!   deterministic document building, the directory client.
+//! * [`e2e`]: end-to-end sealing, addresses and reply blocks (SURBs).
+//! * [`provider_link`]: the client ↔ provider control protocol codec.
+//! * [`pki`]: signed descriptors, topology and liveness documents, k-of-n
+//!   verification, deterministic document building.
+//! * `testing` (feature `testing`): fixtures for the crates' tests.
 
 pub mod e2e;
-pub mod files;
 pub mod keys;
 pub mod liveness;
 pub mod message;
-pub mod metrics;
 pub mod mixing;
 pub mod pki;
 pub mod poisson;
 pub mod provider_link;
-pub mod routing;
 pub mod sphinx;
 pub mod topology;
-pub mod transport;
 pub mod wire;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

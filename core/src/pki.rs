@@ -11,8 +11,10 @@
 //!   few seconds ([`LivenessDocument`], [`SignedLiveness`]), built from
 //!   per-authority signed [`Observation`]s.
 //! * [`api`]: the JSON bodies of the directory HTTP API.
-//! * [`client`]: [`DirectoryClient`], the fetch/verify/cache/register client
-//!   nodes and clients share.
+//! * [`pinned`]: the authorities a node or client pins in its configuration.
+//!
+//! The client that fetches, verifies and caches these documents over HTTP is
+//! `loopmix_net::directory::DirectoryClient`; everything here is pure.
 //!
 //! Everything signed is signed as *bytes*: the wire form carries the exact
 //! JSON bytes (base64url), a verifier checks the signature over those bytes
@@ -25,17 +27,12 @@
 
 pub mod api;
 pub mod build;
-pub mod client;
 pub mod descriptor;
 pub mod document;
 pub mod liveness;
 pub mod pinned;
 
 pub use build::{build_document, layer_sort_key};
-pub use client::{
-    DirectoryClient, DirectoryClientConfig, DirectoryError, LivenessOutcome, RegisterError,
-    RegistrationOutcome,
-};
 pub use descriptor::{Descriptor, DescriptorError, SignedDescriptor, VerifiedDescriptor};
 pub use document::{
     AuthoritySignature, EpochDocument, EpochSchedule, SignedTopology, TrustAnchors, TrustError,

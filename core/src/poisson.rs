@@ -71,16 +71,6 @@ where
     }
 }
 
-/// Sleeps until `deadline` (a ticker's next event), or forever when there is
-/// none: the shape every `select!` over a [`PoissonTicker`] or a delay queue
-/// needs.
-pub async fn sleep_until(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -455,37 +455,8 @@ impl Topology {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::keys::{IdentityKeypair, SphinxKeypair};
-
-    pub(crate) fn sample_doc(mixes_per_layer: usize, layers: u8) -> TopologyDocument {
-        let mut nodes = Vec::new();
-        let mut port = 10_000;
-        for l in 1..=layers {
-            for _ in 0..mixes_per_layer {
-                port += 1;
-                nodes.push(NodeEntry {
-                    id: IdentityKeypair::generate().node_id(),
-                    sphinx_key: SphinxKeypair::generate().public(),
-                    address: format!("127.0.0.1:{port}").parse().unwrap(),
-                    role: Role::Mix,
-                    layer: Some(l),
-                });
-            }
-        }
-        TopologyDocument {
-            params: NetworkParams {
-                epoch: 1,
-                layers,
-                mean_hop_delay_ms: 50.0,
-                lambda_p_per_s: 2.0,
-                lambda_l_per_s: 1.0,
-                lambda_d_per_s: 1.0,
-                lambda_m_per_s: 1.0,
-                payload_size: 1024,
-            },
-            nodes,
-        }
-    }
+    use crate::keys::IdentityKeypair;
+    pub(crate) use crate::testing::sample_doc;
 
     #[test]
     fn valid_document_indexes_layers() {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 /// so the others must pick it up by merging registrations.
 async fn register_all(
     net: &Net,
-    client: &loopmix_core::pki::DirectoryClient,
+    client: &loopmix_net::directory::DirectoryClient,
     nodes: &[IdentityKeypair],
     epoch: u64,
     live: usize,
@@ -150,7 +150,7 @@ async fn three_authorities_publish_one_document_and_survive_one_down() {
     assert_eq!(client.current().unwrap().epoch(), target2);
     assert_eq!(client.current().unwrap().bytes(), v2.bytes());
 
-    let text = loopmix_core::metrics::render(&registry);
+    let text = loopmix_net::metrics::render(&registry);
     assert!(text.contains("reason=\"bad_signature\""), "{text}");
     assert!(text.contains("reason=\"below_threshold\""), "{text}");
     assert!(
@@ -535,7 +535,7 @@ async fn liveness_lists_a_stopped_node_down_and_up_again_within_one_epoch() {
     // Probes with an authority's key: a running node answers.
     let auth_key =
         Arc::new(IdentityKeypair::read_pem(&net.auths[0].dir.join("identity.pem")).unwrap());
-    let prober = loopmix_core::transport::Transport::dial_only(
+    let prober = loopmix_net::transport::Transport::dial_only(
         "127.0.0.1:0".parse().unwrap(),
         auth_key,
         Arc::new(|_| {}),
@@ -603,7 +603,7 @@ async fn liveness_lists_a_stopped_node_down_and_up_again_within_one_epoch() {
     // previous round for a moment. Compare before and after.)
     let rejected = |reason: &str| {
         loopmix_node::harness::parse_metric(
-            &loopmix_core::metrics::render(&registry),
+            &loopmix_net::metrics::render(&registry),
             &format!("loopmix_directory_liveness_rejected_total{{reason=\"{reason}\"}}"),
         )
         .unwrap_or(0.0)

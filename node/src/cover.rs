@@ -12,7 +12,7 @@ use loopmix_core::keys::NodeId;
 use loopmix_core::poisson::PoissonTicker;
 use loopmix_core::sphinx::{build_packet, destination_of, sample_delays};
 use loopmix_core::topology::{NodeEntry, Topology};
-use loopmix_core::transport::egress::{Egress, OutPacket};
+use loopmix_net::transport::egress::{Egress, OutPacket};
 use rand::{RngExt, SeedableRng};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};

@@ -20,10 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loopmix_core::keys::{IdentityKeypair, NodeId};
-use loopmix_core::pki::{
-    Descriptor, DirectoryClient, SignedDescriptor, VerifiedTopology, unix_now,
-};
+use loopmix_core::pki::{Descriptor, SignedDescriptor, VerifiedTopology, unix_now};
 use loopmix_core::topology::Role;
+use loopmix_net::directory::DirectoryClient;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 

@@ -68,16 +68,21 @@ impl EpochKeys {
     fn replay_for(&self, key: &SphinxPublicKey) -> anyhow::Result<ReplayCache> {
         let path = self.replay_path(key);
         let (capacity, fp) = (self.replay.capacity, self.replay.fp_rate);
-        match ReplayCache::load(&path, &key.0, capacity, fp) {
-            Ok(Some(r)) => {
+        let saved = match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "cannot read replay filter; starting empty");
+                None
+            }
+        };
+        match saved.and_then(|b| ReplayCache::from_bytes(&b, &key.0, capacity, fp)) {
+            Some(r) => {
                 info!(key = %key, fill = r.fill_ratio(), "replay filter restored");
                 Ok(r)
             }
-            Ok(None) => Ok(ReplayCache::new(capacity, fp)?),
-            Err(e) => {
-                warn!(file = %path.display(), error = %e, "cannot read replay filter; starting empty");
-                Ok(ReplayCache::new(capacity, fp)?)
-            }
+            // Another key's, another size's, or garbage: a fresh filter.
+            None => Ok(ReplayCache::new(capacity, fp)?),
         }
     }
 
@@ -192,7 +197,9 @@ impl EpochKeys {
             seen.push(ptr);
             let public = slot.key.public();
             let path = self.replay_path(&public);
-            if let Err(e) = slot.replay.save(&path, &public.0) {
+            if let Err(e) =
+                loopmix_net::files::write_atomic(&path, &slot.replay.to_bytes(&public.0))
+            {
                 warn!(file = %path.display(), error = %e, "cannot save replay filter");
             }
         }

@@ -20,10 +20,10 @@ use loopmix_core::mixing::processor::{KeyRing, KeySlot, Processed, SphinxProcess
 use loopmix_core::mixing::replay::ReplayCache;
 use loopmix_core::pki::{Descriptor, SignedDescriptor, VerifiedTopology};
 use loopmix_core::topology::{NodeEntry, Role, TopologyDocument};
-use loopmix_core::transport::egress::{Egress, EgressMetrics, OutPacket};
-use loopmix_core::transport::ingress::{Ingress, IngressSink};
-use loopmix_core::transport::{PeerAllowList, Transport};
 use loopmix_core::wire::{Frame, FrameError};
+use loopmix_net::transport::egress::{Egress, EgressMetrics, OutPacket};
+use loopmix_net::transport::ingress::{Ingress, IngressSink};
+use loopmix_net::transport::{PeerAllowList, Transport};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use tokio_util::sync::CancellationToken;
 
@@ -148,7 +148,7 @@ pub fn edit_config(nd: &NodeDir, f: impl FnOnce(String) -> String) -> anyhow::Re
 
 /// Writes `doc` atomically to `path`.
 pub fn write_topology(path: &Path, doc: &TopologyDocument) -> anyhow::Result<()> {
-    loopmix_core::files::write_atomic(path, &serde_json::to_vec_pretty(doc)?)?;
+    loopmix_net::files::write_atomic(path, &serde_json::to_vec_pretty(doc)?)?;
     Ok(())
 }
 

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use loopmix_core::keys::NodeId;
 use loopmix_core::liveness::{EstimatorConfig, LivenessEstimator};
-use loopmix_core::pki::DirectoryClient;
 use loopmix_core::topology::Topology;
+use loopmix_net::directory::DirectoryClient;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 

@@ -1,11 +1,11 @@
 //! The node's Prometheus metrics, all prefixed `loopmix_`, in one registry
 //! per node. `docs/OPERATING.md`-level meaning is in the help strings.
 
-use loopmix_core::metrics::{MetricError, counter, counter_vec, float_gauge, gauge, histogram};
-use loopmix_core::transport::egress::EgressMetrics;
+use loopmix_net::metrics::{MetricError, counter, counter_vec, float_gauge, gauge, histogram};
+use loopmix_net::transport::egress::EgressMetrics;
 use std::sync::{Arc, Mutex};
 
-use loopmix_core::routing::RoutingView;
+use loopmix_net::routing::RoutingView;
 use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 
 /// Every `reason` the drop counter uses; pre-registered so dashboards see 0s.
@@ -331,7 +331,7 @@ mod entropy_gauge_tests {
         let w = e.take_window(t0 + Duration::from_secs(2));
         m.entropy_bits.set(w.mean_entropy_bits.unwrap());
         m.pool_size_mean.set(w.mean_pool_size.unwrap());
-        let text = loopmix_core::metrics::render(&m.registry);
+        let text = loopmix_net::metrics::render(&m.registry);
         assert!(text.contains("loopmix_node_entropy_bits 1\n"), "{text}");
         assert!(text.contains("loopmix_node_pool_size_mean 1.5\n"), "{text}");
     }

@@ -10,15 +10,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use loopmix_core::e2e::payload_plaintext_len;
-use loopmix_core::files::write_atomic;
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
 use loopmix_core::mixing::loops::LoopTracker;
 use loopmix_core::mixing::processor::SphinxProcessor;
-use loopmix_core::pki::{DirectoryClient, DirectoryClientConfig, VerifiedTopology};
+use loopmix_core::pki::VerifiedTopology;
 use loopmix_core::topology::Role;
-use loopmix_core::transport::egress::Egress;
-use loopmix_core::transport::ingress::{ClientPolicy, Ingress};
-use loopmix_core::transport::{PeerAllowList, Transport};
+use loopmix_net::directory::{DirectoryClient, DirectoryClientConfig};
+use loopmix_net::files::write_atomic;
+use loopmix_net::transport::egress::Egress;
+use loopmix_net::transport::ingress::{ClientPolicy, Ingress};
+use loopmix_net::transport::{PeerAllowList, Transport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -222,7 +223,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         allowed.clone(),
         Arc::new(move |reason| refused.with_label_values(&[reason]).inc()),
     )?;
-    let metrics_listener = loopmix_core::metrics::bind(cfg.metrics.listen)
+    let metrics_listener = loopmix_net::metrics::bind(cfg.metrics.listen)
         .await
         .with_context(|| format!("binding metrics on {}", cfg.metrics.listen))?;
     let bound = BoundAddresses {
@@ -231,7 +232,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         pid: std::process::id(),
     };
     let background = CancellationToken::new();
-    tokio::spawn(loopmix_core::metrics::serve(
+    tokio::spawn(loopmix_net::metrics::serve(
         metrics.registry.clone(),
         metrics_listener,
         background.clone(),

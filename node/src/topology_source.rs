@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use loopmix_core::keys::{NodeId, SphinxPublicKey};
 use loopmix_core::mixing::processor::KeyRing;
 use loopmix_core::topology::{Role, Topology};
-use loopmix_core::transport::PeerAllowList;
-use loopmix_core::transport::egress::Egress;
+use loopmix_net::transport::PeerAllowList;
+use loopmix_net::transport::egress::Egress;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 

@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::IntoResponse;
-use loopmix_core::pki::{
-    DirectoryClient, SignedTopology, VerifiedTopology, b64_decode, b64_encode,
-};
+use loopmix_core::pki::{SignedTopology, VerifiedTopology, b64_decode, b64_encode};
 use loopmix_core::sphinx::{build_packet, destination_of, sample_delays};
 use loopmix_core::topology::Role;
 use loopmix_directory::harness::Authorities;
+use loopmix_net::directory::DirectoryClient;
 use loopmix_node::harness::{
     NodeDir, NodeProcess, Peer, edit_config, init_directory_node, parse_metric, workspace_bin,
 };

@@ -362,7 +362,7 @@ pub struct StreamMetrics {
 
 impl StreamMetrics {
     pub fn new(r: &Registry) -> anyhow::Result<Self> {
-        use loopmix_core::metrics::{counter, counter_vec, gauge};
+        use loopmix_net::metrics::{counter, counter_vec, gauge};
         Ok(Self {
             streams_open: gauge(r, "loopmix_streams_open", "Streams open now")?,
             opens: counter_vec(

@@ -56,59 +56,46 @@ impl ReplayCache {
         self.inserted.load(Ordering::Relaxed) as f64 / self.capacity.max(1) as f64
     }
 
-    /// Writes the filter to `path` (atomically: temp file, fsync, rename),
-    /// tagged with the public half of the key it belongs to.
-    pub fn save(&self, path: &std::path::Path, key: &[u8; 32]) -> std::io::Result<()> {
-        use std::io::Write;
+    /// The filter as bytes, tagged with the public half of the key it
+    /// belongs to: `magic[8] key[32] inserted:u64be bloom`. The node writes
+    /// them to disk (it owns the file I/O) so a restart keeps refusing
+    /// replays of packets it already mixed.
+    pub fn to_bytes(&self, key: &[u8; 32]) -> Vec<u8> {
         let bits = match self.bloom.lock() {
             Ok(b) => b.to_bytes(),
             Err(p) => p.into_inner().to_bytes(),
         };
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(FILE_MAGIC)?;
-        f.write_all(key)?;
-        f.write_all(&self.inserted.load(Ordering::Relaxed).to_be_bytes())?;
-        f.write_all(&bits)?;
-        f.sync_all()?;
-        std::fs::rename(tmp, path)
+        let mut out = Vec::with_capacity(FILE_MAGIC.len() + 32 + 8 + bits.len());
+        out.extend_from_slice(FILE_MAGIC);
+        out.extend_from_slice(key);
+        out.extend_from_slice(&self.inserted.load(Ordering::Relaxed).to_be_bytes());
+        out.extend_from_slice(&bits);
+        out
     }
 
-    /// Loads a filter saved by [`ReplayCache::save`] for `key`. `Ok(None)` if
-    /// there is no file, it belongs to another key, or it was sized for a
+    /// A filter saved by [`ReplayCache::to_bytes`] for `key`, or `None` if the
+    /// bytes belong to another key, are malformed, or were sized for a
     /// different capacity / FP rate (then a fresh filter is the right thing).
-    pub fn load(
-        path: &std::path::Path,
-        key: &[u8; 32],
-        capacity: usize,
-        fp_rate: f64,
-    ) -> std::io::Result<Option<Self>> {
+    pub fn from_bytes(bytes: &[u8], key: &[u8; 32], capacity: usize, fp_rate: f64) -> Option<Self> {
         if !(fp_rate > 0.0 && fp_rate < 1.0) {
-            return Ok(None);
+            return None;
         }
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
         let head = FILE_MAGIC.len() + 32 + 8;
         if bytes.len() < head || &bytes[..8] != FILE_MAGIC || &bytes[8..40] != key {
-            return Ok(None);
+            return None;
         }
         let mut n = [0u8; 8];
         n.copy_from_slice(&bytes[40..48]);
         let expected_len = Bloom::<[u8; 32]>::compute_bitmap_size(capacity.max(1), fp_rate);
-        let Ok(bloom) = Bloom::from_bytes(bytes[head..].to_vec()) else {
-            return Ok(None);
-        };
+        let bloom = Bloom::from_bytes(bytes[head..].to_vec()).ok()?;
         if bloom.as_slice().len() < expected_len {
-            return Ok(None);
+            return None;
         }
-        Ok(Some(Self {
+        Some(Self {
             bloom: Mutex::new(bloom),
             capacity: capacity as u64,
             inserted: AtomicU64::new(u64::from_be_bytes(n)),
-        }))
+        })
     }
 
     /// Bytes of filter memory.
@@ -135,32 +122,16 @@ mod tests {
 
     #[test]
     fn saved_filter_remembers_tags_for_its_key_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("replay.bloom");
         let c = ReplayCache::new(10_000, 1e-6).unwrap();
         c.check_and_insert(&[5; 32]);
-        c.save(&path, &[1; 32]).unwrap();
-        let back = ReplayCache::load(&path, &[1; 32], 10_000, 1e-6)
-            .unwrap()
-            .unwrap();
+        let bytes = c.to_bytes(&[1; 32]);
+        let back = ReplayCache::from_bytes(&bytes, &[1; 32], 10_000, 1e-6).unwrap();
         assert!(back.check_and_insert(&[5; 32]), "tag survives the restart");
         assert!(!back.check_and_insert(&[6; 32]));
-        assert!(
-            ReplayCache::load(&path, &[2; 32], 10_000, 1e-6)
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            ReplayCache::load(&dir.path().join("none"), &[1; 32], 10, 1e-6)
-                .unwrap()
-                .is_none()
-        );
-        std::fs::write(&path, b"garbage").unwrap();
-        assert!(
-            ReplayCache::load(&path, &[1; 32], 10_000, 1e-6)
-                .unwrap()
-                .is_none()
-        );
+        assert!(ReplayCache::from_bytes(&bytes, &[2; 32], 10_000, 1e-6).is_none());
+        assert!(ReplayCache::from_bytes(&bytes, &[1; 32], 10_000_000, 1e-6).is_none());
+        assert!(ReplayCache::from_bytes(b"garbage", &[1; 32], 10_000, 1e-6).is_none());
+        assert!(ReplayCache::from_bytes(&bytes[..40], &[1; 32], 10_000, 1e-6).is_none());
     }
 
     #[test]

@@ -508,17 +508,7 @@ impl VerifiedTopology {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::topology::tests::sample_doc;
-
-    pub(crate) fn epoch_doc(valid_from: u64, valid_until: u64) -> EpochDocument {
-        EpochDocument {
-            version: DOCUMENT_VERSION,
-            valid_from,
-            valid_until,
-            epoch_length_s: 60,
-            topology: sample_doc(2, 3),
-        }
-    }
+    pub(crate) use crate::testing::epoch_doc;
 
     fn signed_by(bytes: &[u8], keys: &[&IdentityKeypair]) -> SignedTopology {
         let mut s = SignedTopology::unsigned(bytes);

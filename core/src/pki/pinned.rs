@@ -1,13 +1,11 @@
-//! The authorities a node or client pins in its configuration, and how a
-//! [`DirectoryClient`](super::DirectoryClient) is made from them.
+//! The authorities a node or client pins in its configuration
+//! (`loopmix_net::directory::DirectoryClientConfig::pinned` makes a client
+//! from them).
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::client::DirectoryClientConfig;
-use super::document::{TrustAnchors, TrustError};
 use crate::keys::NodeId;
 
 /// One pinned authority: its signing key and where to reach it.
@@ -73,20 +71,6 @@ pub fn validate_pinned(
     Ok(())
 }
 
-impl DirectoryClientConfig {
-    /// A client config trusting exactly `entries` with threshold `k`.
-    pub fn pinned(
-        entries: &[AuthorityEntry],
-        threshold: usize,
-        request_timeout: Duration,
-    ) -> Result<Self, TrustError> {
-        let trust = TrustAnchors::new(entries.iter().map(|a| a.key), threshold)?;
-        let mut cfg = Self::new(entries.iter().map(|a| a.url.clone()).collect(), trust);
-        cfg.request_timeout = request_timeout;
-        Ok(cfg)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +92,5 @@ mod tests {
             "authorities"
         );
         assert!(validate_pinned(std::slice::from_ref(&e), 1).is_ok());
-        assert!(DirectoryClientConfig::pinned(&[e], 1, Duration::from_secs(1)).is_ok());
     }
 }

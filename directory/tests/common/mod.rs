@@ -6,8 +6,9 @@
 use std::time::{Duration, Instant};
 
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
-use loopmix_core::pki::{Descriptor, DirectoryClient, SignedDescriptor, unix_now};
+use loopmix_core::pki::{Descriptor, SignedDescriptor, unix_now};
 use loopmix_core::topology::Role;
+use loopmix_net::directory::DirectoryClient;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_loopmix-directory");
 

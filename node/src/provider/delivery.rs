@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use loopmix_core::e2e::{Payload, payload_plaintext_len, use_surb};
 use loopmix_core::keys::NodeId;
 use loopmix_core::pki::unix_now;
-use loopmix_core::transport::egress::{Egress, OutPacket};
+use loopmix_net::transport::egress::{Egress, OutPacket};
 use tracing::{debug, warn};
 
 /// (destination, identifier, bytes to store, SURB-ACK and its key epoch)

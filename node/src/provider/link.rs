@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use loopmix_core::keys::NodeId;
-use loopmix_core::metrics::{MetricError, counter, counter_vec, histogram};
 use loopmix_core::provider_link::{
-    CodecError, LinkError, MAX_REQUEST_BODY, Request, Response, Slot, SlotLayout, code,
-    read_message, write_message,
+    CodecError, MAX_REQUEST_BODY, Request, Response, Slot, SlotLayout, code,
 };
-use loopmix_core::transport::PeerKind;
-use loopmix_core::transport::ingress::{ControlFuture, ControlHandler};
+use loopmix_net::metrics::{MetricError, counter, counter_vec, histogram};
+use loopmix_net::provider_link::{LinkError, read_message, write_message};
+use loopmix_net::transport::PeerKind;
+use loopmix_net::transport::ingress::{ControlFuture, ControlHandler};
 use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -144,7 +144,7 @@ impl ControlMetrics {
 const SHRINK_EVERY: u64 = 4096;
 
 /// Serves clients' control streams from the inbox store; install with
-/// [`loopmix_core::transport::ingress::Ingress::with_control`].
+/// [`loopmix_net::transport::ingress::Ingress::with_control`].
 pub struct ProviderControl {
     inbox: Arc<InboxStore>,
     layout: SlotLayout,
@@ -396,10 +396,11 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use loopmix_core::keys::IdentityKeypair;
-    use loopmix_core::provider_link::{self, MAX_RESPONSE_BODY, TYPE_MESSAGES};
-    use loopmix_core::transport::ingress::{ClientPolicy, Ingress, IngressSink};
-    use loopmix_core::transport::{PeerAllowList, RefusalHook, Transport};
+    use loopmix_core::provider_link::{MAX_RESPONSE_BODY, TYPE_MESSAGES};
     use loopmix_core::wire::{Frame, FrameError};
+    use loopmix_net::provider_link;
+    use loopmix_net::transport::ingress::{ClientPolicy, Ingress, IngressSink};
+    use loopmix_net::transport::{PeerAllowList, RefusalHook, Transport};
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -428,7 +429,7 @@ mod tests {
         }
 
         fn metric(&self, needle: &str) -> bool {
-            loopmix_core::metrics::render(&self.registry).contains(needle)
+            loopmix_net::metrics::render(&self.registry).contains(needle)
         }
     }
 

@@ -986,7 +986,7 @@ impl Localnet {
             "members": members,
         });
         let path = self.root.join(LOCALNET_JSON);
-        loopmix_core::files::write_atomic(&path, &serde_json::to_vec_pretty(&json)?)?;
+        loopmix_net::files::write_atomic(&path, &serde_json::to_vec_pretty(&json)?)?;
         Ok(())
     }
 

@@ -38,11 +38,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{self, MetricError};
 
-use super::api::{self, EpochInfo, ErrorBody, RegisterResponse};
-use super::descriptor::SignedDescriptor;
-use super::document::{SignedTopology, TrustAnchors, VerifiedTopology, VerifyError};
-use super::liveness::{MAX_LIVENESS_BYTES, SignedLiveness, VerifiedLiveness};
-use super::unix_now;
+use loopmix_core::pki::api::{self, EpochInfo, ErrorBody, RegisterResponse};
+use loopmix_core::pki::descriptor::SignedDescriptor;
+use loopmix_core::pki::document::{SignedTopology, TrustAnchors, VerifiedTopology, VerifyError};
+use loopmix_core::pki::liveness::{MAX_LIVENESS_BYTES, SignedLiveness, VerifiedLiveness};
+use loopmix_core::pki::pinned::AuthorityEntry;
+use loopmix_core::pki::{TrustError, unix_now};
 
 /// Poll interval of [`DirectoryClient::follow_liveness`] before any
 /// liveness document is held (afterwards: the document's `interval_s`).
@@ -914,18 +915,32 @@ pub(crate) fn join_url(base: &str, path: &str) -> String {
     format!("{}{}", base.trim_end_matches('/'), path)
 }
 
+impl DirectoryClientConfig {
+    /// A client config trusting exactly `entries` with threshold `k`.
+    pub fn pinned(
+        entries: &[AuthorityEntry],
+        threshold: usize,
+        request_timeout: Duration,
+    ) -> Result<Self, TrustError> {
+        let trust = TrustAnchors::new(entries.iter().map(|a| a.key), threshold)?;
+        let mut cfg = Self::new(entries.iter().map(|a| a.url.clone()).collect(), trust);
+        cfg.request_timeout = request_timeout;
+        Ok(cfg)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::IdentityKeypair;
-    use crate::pki::document::tests::epoch_doc;
-    use crate::pki::document::{AuthoritySignature, EpochDocument};
-    use crate::pki::liveness::LivenessDocument;
-    use crate::pki::{b64_decode, b64_encode};
     use axum::Router;
     use axum::extract::State;
     use axum::http::StatusCode;
     use axum::routing::get;
+    use loopmix_core::keys::IdentityKeypair;
+    use loopmix_core::pki::document::{AuthoritySignature, EpochDocument};
+    use loopmix_core::pki::liveness::LivenessDocument;
+    use loopmix_core::pki::{b64_decode, b64_encode};
+    use loopmix_core::testing::epoch_doc;
 
     type Served = Arc<Mutex<Option<SignedTopology>>>;
 
@@ -1075,9 +1090,13 @@ mod tests {
         format!("http://{addr}")
     }
 
-    fn liveness_doc(round: u64, now: u64, down: Vec<crate::keys::NodeId>) -> LivenessDocument {
+    fn liveness_doc(
+        round: u64,
+        now: u64,
+        down: Vec<loopmix_core::keys::NodeId>,
+    ) -> LivenessDocument {
         LivenessDocument {
-            version: crate::pki::LIVENESS_VERSION,
+            version: loopmix_core::pki::LIVENESS_VERSION,
             round,
             issued_at: now - 1,
             valid_until: now + 30,

@@ -22,7 +22,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, PeerIncompatible, SignatureScheme};
 
-use crate::keys::{IdentityKeypair, NodeId};
+use loopmix_core::keys::{IdentityKeypair, NodeId};
 
 pub const ALPN: &[u8] = b"loopmix/1";
 

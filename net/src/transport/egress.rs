@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::Transport;
-use crate::keys::NodeId;
-use crate::wire::{PREAMBLE, encode_frame};
+use loopmix_core::keys::NodeId;
+use loopmix_core::wire::{PREAMBLE, encode_frame};
 
 /// A packet to send, and the key epoch of the receiver it was built for.
 pub struct OutPacket {

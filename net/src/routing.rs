@@ -27,9 +27,9 @@ use std::collections::BTreeSet;
 
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
-use crate::keys::NodeId;
 use crate::metrics::{self as m, MetricError};
-use crate::topology::{MAX_EXCLUDED_FRACTION, Topology};
+use loopmix_core::keys::NodeId;
+use loopmix_core::topology::{MAX_EXCLUDED_FRACTION, Topology};
 
 /// Per-node liveness gauges and route-exclusion counts of one process.
 pub struct RoutingView {
@@ -157,8 +157,8 @@ impl RoutingView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::IdentityKeypair;
-    use crate::topology::tests::sample_doc;
+    use loopmix_core::keys::IdentityKeypair;
+    use loopmix_core::testing::sample_doc;
 
     #[test]
     fn gauges_follow_the_list_and_the_topology() {

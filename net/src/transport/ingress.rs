@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::{PeerKind, Transport, peer_id};
-use crate::keys::NodeId;
-use crate::wire::{Frame, FrameDecoder, FrameError};
+use loopmix_core::keys::NodeId;
+use loopmix_core::wire::{Frame, FrameDecoder, FrameError};
 
 /// Where inbound frames go.
 pub trait IngressSink: Send + Sync + 'static {
@@ -371,9 +371,9 @@ mod tests {
     use bytes::BytesMut;
 
     use super::*;
-    use crate::keys::IdentityKeypair;
     use crate::transport::PeerAllowList;
-    use crate::wire::{PREAMBLE, encode_frame};
+    use loopmix_core::keys::IdentityKeypair;
+    use loopmix_core::wire::{PREAMBLE, encode_frame};
 
     const SIZE: usize = 100;
 

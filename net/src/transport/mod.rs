@@ -23,7 +23,7 @@ use std::time::Duration;
 use quinn::{Endpoint, EndpointConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::keys::{IdentityKeypair, NodeId};
+use loopmix_core::keys::{IdentityKeypair, NodeId};
 pub use tls::{PeerAllowList, PeerKind, RefusalHook};
 
 /// Socket buffers sized for bursts of ~1.4 KB packets at high rates; the

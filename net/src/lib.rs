@@ -1,0 +1,32 @@
+//! loopmix-net: the I/O shell every loopmix process shares, around the pure
+//! protocol in `loopmix-core`.
+//!
+//! * [`transport`]: QUIC with pinned raw public keys, ingress and egress.
+//! * [`directory`]: [`DirectoryClient`](directory::DirectoryClient), the
+//!   fetch/verify/cache/register client of the signed directory.
+//! * [`routing`]: route choice with the network's signed liveness list
+//!   applied, and the metrics that show it.
+//! * [`provider_link`]: one client ↔ provider control message over a QUIC
+//!   stream, with a size limit and a timeout.
+//! * [`metrics`]: per-process Prometheus registries and the `/metrics`
+//!   endpoint.
+//! * [`files`]: files written whole or not at all (`write_atomic`).
+//! * [`sleep_until`]: the timer every driver loop around a sans-IO state
+//!   machine selects on.
+
+pub mod directory;
+pub mod files;
+pub mod metrics;
+pub mod provider_link;
+pub mod routing;
+pub mod transport;
+
+/// Sleeps until `deadline` (a ticker's next event), or forever when there is
+/// none: the shape every `select!` over a [`PoissonTicker`](loopmix_core::poisson::PoissonTicker) or a delay queue
+/// needs.
+pub async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
