@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use loopmix_core::keys::{IdentityKeypair, NodeId, SphinxPublicKey};
-use loopmix_core::metrics::{self as m, MetricError};
+use loopmix_net::metrics::{self as m, MetricError};
 use loopmix_core::pki::api::{self, DescriptorList, EpochInfo, RegisterResponse};
-use loopmix_core::pki::client::{error_chain, read_limited};
+use loopmix_net::directory::{error_chain, read_limited};
 use loopmix_core::pki::{
     AuthoritySignature, DOCUMENT_VERSION, Descriptor, EpochDocument, EpochSchedule,
     SignedDescriptor, SignedTopology, TrustAnchors, VerifiedDescriptor, build_document,

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use loopmix_core::keys::NodeId;
-use loopmix_core::pki::{DirectoryClient, DirectoryClientConfig, TrustAnchors};
+use loopmix_core::pki::TrustAnchors;
+use loopmix_net::directory::{DirectoryClient, DirectoryClientConfig};
 use prometheus::Registry;
 
 /// One authority process (or its directory while stopped).

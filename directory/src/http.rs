@@ -276,7 +276,7 @@ async fn epoch_info(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let body = loopmix_core::metrics::render(s.authority.registry());
+    let body = loopmix_net::metrics::render(s.authority.registry());
     ([(CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response()
 }
 

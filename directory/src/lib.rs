@@ -100,6 +100,6 @@ pub async fn run(cfg: DirectoryConfig, shutdown: CancellationToken) -> anyhow::R
 /// readers never see a partial address.
 fn write_addr_file(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<()> {
     let dst = data_dir.join(ADDR_FILE);
-    loopmix_core::files::write_atomic(&dst, format!("{addr}\n").as_bytes())
+    loopmix_net::files::write_atomic(&dst, format!("{addr}\n").as_bytes())
         .with_context(|| format!("writing {}", dst.display()))
 }

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use loopmix_core::keys::NodeId;
-use loopmix_core::transport::Transport;
+use loopmix_net::transport::Transport;
 
 /// Down transitions older than this no longer slow a node's return.
 pub const FLAP_WINDOW_MS: u64 = 10 * 60 * 1000;
