@@ -23,8 +23,65 @@ use serde::Serialize;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::authority::{ApiError, Authority, now_ms};
+use crate::authority::registration::Registered;
+use crate::authority::{Authority, DocumentError, RegisterError, now_ms};
 use crate::liveness::Liveness;
+
+/// A refusal, rendered as an `ErrorBody` with this status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A failure of this authority, not of the request: the details go to
+    /// the log, not to the client.
+    fn internal(error: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %error, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the authority's log",
+        )
+    }
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(e: RegisterError) -> Self {
+        use loopmix_core::pki::DescriptorError as D;
+        let status = match &e {
+            RegisterError::Descriptor(D::BadSignature(_) | D::IdentityMismatch { .. }) => {
+                StatusCode::FORBIDDEN
+            }
+            RegisterError::Descriptor(D::Oversized { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            RegisterError::Descriptor(_)
+            | RegisterError::EpochNotOpen { .. }
+            | RegisterError::PublishedInFuture { .. } => StatusCode::BAD_REQUEST,
+            RegisterError::StaleDescriptor { .. }
+            | RegisterError::DuplicateAddress { .. }
+            | RegisterError::DuplicateSphinxKey { .. } => StatusCode::CONFLICT,
+            RegisterError::EpochFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            RegisterError::Store(_) | RegisterError::Encode(_) => return Self::internal(&e),
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<DocumentError> for ApiError {
+    fn from(e: DocumentError) -> Self {
+        Self::new(StatusCode::NOT_FOUND, e.code(), e.to_string())
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -164,8 +221,14 @@ async fn register(
     };
     let a = s.authority.clone();
     match tokio::task::spawn_blocking(move || a.register(&signed, now_ms())).await {
-        Ok(Ok((status, r))) => json(status, &r),
-        Ok(Err(e)) => e.into_response(),
+        Ok(Ok((registered, r))) => {
+            let status = match registered {
+                Registered::Created => StatusCode::CREATED,
+                Registered::Replaced | Registered::Unchanged => StatusCode::OK,
+            };
+            json(status, &r)
+        }
+        Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "registration task failed");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -183,19 +246,19 @@ async fn descriptors(State(s): State<AppState>, Path(epoch): Path<String>) -> Re
 async fn current(State(s): State<AppState>) -> Response {
     match s.authority.current(now_ms()) {
         Ok(d) => json(StatusCode::OK, &d),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
 async fn topology(State(s): State<AppState>, Path(epoch): Path<String>) -> Response {
-    match parse_epoch(&epoch).and_then(|e| s.authority.published(e)) {
+    match parse_epoch(&epoch).and_then(|e| Ok(s.authority.published(e)?)) {
         Ok(d) => json(StatusCode::OK, &d),
         Err(e) => e.into_response(),
     }
 }
 
 async fn signature(State(s): State<AppState>, Path(epoch): Path<String>) -> Response {
-    match parse_epoch(&epoch).and_then(|e| s.authority.own_signature(e)) {
+    match parse_epoch(&epoch).and_then(|e| Ok(s.authority.own_signature(e)?)) {
         Ok(sig) => json(StatusCode::OK, &sig),
         Err(e) => e.into_response(),
     }
@@ -282,4 +345,148 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 async fn not_found() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
+    use loopmix_core::pki::DescriptorError;
+
+    use super::*;
+
+    /// The wire contract of docs/PROTOCOL.md (directory API): status and
+    /// `error` code of every refusal the authority's logic returns.
+    #[test]
+    fn refusals_keep_their_status_and_code() {
+        let id = IdentityKeypair::generate().node_id();
+        let other = IdentityKeypair::generate().node_id();
+        let encode = serde_json::from_str::<u8>("x").unwrap_err();
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (
+                RegisterError::Descriptor(DescriptorError::BadSignature(id)).into(),
+                403,
+                "bad_signature",
+            ),
+            (
+                RegisterError::Descriptor(DescriptorError::IdentityMismatch {
+                    outer: id,
+                    inner: other,
+                })
+                .into(),
+                403,
+                "identity_mismatch",
+            ),
+            (
+                RegisterError::Descriptor(DescriptorError::Oversized { len: 9, max: 1 }).into(),
+                413,
+                "oversized",
+            ),
+            (
+                RegisterError::Descriptor(DescriptorError::Malformed("x".into())).into(),
+                400,
+                "malformed",
+            ),
+            (
+                RegisterError::Descriptor(DescriptorError::Invalid {
+                    field: "f",
+                    reason: "r".into(),
+                })
+                .into(),
+                400,
+                "invalid",
+            ),
+            (
+                RegisterError::EpochNotOpen {
+                    epoch: 3,
+                    open: vec![4],
+                    lead_s: 2,
+                }
+                .into(),
+                400,
+                "epoch_not_open",
+            ),
+            (
+                RegisterError::PublishedInFuture {
+                    published_at: 9,
+                    now: 1,
+                    skew_s: 2,
+                }
+                .into(),
+                400,
+                "published_in_future",
+            ),
+            (
+                RegisterError::StaleDescriptor {
+                    identity: id,
+                    epoch: 3,
+                    published_at: 1,
+                }
+                .into(),
+                409,
+                "stale_descriptor",
+            ),
+            (
+                RegisterError::DuplicateAddress {
+                    address: "127.0.0.1:1".parse().unwrap(),
+                    epoch: 3,
+                    other,
+                }
+                .into(),
+                409,
+                "duplicate_address",
+            ),
+            (
+                RegisterError::DuplicateSphinxKey {
+                    key: SphinxKeypair::generate().public(),
+                    epoch: 3,
+                    other,
+                }
+                .into(),
+                409,
+                "duplicate_sphinx_key",
+            ),
+            (
+                RegisterError::EpochFull { epoch: 3, max: 1 }.into(),
+                503,
+                "epoch_full",
+            ),
+            (RegisterError::Encode(encode).into(), 500, "internal"),
+            (
+                DocumentError::NotPublished {
+                    epoch: 3,
+                    have: 1,
+                    need: 2,
+                }
+                .into(),
+                404,
+                "not_published",
+            ),
+            (
+                DocumentError::UnknownEpoch { epoch: 3 }.into(),
+                404,
+                "unknown_epoch",
+            ),
+            (
+                DocumentError::NoCurrentDocument { epoch: 3 }.into(),
+                404,
+                "no_current_document",
+            ),
+            (
+                DocumentError::NotSigned { epoch: 3 }.into(),
+                404,
+                "not_signed",
+            ),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status.as_u16(), e.code), (status, code), "{e:?}");
+        }
+        // Internal details stay in the log.
+        let e: ApiError =
+            RegisterError::Encode(serde_json::from_str::<u8>("x").unwrap_err()).into();
+        assert_eq!(e.message, "internal error; see the authority's log");
+        let e: ApiError = RegisterError::EpochFull { epoch: 3, max: 1 }.into();
+        assert!(e.message.contains("epoch 3"), "{}", e.message);
+    }
 }

@@ -9,10 +9,13 @@
 //!
 //! * [`config`]: the TOML configuration (`init` writes a commented default).
 //! * [`store`]: redb persistence of registrations, documents, signatures.
-//! * [`authority`]: registration rules, the epoch driver, signature exchange.
+//! * [`authority`]: registration rules, the epoch driver (a sans-IO state
+//!   machine, [`authority::driver`]) and the loop that executes it:
+//!   signature exchange with peers, mirroring, pruning.
 //! * [`liveness`]: probing every listed node and publishing the k-of-n
 //!   signed liveness ("down") list every few seconds.
-//! * [`http`]: the axum API with body limits, timeouts and rate limits.
+//! * [`http`]: the axum API with body limits, timeouts and rate limits; maps
+//!   the authority's typed refusals to status codes and error bodies.
 //! * [`harness`]: authority processes on loopback for tests and testnets.
 
 pub mod authority;

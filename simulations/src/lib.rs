@@ -1,17 +1,16 @@
-//! loopmix simulations.
+//! loopmix-sim: the anonymity simulator.
 //!
-//! * [`localnet`]: a whole loopmix network as separate processes on
-//!   loopback (`loopmix-localnet`).
-//! * [`faults`]: fault injection without root: a UDP relay that drops,
-//!   delays, duplicates and reorders datagrams in front of chosen nodes
-//!   (`loopmix-faultrelay`, `tests/faults.rs`).
-//! * [`sim`]: the anonymity simulator (`loopmix-sim`), a discrete-event
-//!   simulation in virtual time over the sans-IO core the nodes run.
-//! * [`soak`]: a long localnet run under SOCKS5 traffic that checks every
-//!   process for memory and file-descriptor growth and every transfer for
-//!   lost data (`loopmix-soak`).
+//! * [`sim`]: a discrete-event simulation in virtual time over the sans-IO
+//!   protocol code (`loopmix-core`) the nodes run: the same `Mix` state
+//!   machine, route choice and Poisson tickers (`loopmix-sim run|sweep|
+//!   liveness`).
+//! * [`presets`]: the network-wide parameter presets `loopmix-localnet`
+//!   starts.
+//!
+//! This crate depends on the protocol crate only (no tokio, no sockets), so
+//! a simulation cannot read a clock or touch the network by accident. The
+//! tools that run real processes (localnet, soak, the fault relay, the
+//! testnet generator) are in `loopmix-localnet`.
 
-pub mod faults;
-pub mod localnet;
+pub mod presets;
 pub mod sim;
-pub mod soak;

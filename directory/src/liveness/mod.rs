@@ -22,12 +22,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use loopmix_core::keys::{IdentityKeypair, NodeId};
-use loopmix_net::metrics::{self as m, MetricError};
-use loopmix_net::directory::{error_chain, read_limited};
 use loopmix_core::pki::{
     AuthoritySignature, EpochDocument, LIVENESS_CONTEXT, LIVENESS_VERSION, MAX_LIVENESS_BYTES,
     Observation, SignedLiveness, SignedObservation, api,
 };
+use loopmix_net::directory::{error_chain, read_limited};
+use loopmix_net::metrics::{self as m, MetricError};
 use loopmix_net::transport::Transport;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use tokio::sync::Semaphore;

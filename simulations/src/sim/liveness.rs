@@ -30,7 +30,7 @@ use super::engine::{self, SimTime, derive_seed};
 use super::report::Stat;
 use super::scenario::Scenario;
 use super::{Output, Progress, SimError};
-use crate::localnet::Preset;
+use crate::presets::Preset;
 
 /// A stream of probes one sender sees the fate of.
 #[derive(Clone, Debug, PartialEq)]

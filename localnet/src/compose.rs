@@ -182,7 +182,7 @@ pub fn generate(opts: &GenOptions) -> anyhow::Result<Vec<Service>> {
         }
         edit_file(
             &out.join(name).join(loopmix_directory::config::CONFIG_FILE),
-            &preset.directory_edits(3),
+            &super::directory_edits(&preset, 3),
         )?;
         services.push(Service {
             name: name.clone(),

@@ -31,8 +31,8 @@ use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use tokio::sync::watch;
 
-use crate::localnet::Preset;
-use crate::localnet::network::Signals;
+use crate::Preset;
+use crate::network::Signals;
 use network::{Localnet, Member};
 use procfs::Usage;
 use report::{Criteria, Sample, Totals};
@@ -210,7 +210,7 @@ fn localnet_binary() -> anyhow::Result<PathBuf> {
 /// The run directory, kept after the run (its logs and CSV files are the
 /// result).
 fn prepare_dir(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let (path, tmp) = crate::localnet::network::prepare_dir(dir, "loopmix-soak-")?;
+    let (path, tmp) = crate::network::prepare_dir(dir, "loopmix-soak-")?;
     Ok(tmp.map_or(path, tempfile::TempDir::keep))
 }
 
@@ -233,7 +233,7 @@ fn take_sample(members: &[Member], t: f64) -> Sample {
     let metrics = members
         .iter()
         .map(|m| {
-            let text = crate::localnet::metrics::scrape(m.metrics?).ok()?;
+            let text = crate::metrics::scrape(m.metrics?).ok()?;
             Some(report::parse_watched(&text))
         })
         .collect();
@@ -337,7 +337,7 @@ async fn soak(
                 ending = Ending::NetworkStopped(format!(
                     "loopmix-localnet exited ({status}); last lines of {}:\n{}",
                     net.log.display(),
-                    crate::localnet::process::log_tail(&net.log, 30)
+                    crate::process::log_tail(&net.log, 30)
                 ));
                 break 'run;
             }

@@ -16,12 +16,12 @@ use anyhow::{Context, anyhow, bail, ensure};
 use clap::Parser;
 use loopmix_core::pki::{EpochDocument, SignedTopology};
 use loopmix_core::topology::Role;
+use loopmix_localnet::faults::{RelayConfig, RelayHandle, RelaySet, RelayStats};
+use loopmix_localnet::network::{Binaries, Kind, Localnet, Signals};
+use loopmix_localnet::process::log_tail;
+pub use loopmix_localnet::soak::traffic::sha256_hex as sha;
+use loopmix_localnet::{Options, metrics};
 use loopmix_node::harness::{http_get, workspace_bin};
-use loopmix_sim::faults::{RelayConfig, RelayHandle, RelaySet, RelayStats};
-use loopmix_sim::localnet::network::{Binaries, Kind, Localnet, Signals};
-use loopmix_sim::localnet::process::log_tail;
-use loopmix_sim::localnet::{Options, metrics};
-pub use loopmix_sim::soak::traffic::sha256_hex as sha;
 
 /// `n` bytes of a fixed pseudo-random sequence (what `GET /<n>` answers).
 pub fn file_bytes(n: usize) -> Vec<u8> {

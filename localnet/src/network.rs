@@ -602,7 +602,7 @@ impl Localnet {
             if loopmix_directory::harness::init(&self.bins.directory, d, &args)? != keys[i] {
                 bail!("init --force changed the key of {}", d.display());
             }
-            let mut edits = net.directory_edits(self.opts.layers);
+            let mut edits = super::directory_edits(&net, self.opts.layers);
             // The production default keeps 48 epochs (two days of hourly
             // epochs). With localnet's epochs of seconds that is a history
             // nobody reads, and the authorities' memory (about 40 KB an

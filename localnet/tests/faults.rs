@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
 use common::*;
+use loopmix_localnet::faults::{Faults, LinkFaults, RelayHandle, RelayStats};
+use loopmix_localnet::network::Kind;
 use loopmix_node::harness::workspace_bin;
-use loopmix_sim::faults::{Faults, LinkFaults, RelayHandle, RelayStats};
-use loopmix_sim::localnet::network::Kind;
 
 /// Epoch length: short enough that `authority_down` sees two epochs pass
 /// quickly, long enough that a 10 s partition fits inside one epoch (the

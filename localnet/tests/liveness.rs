@@ -38,9 +38,9 @@ use anyhow::{Context, anyhow, bail, ensure};
 use common::*;
 use loopmix_core::keys::NodeId;
 use loopmix_core::pki::{LivenessDocument, SignedLiveness};
+use loopmix_localnet::faults::{Faults, LinkFaults, RelayStats};
+use loopmix_localnet::network::Kind;
 use loopmix_node::harness::{http_get, workspace_bin};
-use loopmix_sim::faults::{Faults, LinkFaults, RelayStats};
-use loopmix_sim::localnet::network::Kind;
 
 /// How big and how long: the measurement, or a CI-sized check.
 #[derive(Clone, Copy)]

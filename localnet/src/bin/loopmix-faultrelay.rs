@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use loopmix_sim::faults::{FaultRelay, Faults, LinkFaults, RelayConfig};
+use loopmix_localnet::faults::{FaultRelay, Faults, LinkFaults, RelayConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {

@@ -4,5 +4,5 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    loopmix_sim::localnet::compose::main(loopmix_sim::localnet::compose::GenOptions::parse())
+    loopmix_localnet::compose::main(loopmix_localnet::compose::GenOptions::parse())
 }

@@ -12,8 +12,8 @@ use anyhow::{Context, anyhow, bail};
 use serde::Deserialize;
 
 use super::procfs::{self, ProcId};
-use crate::localnet::network::{LOCALNET_JSON, Signals};
-use crate::localnet::process::log_tail;
+use crate::network::{LOCALNET_JSON, Signals};
+use crate::process::log_tail;
 
 /// How long a SIGTERMed localnet may take to stop its children (it gives
 /// them 10 s, then SIGKILLs them) before the soak kills everything itself.

@@ -4,5 +4,5 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    loopmix_sim::localnet::main(loopmix_sim::localnet::Options::parse())
+    loopmix_localnet::main(loopmix_localnet::Options::parse())
 }

@@ -5,5 +5,5 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    loopmix_sim::soak::main(loopmix_sim::soak::Options::parse())
+    loopmix_localnet::soak::main(loopmix_localnet::soak::Options::parse())
 }

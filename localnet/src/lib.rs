@@ -1,4 +1,4 @@
-//! `loopmix-localnet`: a whole loopmix network as separate processes on
+//! loopmix-localnet: the local-network tools. `loopmix-localnet` runs a whole loopmix network as separate processes on
 //! loopback, from one command.
 //!
 //! It starts directory authorities, mixes, providers, an exit service and a
@@ -14,7 +14,17 @@
 //! * [`process`]: the child processes and their shutdown;
 //! * [`control`]: `ctl` and the socket the running localnet serves it on;
 //! * [`status`]: the live status line;
-//! * [`toml_edit`], [`metrics`]: editing configs, reading `/metrics`.
+//! * [`toml_edit`], [`metrics`]: editing configs, reading `/metrics`;
+//! * [`compose`]: `loopmix-testnet-gen`, the container testnet's files;
+//! * [`faults`]: fault injection without root: a UDP relay that drops,
+//!   delays, duplicates and reorders datagrams in front of chosen nodes
+//!   (`loopmix-faultrelay`, `tests/faults.rs`);
+//! * [`soak`]: a long localnet run under SOCKS5 traffic that checks every
+//!   process for memory and file-descriptor growth and every transfer for
+//!   lost data (`loopmix-soak`).
+//!
+//! The parameter presets come from the simulator crate
+//! ([`loopmix_sim::presets`]), which predicts what each buys.
 //!
 //! Tests drive a [`network::Localnet`] as a library too: with
 //! [`network::Localnet::use_fault_relays`] every mix and provider sits
@@ -23,25 +33,21 @@
 
 pub mod compose;
 pub mod control;
+pub mod faults;
 pub mod metrics;
 pub mod network;
 pub mod process;
+pub mod soak;
 pub mod status;
 pub mod toml_edit;
+
+pub use loopmix_sim::presets::{PAYLOAD_SIZE, Preset, PresetParams, STREAM_BYTES_PER_PACKET};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-
-/// Payload bytes one Sphinx packet carries for a stream after the payload
-/// and fragment overheads, with `payload_size = 2048` (approximate).
-pub const STREAM_BYTES_PER_PACKET: f64 = 1990.0;
-
-/// The Sphinx payload size of every preset: room for a forward packet
-/// carrying three reply blocks.
-pub const PAYLOAD_SIZE: usize = 2048;
+use clap::{Parser, Subcommand};
 
 const ABOUT: &str = "Start a whole loopmix network on this machine, one process per \
 authority, mix, provider and client, and a SOCKS5 proxy that sends your traffic through it.";
@@ -61,96 +67,6 @@ observer has to choose from grow; the price is latency (a request and its answer
 about ten delayed hops) and bandwidth spent on cover. Goodput per client is bounded by \
 λ_P × ~1990 bytes/s: speed (20 ms per hop, λ_P 50/s) ≈ 100 KB/s, balanced (50 ms, \
 20/s) ≈ 40 KB/s, privacy (250 ms, 10/s) ≈ 20 KB/s.";
-
-/// Privacy/speed trade-off of the whole network (see `--help`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Preset {
-    /// 20 ms per hop, λ_P 50/s: fast, small anonymity sets.
-    Speed,
-    /// 50 ms per hop, λ_P 20/s.
-    Balanced,
-    /// 250 ms per hop, λ_P 10/s, more cover: slow, large anonymity sets.
-    Privacy,
-}
-
-/// What a preset sets: the directory's `[network]` rates and delay, and the
-/// clients' inbox pull interval.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PresetParams {
-    pub mean_hop_delay_ms: f64,
-    pub lambda_p_per_s: f64,
-    pub lambda_l_per_s: f64,
-    pub lambda_d_per_s: f64,
-    pub lambda_m_per_s: f64,
-    pub pull_interval: Duration,
-}
-
-impl Preset {
-    pub fn params(self) -> PresetParams {
-        let (d, p, l, dr, m, pull) = match self {
-            Preset::Speed => (20.0, 50.0, 2.0, 2.0, 2.0, 100),
-            Preset::Balanced => (50.0, 20.0, 1.0, 1.0, 1.0, 200),
-            Preset::Privacy => (250.0, 10.0, 2.0, 2.0, 2.0, 500),
-        };
-        PresetParams {
-            mean_hop_delay_ms: d,
-            lambda_p_per_s: p,
-            lambda_l_per_s: l,
-            lambda_d_per_s: dr,
-            lambda_m_per_s: m,
-            pull_interval: Duration::from_millis(pull),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Preset::Speed => "speed",
-            Preset::Balanced => "balanced",
-            Preset::Privacy => "privacy",
-        }
-    }
-}
-
-impl PresetParams {
-    /// Upper bound of one client's goodput, bytes per second.
-    pub fn goodput_bound(&self) -> f64 {
-        self.lambda_p_per_s * STREAM_BYTES_PER_PACKET
-    }
-
-    /// The `[network]` keys of an authority's `directory.toml` that this
-    /// preset sets (for [`toml_edit::edit_file`]).
-    pub fn directory_edits(&self, layers: u8) -> Vec<(&'static str, &'static str, String)> {
-        vec![
-            ("network", "layers", layers.to_string()),
-            (
-                "network",
-                "mean_hop_delay_ms",
-                format!("{:?}", self.mean_hop_delay_ms),
-            ),
-            (
-                "network",
-                "lambda_p_per_s",
-                format!("{:?}", self.lambda_p_per_s),
-            ),
-            (
-                "network",
-                "lambda_l_per_s",
-                format!("{:?}", self.lambda_l_per_s),
-            ),
-            (
-                "network",
-                "lambda_d_per_s",
-                format!("{:?}", self.lambda_d_per_s),
-            ),
-            (
-                "network",
-                "lambda_m_per_s",
-                format!("{:?}", self.lambda_m_per_s),
-            ),
-            ("network", "payload_size", PAYLOAD_SIZE.to_string()),
-        ]
-    }
-}
 
 const CTL_ABOUT: &str = "Kill, stop, continue or restart a member of a running localnet, \
 or list the members and their states.";
@@ -280,4 +196,41 @@ pub fn main(opts: Options) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The `[network]` keys of an authority's `directory.toml` that `params`
+/// sets (for [`toml_edit::edit_file`]).
+pub fn directory_edits(
+    params: &PresetParams,
+    layers: u8,
+) -> Vec<(&'static str, &'static str, String)> {
+    vec![
+        ("network", "layers", layers.to_string()),
+        (
+            "network",
+            "mean_hop_delay_ms",
+            format!("{:?}", params.mean_hop_delay_ms),
+        ),
+        (
+            "network",
+            "lambda_p_per_s",
+            format!("{:?}", params.lambda_p_per_s),
+        ),
+        (
+            "network",
+            "lambda_l_per_s",
+            format!("{:?}", params.lambda_l_per_s),
+        ),
+        (
+            "network",
+            "lambda_d_per_s",
+            format!("{:?}", params.lambda_d_per_s),
+        ),
+        (
+            "network",
+            "lambda_m_per_s",
+            format!("{:?}", params.lambda_m_per_s),
+        ),
+        ("network", "payload_size", PAYLOAD_SIZE.to_string()),
+    ]
 }
