@@ -12,6 +12,7 @@ use loopmix_client::socks5::{self, SocksConfig};
 use loopmix_core::e2e::ClientAddress;
 use loopmix_core::keys::NodeId;
 use loopmix_core::pki::AuthorityEntry;
+use loopmix_net::process::{init_logging, shutdown_signal};
 use prometheus::Registry;
 use std::time::Duration;
 
@@ -154,7 +155,7 @@ fn main() -> anyhow::Result<()> {
             reply_blocks,
             wait_reply,
         } => {
-            init_logs();
+            init_logging("warn", false);
             let body = match (message, file) {
                 (Some(m), None) => m.into_bytes(),
                 (None, Some(f)) => {
@@ -225,7 +226,7 @@ fn main() -> anyhow::Result<()> {
             timeout,
             reply,
         } => {
-            init_logs();
+            init_logging("warn", false);
             let cfg = ClientConfig::load(&config)?;
             tokio::runtime::Runtime::new()?.block_on(async move {
                 let (client, mut events) = Client::start(cfg, &Registry::new()).await?;
@@ -277,7 +278,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve_logs_and_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    init_logs_at("info");
+    init_logging("info", false);
     Ok(tokio::runtime::Runtime::new()?)
 }
 
@@ -290,32 +291,5 @@ fn print_message(body: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logs() {
-    init_logs_at("warn");
-}
 
-fn init_logs_at(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("stopping");
-}

@@ -186,7 +186,13 @@ pub async fn run(
         &["result"],
     )?;
     let shared = Shared::new(
-        Mux::client(exit, socks.streams.clone(), metrics),
+        Mux::client(
+            exit,
+            socks.streams.clone(),
+            metrics,
+            &mut rand::rng(),
+            Instant::now(),
+        ),
         Role::Client,
     );
     let (client, mut events) =

@@ -254,41 +254,13 @@ impl PeerConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
-    #[error("{path}: field `{field}`: {reason}")]
-    Invalid {
-        path: PathBuf,
-        field: String,
-        reason: String,
-    },
-}
+pub use loopmix_net::config::ConfigError;
 
 impl DirectoryConfig {
     /// Reads, parses and validates; relative paths become relative to the
     /// config file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut cfg: DirectoryConfig =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let mut cfg: DirectoryConfig = loopmix_net::config::read_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -303,11 +275,7 @@ impl DirectoryConfig {
             }
         }
         cfg.validate()
-            .map_err(|(field, reason)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                field,
-                reason,
-            })?;
+            .map_err(|(field, reason)| ConfigError::invalid(path, field, reason))?;
         Ok(cfg)
     }
 

@@ -11,7 +11,7 @@ use loopmix_directory::config::{
     CONFIG_FILE, DirectoryConfig, EpochSection, IDENTITY_FILE, PeerConfig,
 };
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use loopmix_net::process::{cancel_on_signal, init_logging};
 
 #[derive(Parser)]
 #[command(
@@ -98,18 +98,6 @@ fn parse_peer(s: &str) -> Result<PeerConfig, String> {
     }
 }
 
-fn init_logs(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -162,7 +150,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Run { config, json_logs } => {
-            init_logs(json_logs);
+            init_logging("info", json_logs);
             let cfg = DirectoryConfig::load(&config)?;
             for w in cfg.privacy_warnings() {
                 tracing::warn!("weak network parameters: {w}");
@@ -170,25 +158,10 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(wait_for_signal(shutdown.clone()));
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
                 loopmix_directory::run(cfg, shutdown).await
             })
         }
     }
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    shutdown.cancel();
-}

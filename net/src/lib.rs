@@ -1,6 +1,7 @@
 //! loopmix-net: the I/O shell every loopmix process shares, around the pure
 //! protocol in `loopmix-core`.
 //!
+//! * [`config`]: reading a role's TOML config, one [`ConfigError`](config::ConfigError).
 //! * [`transport`]: QUIC with pinned raw public keys, ingress and egress.
 //! * [`directory`]: [`DirectoryClient`](directory::DirectoryClient), the
 //!   fetch/verify/cache/register client of the signed directory.
@@ -11,12 +12,16 @@
 //! * [`metrics`]: per-process Prometheus registries and the `/metrics`
 //!   endpoint.
 //! * [`files`]: files written whole or not at all (`write_atomic`).
+//! * [`process`]: what every binary sets up alike: logs to stderr, stop on
+//!   SIGINT or SIGTERM.
 //! * [`sleep_until`]: the timer every driver loop around a sans-IO state
 //!   machine selects on.
 
+pub mod config;
 pub mod directory;
 pub mod files;
 pub mod metrics;
+pub mod process;
 pub mod provider_link;
 pub mod routing;
 pub mod transport;

@@ -273,52 +273,13 @@ impl Default for CoverSection {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
-    #[error("{path}: field `{field}`: {reason}")]
-    Invalid {
-        path: PathBuf,
-        field: &'static str,
-        reason: String,
-    },
-}
+pub use loopmix_net::config::ConfigError;
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut cfg: NodeConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let invalid = |field, reason: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field,
-            reason,
-        };
-        if cfg.version != CONFIG_VERSION {
-            return Err(invalid(
-                "version",
-                format!(
-                    "unsupported version {}, expected {CONFIG_VERSION}",
-                    cfg.version
-                ),
-            ));
-        }
+        let mut cfg: NodeConfig = loopmix_net::config::read_toml(path)?;
+        let invalid = |field: &str, reason: String| ConfigError::invalid(path, field, reason);
+        loopmix_net::config::check_version(path, cfg.version, CONFIG_VERSION)?;
         if !(0.0..1.0).contains(&cfg.mixing.fault_drop_rate) {
             return Err(invalid(
                 "mixing.fault_drop_rate",

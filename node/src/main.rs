@@ -10,7 +10,7 @@ use loopmix_core::pki::AuthorityEntry;
 use loopmix_core::topology::{NodeEntry, Role};
 use loopmix_node::config::{DirectorySection, NodeConfig};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use loopmix_net::process::{cancel_on_signal, init_logging};
 
 #[derive(Parser)]
 #[command(
@@ -88,19 +88,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
     }
 }
 
-fn init_logs(json: bool) {
-    init_logs_default(json, "info");
-}
 
-fn init_logs_default(json: bool, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
 
 /// The node's topology entry (fixed-topology mode), or its identity and
 /// role (directory mode, where the Sphinx key changes every epoch).
@@ -160,7 +148,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Run { config, json_logs } => {
-            init_logs(json_logs);
+            init_logging("info", json_logs);
             let cfg = NodeConfig::load(&config)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(cfg.io_threads())
@@ -168,37 +156,22 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(async move {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(wait_for_signal(shutdown.clone()));
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
                 loopmix_node::node::run(cfg, shutdown).await
             })
         }
         Cmd::Bench(args) => {
             // The report is on stdout; the in-process peers' connection
             // logs would drown it (RUST_LOG still wins).
-            init_logs_default(false, "warn");
+            init_logging("warn", false);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(loopmix_node::bench::run(args))
         }
         Cmd::Demo(args) => {
-            init_logs(false);
+            init_logging("info", false);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(loopmix_node::demo::run(args))
         }
     }
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    shutdown.cancel();
-}

@@ -427,11 +427,19 @@ pub struct Mux {
 const CONTROL_ROOM: usize = 2 * ACK_LEN;
 
 impl Mux {
-    /// The SOCKS5 side: one session with `exit`.
-    pub fn client(exit: ClientAddress, cfg: StreamConfig, metrics: StreamMetrics) -> Self {
-        let id: SessionId = rand::rng().random();
+    /// The SOCKS5 side: one session with `exit`, its id drawn from `rng`,
+    /// opened at `now` (the caller's clock and randomness, so tests can
+    /// replay a run exactly).
+    pub fn client<R: rand::Rng + ?Sized>(
+        exit: ClientAddress,
+        cfg: StreamConfig,
+        metrics: StreamMetrics,
+        rng: &mut R,
+        now: Instant,
+    ) -> Self {
+        let id: SessionId = rng.random();
         let mut m = Self::new(Role::Client, cfg, metrics);
-        m.sessions.insert(id, Session::new(id, Instant::now()));
+        m.sessions.insert(id, Session::new(id, now));
         m.own = Some((id, exit));
         m
     }

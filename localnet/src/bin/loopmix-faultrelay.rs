@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use loopmix_localnet::faults::{FaultRelay, Faults, LinkFaults, RelayConfig};
 
@@ -113,7 +112,7 @@ fn main() -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            () = loopmix_net::process::shutdown_signal() => {}
             () = report => {}
         }
         eprintln!("{}", relay.stats());

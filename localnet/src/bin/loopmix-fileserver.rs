@@ -56,24 +56,13 @@ async fn serve(State(root): State<PathBuf>, uri: Uri) -> Response {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    loopmix_net::process::init_logging("info", false);
     let opts = Options::parse();
     let app = Router::new().fallback(serve).with_state(opts.root.clone());
     let listener = tokio::net::TcpListener::bind(opts.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, root = %opts.root.display(), "serving");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
+        .with_graceful_shutdown(loopmix_net::process::shutdown_signal())
         .await?;
     Ok(())
 }

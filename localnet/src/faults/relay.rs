@@ -25,8 +25,7 @@
 //! back per source and direction. Overflow is dropped and counted, like a
 //! router's queue.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -35,6 +34,7 @@ use std::time::Duration;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use loopmix_core::mixing::delay_queue::DelayQueue;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -699,39 +699,15 @@ fn overflow(shared: &Shared, src: SocketAddr, dir: Direction) {
     }
 }
 
-/// A datagram waiting for its release time; ordered by (time, arrival).
-struct Held {
-    due: Instant,
-    seq: u64,
-    data: Vec<u8>,
-}
-
-impl PartialEq for Held {
-    fn eq(&self, o: &Self) -> bool {
-        (self.due, self.seq) == (o.due, o.seq)
-    }
-}
-impl Eq for Held {}
-impl PartialOrd for Held {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Held {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.due, self.seq).cmp(&(o.due, o.seq))
-    }
-}
-
 /// The faults of one direction of one source: decides each datagram's
 /// fate and holds the delayed and reordered ones (sans-IO: the caller sends
 /// what [`Shaper::offer`] and [`Shaper::take_due`] return).
 struct Shaper {
-    delayed: BinaryHeap<Reverse<Held>>,
-    seq: u64,
+    /// The core's deadline queue (the one a mix's pool uses): bounded,
+    /// ordered by release time, ties in arrival order.
+    delayed: DelayQueue<Instant, Vec<u8>>,
     /// A datagram waiting for the next one to overtake it, and its deadline.
     held: Option<(Instant, Vec<u8>)>,
-    max_delayed: usize,
     reorder_hold: Duration,
 }
 
@@ -748,10 +724,8 @@ struct Fate {
 impl Shaper {
     fn new(max_delayed: usize, reorder_hold: Duration) -> Self {
         Self {
-            delayed: BinaryHeap::new(),
-            seq: 0,
+            delayed: DelayQueue::new(max_delayed.max(1)),
             held: None,
-            max_delayed: max_delayed.max(1),
             reorder_hold,
         }
     }
@@ -790,16 +764,10 @@ impl Shaper {
             let delay = f.delay + jitter;
             if delay.is_zero() {
                 self.emit(copy, out);
-            } else if self.delayed.len() >= self.max_delayed {
-                fate.overflow += 1;
-            } else {
-                self.seq += 1;
-                self.delayed.push(Reverse(Held {
-                    due: now + delay,
-                    seq: self.seq,
-                    data: copy,
-                }));
+            } else if self.delayed.push(now + delay, copy).is_ok() {
                 fate.delayed += 1;
+            } else {
+                fate.overflow += 1;
             }
         }
         fate
@@ -815,10 +783,8 @@ impl Shaper {
 
     /// Appends every datagram due at `now` to `out`.
     fn take_due(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
-        while self.delayed.peek().is_some_and(|Reverse(h)| h.due <= now) {
-            if let Some(Reverse(h)) = self.delayed.pop() {
-                self.emit(h.data, out);
-            }
+        while let Some((_, data)) = self.delayed.pop_due(now) {
+            self.emit(data, out);
         }
         if self.held.as_ref().is_some_and(|(due, _)| *due <= now)
             && let Some((_, h)) = self.held.take()
@@ -829,7 +795,7 @@ impl Shaper {
 
     /// When [`take_due`](Self::take_due) next has something.
     fn next_due(&self) -> Option<Instant> {
-        let d = self.delayed.peek().map(|Reverse(h)| h.due);
+        let d = self.delayed.next_deadline();
         let h = self.held.as_ref().map(|(due, _)| *due);
         match (d, h) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -885,7 +851,7 @@ impl Link {
                     let fate = outbound.offer(buf[..n].to_vec(), &f, Instant::now(), &mut self.rng, &mut to_src);
                     self.count(Direction::Outbound, &fate);
                 }
-                _ = sleep_until_opt(next) => {}
+                _ = loopmix_net::sleep_until(next.map(Instant::into_std)) => {}
             }
             let now = Instant::now();
             inbound.take_due(now, &mut to_node);
@@ -935,13 +901,6 @@ impl Link {
                 c.send_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 
