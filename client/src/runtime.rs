@@ -24,11 +24,11 @@ use loopmix_core::keys::NodeId;
 use loopmix_core::message::MessageId;
 use loopmix_core::pki::VerifiedTopology;
 use loopmix_core::poisson::PoissonTicker;
-use loopmix_core::provider_link::{self, Request, Response};
+use loopmix_core::provider_control::{self, Request, Response};
 use loopmix_core::topology::Topology;
 use loopmix_net::directory::{DirectoryClient, DirectoryClientConfig};
 use loopmix_net::metrics::{counter, counter_vec, float_gauge, histogram};
-use loopmix_net::provider_link::request as provider_request;
+use loopmix_net::provider_control::request as provider_request;
 use loopmix_net::routing::RoutingView;
 use loopmix_net::sleep_until;
 use loopmix_net::transport::egress::{Egress, EgressMetrics, OutPacket};
@@ -647,7 +647,7 @@ impl Shell {
                         let batch: Vec<u64> = unconfirmed
                             .iter()
                             .copied()
-                            .take(provider_link::MAX_CONFIRM)
+                            .take(provider_control::MAX_CONFIRM)
                             .collect();
                         let _ = provider_request(c, &Request::Confirm(batch), timeout).await;
                     }
@@ -700,7 +700,7 @@ impl Shell {
                     let batch: Vec<u64> = unconfirmed
                         .iter()
                         .copied()
-                        .take(provider_link::MAX_CONFIRM)
+                        .take(provider_control::MAX_CONFIRM)
                         .collect();
                     match provider_request(&c, &Request::Confirm(batch.clone()), timeout).await {
                         Ok(Response::Ok) => {
@@ -729,7 +729,7 @@ impl Shell {
                     // provider no longer knows us.
                     self.metrics.pulls.with_label_values(&["refused"]).inc();
                     debug!(answer = ?other, "pull refused");
-                    if matches!(other, Response::Error { code, .. } if code == provider_link::code::NOT_REGISTERED)
+                    if matches!(other, Response::Error { code, .. } if code == provider_control::code::NOT_REGISTERED)
                     {
                         conn = None;
                     }

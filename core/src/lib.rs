@@ -15,7 +15,7 @@
 //! * [`message`]: reliable messages: fragmentation, reassembly, acks and
 //!   retransmission (sans-IO).
 //! * [`e2e`]: end-to-end sealing, addresses and reply blocks (SURBs).
-//! * [`provider_link`]: the client ↔ provider control protocol codec.
+//! * [`provider_control`]: the client ↔ provider control protocol codec.
 //! * [`pki`]: signed descriptors, topology and liveness documents, k-of-n
 //!   verification, deterministic document building.
 //! * `testing` (feature `testing`): fixtures for the crates' tests.
@@ -27,7 +27,7 @@ pub mod message;
 pub mod mixing;
 pub mod pki;
 pub mod poisson;
-pub mod provider_link;
+pub mod provider_control;
 pub mod sphinx;
 pub mod topology;
 pub mod wire;

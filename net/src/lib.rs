@@ -7,7 +7,7 @@
 //!   fetch/verify/cache/register client of the signed directory.
 //! * [`routing`]: route choice with the network's signed liveness list
 //!   applied, and the metrics that show it.
-//! * [`provider_link`]: one client ↔ provider control message over a QUIC
+//! * [`provider_control`]: one client ↔ provider control message over a QUIC
 //!   stream, with a size limit and a timeout.
 //! * [`metrics`]: per-process Prometheus registries and the `/metrics`
 //!   endpoint.
@@ -22,7 +22,7 @@ pub mod directory;
 pub mod files;
 pub mod metrics;
 pub mod process;
-pub mod provider_link;
+pub mod provider_control;
 pub mod routing;
 pub mod transport;
 

@@ -33,7 +33,7 @@ use crate::metrics::NodeMetrics;
 use crate::pipeline::{DelayStage, NodeIngress, PeerLimits, RateLimit, Shared, spawn_workers};
 use crate::provider::delivery::DeliveryStage;
 use crate::provider::inbox::{InboxLimits, InboxStore};
-use crate::provider::link::{ControlConfig, ProviderControl};
+use crate::provider::control::{ControlConfig, ProviderControl};
 use crate::topology_source::{TopologySink, TopologyWatcher, check_self, read_topology_file};
 
 /// Written to `data_dir/bound.json` once the node listens, so tools (and

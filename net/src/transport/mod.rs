@@ -9,7 +9,7 @@
 //! A provider also accepts clients (keys not in the topology, see
 //! [`PeerAllowList::accept_clients`]); they send Sphinx packets on the same
 //! unidirectional streams and run the control protocol
-//! ([`crate::provider_link`]) on bidirectional streams, which only client
+//! ([`crate::provider_control`]) on bidirectional streams, which only client
 //! connections may open ([`ingress::ClientPolicy`]).
 
 pub mod egress;

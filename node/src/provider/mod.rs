@@ -2,7 +2,7 @@
 //!
 //! * [`inbox`]: durable per-client inboxes (redb).
 //! * [`delivery`]: final-hop packets stored, then acknowledged (SURB-ACKs).
-//! * [`link`]: the control protocol clients use to register, pull, confirm.
+//! * [`control`]: the control protocol clients use to register, pull, confirm.
 pub mod delivery;
 pub mod inbox;
-pub mod link;
+pub mod control;

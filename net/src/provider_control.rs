@@ -1,17 +1,17 @@
 //! Moving one client ↔ provider control message (the codec is
-//! [`loopmix_core::provider_link`], `docs/PROTOCOL.md` §6.6) over a QUIC
+//! [`loopmix_core::provider_control`], `docs/PROTOCOL.md` §6.6) over a QUIC
 //! stream: a size limit checked before the body is read, a timeout on every
 //! exchange, and the end of the stream expected after the message.
 
 use std::time::Duration;
 
-use loopmix_core::provider_link::{CodecError, HEADER_LEN, MAX_RESPONSE_BODY, Request, Response};
+use loopmix_core::provider_control::{CodecError, HEADER_LEN, MAX_RESPONSE_BODY, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Failure to move one message over a stream.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum LinkError {
+pub enum ControlError {
     #[error(transparent)]
     Codec(#[from] CodecError),
     #[error("timed out")]
@@ -22,13 +22,13 @@ pub enum LinkError {
     Connection(String),
 }
 
-impl LinkError {
+impl ControlError {
     pub fn label(&self) -> &'static str {
         match self {
-            LinkError::Codec(e) => e.label(),
-            LinkError::Timeout => "timeout",
-            LinkError::Stream(_) => "stream",
-            LinkError::Connection(_) => "connection",
+            ControlError::Codec(e) => e.label(),
+            ControlError::Timeout => "timeout",
+            ControlError::Stream(_) => "stream",
+            ControlError::Connection(_) => "connection",
         }
     }
 }
@@ -41,17 +41,17 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     r: &mut R,
     max_body: usize,
     timeout: Duration,
-) -> Result<Vec<u8>, LinkError> {
+) -> Result<Vec<u8>, ControlError> {
     match tokio::time::timeout(timeout, read_message_inner(r, max_body)).await {
         Ok(res) => res,
-        Err(_) => Err(LinkError::Timeout),
+        Err(_) => Err(ControlError::Timeout),
     }
 }
 
 async fn read_message_inner<R: AsyncRead + Unpin>(
     r: &mut R,
     max_body: usize,
-) -> Result<Vec<u8>, LinkError> {
+) -> Result<Vec<u8>, ControlError> {
     let mut header = [0u8; HEADER_LEN];
     read_full(r, &mut header, 0).await?;
     let [_, l0, l1, l2, l3] = header;
@@ -66,7 +66,7 @@ async fn read_message_inner<R: AsyncRead + Unpin>(
     match r.read(&mut extra).await {
         Ok(0) => Ok(msg),
         Ok(n) => Err(CodecError::Trailing { extra: n }.into()),
-        Err(e) => Err(LinkError::Stream(e.to_string())),
+        Err(e) => Err(ControlError::Stream(e.to_string())),
     }
 }
 
@@ -75,7 +75,7 @@ async fn read_full<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut [u8],
     before: usize,
-) -> Result<(), LinkError> {
+) -> Result<(), ControlError> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]).await {
@@ -87,7 +87,7 @@ async fn read_full<R: AsyncRead + Unpin>(
                 .into());
             }
             Ok(n) => got += n,
-            Err(e) => return Err(LinkError::Stream(e.to_string())),
+            Err(e) => return Err(ControlError::Stream(e.to_string())),
         }
     }
     Ok(())
@@ -98,15 +98,15 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
     w: &mut W,
     bytes: &[u8],
     timeout: Duration,
-) -> Result<(), LinkError> {
+) -> Result<(), ControlError> {
     let write = async {
         w.write_all(bytes).await?;
         w.shutdown().await
     };
     match tokio::time::timeout(timeout, write).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(LinkError::Stream(e.to_string())),
-        Err(_) => Err(LinkError::Timeout),
+        Ok(Err(e)) => Err(ControlError::Stream(e.to_string())),
+        Err(_) => Err(ControlError::Timeout),
     }
 }
 
@@ -117,27 +117,27 @@ pub async fn request(
     conn: &quinn::Connection,
     req: &Request,
     timeout: Duration,
-) -> Result<Response, LinkError> {
+) -> Result<Response, ControlError> {
     let bytes = req.encode()?;
     let exchange = async {
         let (mut send, mut recv) = conn
             .open_bi()
             .await
-            .map_err(|e| LinkError::Connection(e.to_string()))?;
+            .map_err(|e| ControlError::Connection(e.to_string()))?;
         write_message(&mut send, &bytes, timeout).await?;
         let answer = read_message(&mut recv, MAX_RESPONSE_BODY, timeout).await?;
-        Ok::<_, LinkError>(Response::decode(&answer, MAX_RESPONSE_BODY)?)
+        Ok::<_, ControlError>(Response::decode(&answer, MAX_RESPONSE_BODY)?)
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(res) => res,
-        Err(_) => Err(LinkError::Timeout),
+        Err(_) => Err(ControlError::Timeout),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use loopmix_core::provider_link::MAX_REQUEST_BODY;
+    use loopmix_core::provider_control::MAX_REQUEST_BODY;
 
     #[tokio::test]
     async fn read_message_checks_length_before_reading_and_expects_the_end() {

@@ -1,5 +1,5 @@
 //! The provider's end of the client control protocol (`docs/PROTOCOL.md`
-//! §6.6, codec in [`loopmix_core::provider_link`]): `register`, `pull` and
+//! §6.6, codec in [`loopmix_core::provider_control`]): `register`, `pull` and
 //! `confirm` on the client's bidirectional streams, answered from the
 //! [`InboxStore`].
 //!
@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use loopmix_core::keys::NodeId;
-use loopmix_core::provider_link::{
+use loopmix_core::provider_control::{
     CodecError, MAX_REQUEST_BODY, Request, Response, Slot, SlotLayout, code,
 };
 use loopmix_net::metrics::{MetricError, counter, counter_vec, histogram};
-use loopmix_net::provider_link::{LinkError, read_message, write_message};
+use loopmix_net::provider_control::{ControlError, read_message, write_message};
 use loopmix_net::transport::PeerKind;
 use loopmix_net::transport::ingress::{ControlFuture, ControlHandler};
 use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
@@ -61,7 +61,7 @@ pub struct ControlConfig {
 impl Default for ControlConfig {
     fn default() -> Self {
         Self {
-            pull_slots: loopmix_core::provider_link::DEFAULT_PULL_SLOTS,
+            pull_slots: loopmix_core::provider_control::DEFAULT_PULL_SLOTS,
             slot_data_len: 4096,
             requests_per_second: 50,
             request_burst: 100,
@@ -323,7 +323,7 @@ impl ProviderControl {
         let decoded = read.and_then(|bytes| Ok(Request::decode(&bytes)?));
         let response = match decoded {
             Ok(request) => self.answer(peer, kind, request).await,
-            Err(LinkError::Codec(e)) => {
+            Err(ControlError::Codec(e)) => {
                 // Nothing more is read from this stream.
                 let _ = recv.stop(STREAM_ABANDONED.into());
                 self.count_invalid(code::label(code::BAD_REQUEST));
@@ -396,9 +396,9 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use loopmix_core::keys::IdentityKeypair;
-    use loopmix_core::provider_link::{MAX_RESPONSE_BODY, TYPE_MESSAGES};
+    use loopmix_core::provider_control::{MAX_RESPONSE_BODY, TYPE_MESSAGES};
     use loopmix_core::wire::{Frame, FrameError};
-    use loopmix_net::provider_link;
+    use loopmix_net::provider_control;
     use loopmix_net::transport::ingress::{ClientPolicy, Ingress, IngressSink};
     use loopmix_net::transport::{PeerAllowList, RefusalHook, Transport};
     use tokio_util::sync::CancellationToken;
@@ -511,7 +511,7 @@ mod tests {
     }
 
     async fn req(conn: &quinn::Connection, r: Request) -> Response {
-        provider_link::request(conn, &r, T).await.unwrap()
+        provider_control::request(conn, &r, T).await.unwrap()
     }
 
     #[tokio::test]
@@ -623,7 +623,7 @@ mod tests {
                 "{closed:?}"
             );
             assert!(
-                provider_link::request(&conn, &Request::Register, T)
+                provider_control::request(&conn, &Request::Register, T)
                     .await
                     .is_err()
             );
@@ -635,8 +635,8 @@ mod tests {
         let node = client();
         p.transport.allow_list().insert(node.node_id());
         let conn = node.connect(p.transport.node_id(), p.addr()).await.unwrap();
-        let r = provider_link::request(&conn, &Request::Register, Duration::from_millis(300)).await;
-        assert!(matches!(r, Err(LinkError::Timeout)), "{r:?}");
+        let r = provider_control::request(&conn, &Request::Register, Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(ControlError::Timeout)), "{r:?}");
         assert!(!p.inbox.is_registered(&node.node_id()));
     }
 
@@ -651,7 +651,7 @@ mod tests {
         let ca = a.connect(p.transport.node_id(), p.addr()).await.unwrap();
         assert_eq!(req(&ca, Request::Register).await, Response::Ok);
         let cb = b.connect(p.transport.node_id(), p.addr()).await.unwrap();
-        let r = provider_link::request(&cb, &Request::Register, T).await;
+        let r = provider_control::request(&cb, &Request::Register, T).await;
         assert!(r.is_err(), "second client is closed: {r:?}");
         assert!(p.refused.lock().unwrap().contains(&"too_many_clients"));
         // When the first leaves, its place is free again.
@@ -660,7 +660,7 @@ mod tests {
         let mut ok = false;
         for _ in 0..50 {
             let cb = b.connect(p.transport.node_id(), p.addr()).await.unwrap();
-            if let Ok(Response::Ok) = provider_link::request(&cb, &Request::Register, T).await {
+            if let Ok(Response::Ok) = provider_control::request(&cb, &Request::Register, T).await {
                 ok = true;
                 break;
             }

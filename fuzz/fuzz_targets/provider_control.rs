@@ -1,7 +1,7 @@
 //! The client ↔ provider control protocol, both directions.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use loopmix_core::provider_link::{Request, Response};
+use loopmix_core::provider_control::{Request, Response};
 
 fuzz_target!(|data: &[u8]| {
     let _ = Request::decode(data);

@@ -1,5 +1,5 @@
 //! The client ↔ provider control protocol (`docs/PROTOCOL.md` §6.6): a
-//! sans-IO codec. `loopmix_net::provider_link` moves one framed message over
+//! sans-IO codec. `loopmix_net::provider_control` moves one framed message over
 //! a QUIC stream with a size limit and a timeout.
 //!
 //! One request and one response per bidirectional stream; each side writes
