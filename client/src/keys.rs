@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::Context;
+use loopmix_core::keys::KeyError;
 use loopmix_core::e2e::{ClientAddress, EncryptionKeypair};
 use loopmix_core::keys::IdentityKeypair;
 
@@ -16,7 +16,7 @@ pub struct ClientKeys {
 
 impl ClientKeys {
     /// Makes both keys in `dir` (mode 0600); refuses to overwrite.
-    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+    pub fn create(dir: &Path) -> Result<Self, KeyError> {
         let keys = Self {
             identity: IdentityKeypair::generate(),
             encryption: EncryptionKeypair::generate(),
@@ -26,13 +26,12 @@ impl ClientKeys {
         Ok(keys)
     }
 
-    pub fn load(cfg: &ClientConfig) -> anyhow::Result<Self> {
+    /// Reads both keys named by `cfg` (a [`KeyError`] names the file).
+    pub fn load(cfg: &ClientConfig) -> Result<Self, KeyError> {
         let c = &cfg.client;
         Ok(Self {
-            identity: IdentityKeypair::read_pem(&c.identity_key)
-                .with_context(|| format!("reading {}", c.identity_key.display()))?,
-            encryption: EncryptionKeypair::read_pem(&c.encryption_key)
-                .with_context(|| format!("reading {}", c.encryption_key.display()))?,
+            identity: IdentityKeypair::read_pem(&c.identity_key)?,
+            encryption: EncryptionKeypair::read_pem(&c.encryption_key)?,
         })
     }
 

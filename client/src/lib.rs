@@ -10,8 +10,11 @@
 
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod exit;
 pub mod keys;
 pub mod runtime;
 pub mod socks5;
 pub mod stream;
+
+pub use error::ClientError;

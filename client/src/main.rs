@@ -205,7 +205,9 @@ fn main() -> anyhow::Result<()> {
             serve_logs_and_runtime()?.block_on(async move {
                 let registry = Registry::new();
                 tokio::select! {
-                    r = socks5::run(cfg, SocksConfig::default(), listen, exit, &registry) => r,
+                    r = socks5::run(cfg, SocksConfig::default(), listen, exit, &registry) => {
+                        r.context("SOCKS5 proxy")
+                    }
                     _ = shutdown_signal() => Ok(()),
                 }
             })
@@ -215,7 +217,9 @@ fn main() -> anyhow::Result<()> {
             serve_logs_and_runtime()?.block_on(async move {
                 let registry = Registry::new();
                 tokio::select! {
-                    r = exit::run(cfg, ExitConfig::default(), Policy::new(allow), &registry) => r,
+                    r = exit::run(cfg, ExitConfig::default(), Policy::new(allow), &registry) => {
+                        r.context("exit service")
+                    }
                     _ = shutdown_signal() => Ok(()),
                 }
             })

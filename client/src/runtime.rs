@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use crate::error::ClientError;
 use loopmix_core::e2e::ClientAddress;
 use loopmix_core::keys::NodeId;
 use loopmix_core::message::MessageId;
@@ -27,7 +29,7 @@ use loopmix_core::poisson::PoissonTicker;
 use loopmix_core::provider_control::{self, Request, Response};
 use loopmix_core::topology::Topology;
 use loopmix_net::directory::{DirectoryClient, DirectoryClientConfig};
-use loopmix_net::metrics::{counter, counter_vec, float_gauge, histogram};
+use loopmix_net::metrics::{MetricError, counter, counter_vec, float_gauge, histogram};
 use loopmix_net::provider_control::request as provider_request;
 use loopmix_net::routing::RoutingView;
 use loopmix_net::sleep_until;
@@ -58,7 +60,7 @@ pub struct ClientMetrics {
 }
 
 impl ClientMetrics {
-    fn new(r: &Registry) -> anyhow::Result<Self> {
+    fn new(r: &Registry) -> Result<Self, MetricError> {
         let sent = counter_vec(
             r,
             "loopmix_client_packets_sent_total",
@@ -231,7 +233,7 @@ impl Client {
     pub async fn start(
         cfg: ClientConfig,
         registry: &Registry,
-    ) -> anyhow::Result<(Client, mpsc::Receiver<ClientEvent>)> {
+    ) -> Result<(Client, mpsc::Receiver<ClientEvent>), ClientError> {
         Self::start_with(cfg, registry, None).await
     }
 
@@ -240,7 +242,7 @@ impl Client {
         cfg: ClientConfig,
         registry: &Registry,
         filler: Option<Arc<dyn SlotFiller>>,
-    ) -> anyhow::Result<(Client, mpsc::Receiver<ClientEvent>)> {
+    ) -> Result<(Client, mpsc::Receiver<ClientEvent>), ClientError> {
         let ClientKeys {
             identity,
             encryption,
@@ -273,10 +275,10 @@ impl Client {
         let engine = Arc::new(Mutex::new(engine));
 
         let provider_addr = provider_address(first.topology(), provider)?;
-        let bind: SocketAddr = if provider_addr.is_ipv4() {
-            "0.0.0.0:0".parse()?
+        let bind = if provider_addr.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
         } else {
-            "[::]:0".parse()?
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
         };
         // Nobody dials a client: the allow-list stays empty.
         let transport =
@@ -307,12 +309,15 @@ impl Client {
         if let Some(listen) = cfg.metrics.listen {
             let listener = loopmix_net::metrics::bind(listen)
                 .await
-                .with_context(|| format!("binding metrics on {listen}"))?;
-            let bound = listener.local_addr()?;
+                .map_err(ClientError::io(format!("binding metrics on {listen}")))?;
+            let bound = listener
+                .local_addr()
+                .map_err(ClientError::io("metrics address"))?;
             info!(metrics = %bound, "serving client metrics");
             // Launchers (loopmix-localnet) read the port from here when the
             // config asked for port 0.
-            std::fs::create_dir_all(&cfg.client.data_dir)?;
+            std::fs::create_dir_all(&cfg.client.data_dir)
+                .map_err(ClientError::writing(&cfg.client.data_dir))?;
             write_atomic(
                 &cfg.client.data_dir.join(METRICS_ADDR_FILE),
                 &format!("{bound}\n"),
@@ -360,18 +365,17 @@ pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 
 /// Writes `text` to `path` through a temporary file and a rename, so a
 /// reader never sees half a file.
-pub fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    loopmix_net::files::write_atomic(path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+pub fn write_atomic(path: &std::path::Path, text: &str) -> Result<(), ClientError> {
+    loopmix_net::files::write_atomic(path, text.as_bytes()).map_err(ClientError::writing(path))
 }
 
-fn provider_address(t: &Topology, provider: NodeId) -> anyhow::Result<SocketAddr> {
+fn provider_address(t: &Topology, provider: NodeId) -> Result<SocketAddr, ClientError> {
     match t.get(&provider) {
         Some(e) => Ok(e.address),
-        None => bail!(
-            "provider {provider} is not in the topology of epoch {}",
-            t.epoch()
-        ),
+        None => Err(ClientError::ProviderNotListed {
+            provider,
+            epoch: t.epoch(),
+        }),
     }
 }
 
@@ -379,7 +383,7 @@ fn provider_address(t: &Topology, provider: NodeId) -> anyhow::Result<SocketAddr
 async fn first_topology(
     dir: &DirectoryClient,
     provider: NodeId,
-) -> anyhow::Result<Arc<VerifiedTopology>> {
+) -> Result<Arc<VerifiedTopology>, ClientError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let last = match dir.fetch_current().await {
@@ -388,7 +392,7 @@ async fn first_topology(
             Err(e) => e.to_string(),
         };
         if Instant::now() > deadline {
-            bail!("no usable topology: {last}");
+            return Err(ClientError::NoTopology(last));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use crate::error::ClientError;
 use loopmix_core::e2e::ClientAddress;
 use prometheus::{IntCounterVec, Registry};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -172,11 +172,13 @@ pub async fn run(
     listen: SocketAddr,
     exit: ClientAddress,
     registry: &Registry,
-) -> anyhow::Result<()> {
+) -> Result<(), ClientError> {
     let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding the SOCKS5 port {listen}"))?;
-    let bound = listener.local_addr()?;
+        .map_err(ClientError::io(format!("binding the SOCKS5 port {listen}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(ClientError::io("SOCKS5 address"))?;
     let data_dir = cfg.client.data_dir.clone();
     let metrics = StreamMetrics::new(registry)?;
     let handshakes = loopmix_net::metrics::counter_vec(
@@ -196,9 +198,7 @@ pub async fn run(
         Role::Client,
     );
     let (client, mut events) =
-        Client::start_with(cfg, registry, Some(Arc::new(Filler(shared.clone()))))
-            .await
-            .context("starting the proxy's mixnet client")?;
+        Client::start_with(cfg, registry, Some(Arc::new(Filler(shared.clone())))).await?;
     let cancel = tokio_util::sync::CancellationToken::new();
     tokio::spawn(shared.clone().housekeeping(cancel.clone()));
     {
@@ -215,7 +215,10 @@ pub async fn run(
     info!(socks5 = %bound, address = %client.address(), %exit, "SOCKS5 proxy listening");
     let limit = Arc::new(Semaphore::new(socks.max_connections));
     loop {
-        let permit = limit.clone().acquire_owned().await?;
+        // The semaphore is never closed: `acquire_owned` cannot fail here.
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {

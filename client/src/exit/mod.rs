@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use crate::error::ClientError;
 use prometheus::Registry;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
@@ -48,13 +48,11 @@ pub async fn run(
     exit: ExitConfig,
     policy: Policy,
     registry: &Registry,
-) -> anyhow::Result<()> {
+) -> Result<(), ClientError> {
     let metrics = StreamMetrics::new(registry)?;
     let shared = Shared::new(Mux::exit(exit.streams.clone(), metrics), Role::Exit);
     let (client, mut events) =
-        Client::start_with(cfg, registry, Some(Arc::new(Filler(shared.clone()))))
-            .await
-            .context("starting the exit's mixnet client")?;
+        Client::start_with(cfg, registry, Some(Arc::new(Filler(shared.clone())))).await?;
     info!(address = %client.address(), "exit service running");
     let cancel = tokio_util::sync::CancellationToken::new();
     tokio::spawn(shared.clone().housekeeping(cancel.clone()));

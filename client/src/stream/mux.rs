@@ -361,7 +361,7 @@ pub struct StreamMetrics {
 }
 
 impl StreamMetrics {
-    pub fn new(r: &Registry) -> anyhow::Result<Self> {
+    pub fn new(r: &Registry) -> Result<Self, loopmix_net::metrics::MetricError> {
         use loopmix_net::metrics::{counter, counter_vec, gauge};
         Ok(Self {
             streams_open: gauge(r, "loopmix_streams_open", "Streams open now")?,
