@@ -22,7 +22,7 @@
 
 pub mod driver;
 mod metrics;
-mod peers;
+pub(crate) mod peers;
 pub mod publication;
 pub mod registration;
 pub mod scheduler;

@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use super::driver::{Action, DriverParams, EpochDriver, Outcome};
 use super::state::Doc;
 use super::{Authority, now_ms};
-use crate::config::PeerConfig;
 
 impl Authority {
     /// Drives building, signing, signature exchange and pruning until `cancel`.
@@ -235,13 +234,7 @@ impl Authority {
                 d.sigs.keys().copied().collect::<HashSet<_>>(),
             )
         };
-        let missing: Vec<PeerConfig> = self
-            .cfg
-            .peers
-            .iter()
-            .filter(|p| !have.contains(&p.key))
-            .cloned()
-            .collect();
+        let missing = self.peers_missing(&have);
         if missing.is_empty() {
             return;
         }

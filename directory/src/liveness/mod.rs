@@ -26,7 +26,6 @@ use loopmix_core::pki::{
     AuthoritySignature, EpochDocument, LIVENESS_CONTEXT, LIVENESS_VERSION, MAX_LIVENESS_BYTES,
     Observation, SignedLiveness, SignedObservation, api,
 };
-use loopmix_net::directory::{error_chain, read_limited};
 use loopmix_net::metrics::{self as m, MetricError};
 use loopmix_net::transport::Transport;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
@@ -34,6 +33,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::authority::peers::{PeerResult, ask_peers};
 use crate::authority::{Authority, now_ms};
 use crate::config::{LivenessSection, PeerConfig};
 use prober::{ProbeParams, ProbeResult, ProbeTable, Transition, probe};
@@ -536,14 +536,7 @@ impl Liveness {
                 b.sigs.keys().copied().collect::<HashSet<_>>(),
             )
         };
-        let missing: Vec<PeerConfig> = self
-            .authority
-            .config()
-            .peers
-            .iter()
-            .filter(|p| !have.contains(&p.key))
-            .cloned()
-            .collect();
+        let missing = self.authority.peers_missing(&have);
         if missing.is_empty() {
             return;
         }
@@ -724,47 +717,16 @@ impl Liveness {
             .min(self.authority.config().limits.peer_timeout)
     }
 
-    /// GET `path` from `peers` concurrently, each bounded by `timeout`.
+    /// GET `path` from `peers` concurrently, each bounded by `timeout`
+    /// (shorter than the authority's: a liveness round is seconds long).
     async fn ask(
         &self,
         peers: &[PeerConfig],
         path: &str,
         max: usize,
         timeout: Duration,
-    ) -> Vec<(PeerConfig, Result<(u16, Vec<u8>), String>)> {
-        let mut set = JoinSet::new();
-        for p in peers {
-            let http = self.authority.http().clone();
-            let p = p.clone();
-            let path = path.to_string();
-            set.spawn(async move {
-                let r = match p.base_url() {
-                    Ok(base) => {
-                        let sent = http
-                            .get(format!("{base}{path}"))
-                            .timeout(timeout)
-                            .send()
-                            .await;
-                        match sent {
-                            Ok(resp) => {
-                                let status = resp.status().as_u16();
-                                read_limited(resp, max).await.map(|b| (status, b))
-                            }
-                            Err(e) => Err(error_chain(&e)),
-                        }
-                    }
-                    Err(e) => Err(e),
-                };
-                (p, r)
-            });
-        }
-        let mut out = Vec::new();
-        while let Some(j) = set.join_next().await {
-            if let Ok(r) = j {
-                out.push(r);
-            }
-        }
-        out
+    ) -> Vec<(PeerConfig, PeerResult)> {
+        ask_peers(self.authority.http(), peers, path, max, Some(timeout)).await
     }
 }
 
