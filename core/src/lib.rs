@@ -11,7 +11,8 @@
 //! * [`sphinx`]: address mapping, seeded delays, packet construction.
 //! * [`poisson`]: exponential sampling and Poisson tickers with injected RNGs.
 //! * [`wire`]: the byte framing of packets on QUIC streams.
-//! * [`mixing`]: the sans-IO packet path (unwrap, replay, delay, loops).
+//! * [`mixing`]: the sans-IO packet path (unwrap, replay, delay, loops, a
+//!   provider's final hop: store, then acknowledge).
 //! * [`message`]: reliable messages: fragmentation, reassembly, acks and
 //!   retransmission (sans-IO).
 //! * [`e2e`]: end-to-end sealing, addresses and reply blocks (SURBs).

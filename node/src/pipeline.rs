@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use loopmix_core::keys::NodeId;
+use loopmix_core::mixing::delivery::FinalPacket;
+use loopmix_core::mixing::entropy::EntropyWindow;
+use loopmix_core::mixing::final_hop::{FinalHop, OwnLoops};
 use loopmix_core::mixing::loops::LoopTracker;
 use loopmix_core::mixing::mix::{Decision, Mix, MixConfig};
 use loopmix_core::mixing::processor::{Processed, SphinxProcessor};
@@ -44,14 +47,16 @@ use tracing::{debug, warn};
 
 use crate::liveness::{NodeLiveness, RouteIds};
 use crate::metrics::NodeMetrics;
-use crate::provider::delivery::{DeliveryQueue, FinalPacket};
+use crate::provider::delivery::DeliveryQueue;
 
 /// State shared by the pipeline stages.
 pub struct Shared {
     pub me: NodeId,
     topology: RwLock<Arc<Topology>>,
     pub metrics: NodeMetrics,
-    pub loops: Mutex<LoopTracker<Instant, RouteIds>>,
+    /// Our loop cover in flight; tells our returning loops from packets to
+    /// deliver.
+    pub loops: Mutex<OwnLoops<Instant, RouteIds>>,
     /// The network's down list and this node's own evidence.
     pub liveness: NodeLiveness,
     /// Providers only: where final-hop packets for clients (and drop cover
@@ -75,7 +80,7 @@ impl Shared {
             me,
             topology: RwLock::new(Arc::new(topology)),
             metrics,
-            loops: Mutex::new(loops),
+            loops: Mutex::new(OwnLoops::new(me, loops)),
             liveness: NodeLiveness::default(),
             final_hop: OnceLock::new(),
             fault_drop_rate: 0.0,
@@ -98,7 +103,7 @@ impl Shared {
         }
     }
 
-    pub fn loops(&self) -> std::sync::MutexGuard<'_, LoopTracker<Instant, RouteIds>> {
+    pub fn loops(&self) -> std::sync::MutexGuard<'_, OwnLoops<Instant, RouteIds>> {
         match self.loops.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -457,15 +462,14 @@ fn worker(
                 identifier,
                 payload,
             }) => {
-                let sent = if destination == shared.me {
-                    shared.loops().returned_route(&identifier)
-                } else {
-                    None
-                };
-                if let Some((at, route)) = sent {
-                    shared.liveness.returned(&route, at);
+                // The lock is released before the estimator's is taken.
+                let fate = shared
+                    .loops()
+                    .on_final_hop(&destination, &identifier, Instant::now());
+                if let FinalHop::OwnLoop { sent, rtt, route } = fate {
+                    shared.liveness.returned(&route, sent);
                     shared.metrics.cover_returned.inc();
-                    shared.metrics.loop_rtt.observe(at.elapsed().as_secs_f64());
+                    shared.metrics.loop_rtt.observe(rtt.as_secs_f64());
                     continue;
                 }
                 let Some(queue) = shared.final_hop.get() else {
@@ -494,6 +498,85 @@ fn worker(
 /// size (each gauge is the average over one such window).
 pub const ENTROPY_WINDOW: Duration = Duration::from_secs(10);
 
+/// What the delay stage reacts to.
+pub enum DelayEvent<'a> {
+    /// Packets from the workers, all handed over at one `now` (drained).
+    Processed(&'a mut Vec<Delayed>),
+    /// The stage woke up (a deadline passed, or before it waits again):
+    /// release what is due.
+    Wake,
+}
+
+/// The delay stage without its I/O: the core's `Mix` fed the stage's
+/// events at the stage's clock, and the entropy window it publishes.
+/// [`DelayStage::run`] is this plus a channel, a timer and the egress; a
+/// test feeds it the simulator's event sequence.
+pub struct DelayPool {
+    mix: Mix<Instant, Delayed>,
+    window_start: Instant,
+}
+
+impl DelayPool {
+    pub fn new(cfg: MixConfig, now: Instant) -> Self {
+        Self {
+            mix: Mix::new(cfg),
+            window_start: now,
+        }
+    }
+
+    /// Handles `event` at `now`: its decisions, in order, go to `decided`.
+    pub fn step(
+        &mut self,
+        event: DelayEvent<'_>,
+        now: Instant,
+        decided: &mut Vec<Decision<Instant, Delayed>>,
+    ) {
+        match event {
+            DelayEvent::Processed(batch) => {
+                for item in batch.drain(..) {
+                    let (received, intended) = (item.received, item.intended);
+                    decided.extend(self.mix.on_processed(item, received, intended, now));
+                }
+            }
+            DelayEvent::Wake => {
+                while let Some(d) = self.mix.poll_due(now) {
+                    decided.push(d);
+                }
+            }
+        }
+    }
+
+    /// When the next packet is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.mix.next_deadline()
+    }
+
+    /// Packets held.
+    pub fn len(&self) -> usize {
+        self.mix.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mix.is_empty()
+    }
+
+    /// Once [`ENTROPY_WINDOW`] has passed since the last window: the one
+    /// that ends now, and the latest `H_t` (what the entropy gauge keeps
+    /// through a window without departures).
+    pub fn entropy_window(&mut self, now: Instant) -> Option<(EntropyWindow, f64)> {
+        if now.saturating_duration_since(self.window_start) < ENTROPY_WINDOW {
+            return None;
+        }
+        self.window_start = now;
+        Some((self.mix.take_entropy_window(now), self.mix.entropy_bits()))
+    }
+
+    /// Empties the pool (shutdown); returns how many packets it held.
+    pub fn drain_all(&mut self) -> usize {
+        self.mix.drain_all().len()
+    }
+}
+
 /// Holds packets until their deadline and hands them to the egress.
 pub struct DelayStage {
     pub shared: Arc<Shared>,
@@ -509,48 +592,43 @@ impl DelayStage {
     pub async fn run(self, mut rx: mpsc::Receiver<Delayed>) {
         // The rules (deadline, due-at-once, overload, late, entropy) are
         // the sans-IO `Mix` the simulator drives too; this is its I/O.
-        let mut mix: Mix<Instant, Delayed> = Mix::new(MixConfig {
-            queue_limit: self.limit,
-            late_tolerance: self.late_tolerance,
-        });
-        let mut window_start = Instant::now();
+        let mut pool = DelayPool::new(
+            MixConfig {
+                queue_limit: self.limit,
+                late_tolerance: self.late_tolerance,
+            },
+            Instant::now(),
+        );
         let mut batch = Vec::with_capacity(256);
+        let mut decided = Vec::with_capacity(256);
         loop {
-            self.release_due(&mut mix);
-            let next = mix.next_deadline();
+            self.step(&mut pool, DelayEvent::Wake, &mut decided);
+            let next = pool.next_deadline();
             tokio::select! {
                 n = rx.recv_many(&mut batch, 256) => {
                     if n == 0 {
                         break;
                     }
-                    let now = Instant::now();
-                    for item in batch.drain(..) {
-                        let (received, intended) = (item.received, item.intended);
-                        if let Some(d) = mix.on_processed(item, received, intended, now) {
-                            self.act(d, now);
-                        }
-                    }
+                    self.step(&mut pool, DelayEvent::Processed(&mut batch), &mut decided);
                 }
                 _ = sleep_until(next), if next.is_some() => {}
             }
-            self.shared.metrics.delay_queue.set(mix.len() as i64);
-            let now = Instant::now();
-            if now.saturating_duration_since(window_start) >= ENTROPY_WINDOW {
-                window_start = now;
-                self.publish_entropy(&mut mix, now);
+            self.shared.metrics.delay_queue.set(pool.len() as i64);
+            if let Some((window, latest)) = pool.entropy_window(Instant::now()) {
+                self.publish_entropy(window, latest);
             }
         }
         // Shutdown: honour deadlines for up to `drain`, then count the rest.
         let give_up = Instant::now() + self.drain;
-        while let Some(next) = mix.next_deadline() {
+        while let Some(next) = pool.next_deadline() {
             if next > give_up {
                 break;
             }
             sleep_until(Some(next)).await;
-            self.release_due(&mut mix);
-            self.shared.metrics.delay_queue.set(mix.len() as i64);
+            self.step(&mut pool, DelayEvent::Wake, &mut decided);
+            self.shared.metrics.delay_queue.set(pool.len() as i64);
         }
-        let left = mix.drain_all().len();
+        let left = pool.drain_all();
         if left > 0 {
             warn!(packets = left, "shutdown: delayed packets not forwarded");
             self.shared
@@ -562,28 +640,30 @@ impl DelayStage {
         self.shared.metrics.delay_queue.set(0);
     }
 
-    fn release_due(&self, mix: &mut Mix<Instant, Delayed>) {
+    /// `event` now, and what its decisions mean: a send or a drop.
+    fn step(
+        &self,
+        pool: &mut DelayPool,
+        event: DelayEvent<'_>,
+        decided: &mut Vec<Decision<Instant, Delayed>>,
+    ) {
         let now = Instant::now();
-        while let Some(d) = mix.poll_due(now) {
-            self.act(d, now);
-        }
-    }
-
-    fn act(&self, d: Decision<Instant, Delayed>, now: Instant) {
-        match d {
-            Decision::Forward { item, .. } => self.forward(item, now),
-            Decision::Drop { reason, .. } => self.shared.drop_packet(reason.label()),
+        pool.step(event, now, decided);
+        for d in decided.drain(..) {
+            match d {
+                Decision::Forward { item, .. } => self.forward(item, now),
+                Decision::Drop { reason, .. } => self.shared.drop_packet(reason.label()),
+            }
         }
     }
 
     /// Sets `loopmix_node_entropy_bits` and `loopmix_node_pool_size_mean`
     /// to the averages of the window that ends now. Without departures the
     /// entropy gauge keeps the latest `H_t`.
-    fn publish_entropy(&self, mix: &mut Mix<Instant, Delayed>, now: Instant) {
-        let w = mix.take_entropy_window(now);
+    fn publish_entropy(&self, w: EntropyWindow, latest_bits: f64) {
         let m = &self.shared.metrics;
         m.entropy_bits
-            .set(w.mean_entropy_bits.unwrap_or(mix.entropy_bits()));
+            .set(w.mean_entropy_bits.unwrap_or(latest_bits));
         m.pool_size_mean.set(w.mean_pool_size.unwrap_or(0.0));
     }
 
@@ -623,9 +703,14 @@ mod tests {
     }
 
     fn shared() -> Arc<Shared> {
+        shared_with(&SphinxKeypair::generate())
+    }
+
+    /// A mix alone in its topology, with Sphinx key `key`.
+    fn shared_with(key: &SphinxKeypair) -> Arc<Shared> {
         let mix = NodeEntry {
             id: id(),
-            sphinx_key: SphinxKeypair::generate().public(),
+            sphinx_key: key.public(),
             address: ([127, 0, 0, 1], 1).into(),
             role: Role::Mix,
             layer: Some(1),
@@ -803,5 +888,197 @@ mod tests {
         // The fresh one was processed: no key for it here.
         assert_eq!(dropped(&s, "unknown_key") + dropped(&s, "malformed"), 1);
         assert_eq!(s.metrics.sphinx_seconds.get_sample_count(), 1);
+    }
+
+    #[test]
+    fn a_returning_loop_is_counted_and_anything_else_goes_to_delivery() {
+        use loopmix_core::mixing::processor::KeySlot;
+        use loopmix_core::mixing::replay::ReplayCache;
+        use loopmix_core::sphinx::{build_packet, destination_of};
+        use sphinx_packet::header::delays::Delay;
+
+        let key = SphinxKeypair::generate();
+        let s = shared_with(&key);
+        let ring = KeyRing::default();
+        ring.insert(KeySlot {
+            epoch: 1,
+            key: SphinxKeypair::from_secret(key.secret().clone()),
+            replay: ReplayCache::new(1000, 1e-6).unwrap(),
+        });
+        let processor = Arc::new(SphinxProcessor::new(ring, Duration::from_secs(10)));
+        // One-hop packets to ourselves: the final hop is this node.
+        let topology = s.topology();
+        let me = topology.get(&s.me).unwrap();
+        let to_me = |identifier: [u8; 16]| Job {
+            frame: Frame {
+                key_epoch: 1,
+                packet: Bytes::from(
+                    build_packet(
+                        b"loop",
+                        &[me],
+                        &destination_of(&s.me, identifier),
+                        &[Delay::new_from_nanos(0)],
+                        1024,
+                    )
+                    .unwrap(),
+                ),
+            },
+            received: Instant::now(),
+        };
+        let route: RouteIds = vec![s.me].into();
+        assert!(s.loops().track([1; 16], Instant::now(), route).is_empty());
+
+        let (tx, rx) = crossbeam_channel::bounded(10);
+        tx.send(to_me([1; 16])).unwrap();
+        // Not a loop of ours: for delivery, which a mix does not do.
+        tx.send(to_me([2; 16])).unwrap();
+        drop(tx);
+        let (out, _delayed) = mpsc::channel(10);
+        let stop = Arc::new(AtomicBool::new(false));
+        for w in spawn_workers(1, rx, processor, s.clone(), out, stop).unwrap() {
+            w.join().unwrap();
+        }
+        assert_eq!(s.metrics.cover_returned.get(), 1);
+        assert_eq!(s.metrics.loop_rtt.get_sample_count(), 1);
+        assert_eq!(s.loops().pending(), 0);
+        assert_eq!(dropped(&s, "unexpected_final_hop"), 1);
+    }
+
+    mod like_the_simulator {
+        use super::*;
+        use loopmix_sim::sim::engine::{MixPool, SimTime};
+        use rand::{RngExt, SeedableRng};
+
+        /// One thing that happens to a delay stage, at an offset from the start.
+        enum Event {
+            /// Packets handed over together: (id, queueing wait, header delay).
+            Batch(Vec<(u32, Duration, Duration)>),
+            Wake,
+        }
+
+        /// ~50 s of a loaded mix: batches of 1–4 packets every few ms, each
+        /// having waited up to 300 ms in the queues and asking for up to
+        /// 400 ms; wake-ups now and then; and stalls of a second after which
+        /// everything that queued meanwhile comes at once.
+        fn events(seed: u64) -> Vec<(Duration, Event)> {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let us = Duration::from_micros;
+            let (mut at, mut id, mut out) = (Duration::ZERO, 0u32, Vec::new());
+            while at < Duration::from_secs(50) {
+                let stalled = rng.random_bool(0.002);
+                at += if stalled {
+                    Duration::from_secs(1)
+                } else {
+                    us(rng.random_range(0..8_000))
+                };
+                let max_wait = if stalled { 1_300_000 } else { 300_000 };
+                let batch = (0..rng.random_range(1..=4))
+                    .map(|_| {
+                        id += 1;
+                        let waited = us(rng.random_range(0..max_wait)).min(at);
+                        (id, waited, us(rng.random_range(0..400_000)))
+                    })
+                    .collect();
+                out.push((at, Event::Batch(batch)));
+                if rng.random_bool(0.3) {
+                    out.push((at, Event::Wake));
+                }
+            }
+            out
+        }
+
+        fn describe<T: Copy + std::ops::Sub<Output = Duration>>(
+            d: &Decision<T, u32>,
+            start: T,
+        ) -> String {
+            match d {
+                Decision::Forward { item, deadline } => {
+                    format!("fwd {item} due {:?}", *deadline - start)
+                }
+                Decision::Drop { item, reason } => format!("drop {item} {}", reason.label()),
+            }
+        }
+
+        fn id_of(d: Decision<Instant, Delayed>) -> Decision<Instant, u32> {
+            let id = |p: &Delayed| u32::from_le_bytes(p.packet[..4].try_into().unwrap());
+            match d {
+                Decision::Forward { item, deadline } => Decision::Forward {
+                    item: id(&item),
+                    deadline,
+                },
+                Decision::Drop { item, reason } => Decision::Drop {
+                    item: id(&item),
+                    reason,
+                },
+            }
+        }
+
+        /// The node's delay stage ([`DelayPool`], what `DelayStage::run`
+        /// steps, on real `Instant`s) and the simulator's pool
+        /// (`MixPool`, what its engine drives, on virtual time) fed the
+        /// same events make the same decisions, in the same order, due at
+        /// the same offsets, and account the same entropy. This is what
+        /// makes the simulator's numbers the network's.
+        #[test]
+        fn the_node_and_the_simulator_decide_alike() {
+            let cfg = MixConfig {
+                queue_limit: 64,
+                late_tolerance: Duration::from_millis(500),
+            };
+            let t0 = Instant::now();
+            let s0 = SimTime::default();
+            let mut node = DelayPool::new(cfg, t0);
+            let mut sim = MixPool::new(cfg, true);
+            let (mut node_log, mut sim_log) = (Vec::new(), Vec::new());
+            let (mut node_windows, mut sim_windows) = (Vec::new(), Vec::new());
+            let (mut decided, mut departed) = (Vec::new(), Vec::new());
+            for (at, event) in events(16) {
+                let (now, sim_now) = (t0 + at, s0 + at);
+                match event {
+                    Event::Batch(items) => {
+                        let mut batch = items
+                            .iter()
+                            .map(|&(id, waited, delay)| Delayed {
+                                next_hop: NodeId([0; 32]),
+                                key_epoch: 1,
+                                packet: id.to_le_bytes().to_vec(),
+                                received: t0 + (at - waited),
+                                intended: delay,
+                            })
+                            .collect();
+                        node.step(DelayEvent::Processed(&mut batch), now, &mut decided);
+                        for (id, waited, delay) in items {
+                            let d = sim.arrive(id, s0 + (at - waited), delay, sim_now, [0.0; 2]);
+                            sim_log.extend(d.map(|d| describe(&d, s0)));
+                        }
+                    }
+                    Event::Wake => {
+                        node.step(DelayEvent::Wake, now, &mut decided);
+                        sim.release_due(sim_now, &mut departed);
+                        sim_log.extend(departed.drain(..).map(|d| describe(&d.decision, s0)));
+                    }
+                }
+                node_log.extend(decided.drain(..).map(|d| describe(&id_of(d), t0)));
+                // The stage publishes a window every ENTROPY_WINDOW; the
+                // simulator closes its own at the same moments here.
+                if let Some(w) = node.entropy_window(now) {
+                    node_windows.push(w);
+                    sim_windows.push((sim.take_entropy_window(sim_now), sim.entropy_bits()));
+                }
+            }
+            assert_eq!(node_log.len(), sim_log.len());
+            for (i, (n, s)) in node_log.iter().zip(&sim_log).enumerate() {
+                assert_eq!(n, s, "decision {i}");
+            }
+            assert_eq!(node_windows, sim_windows);
+            assert_eq!(node.len(), sim.len());
+            // The sequence reached every rule, so agreement means something.
+            for kind in ["fwd", "late", "overload"] {
+                let n = node_log.iter().filter(|l| l.contains(kind)).count();
+                assert!(n > 10, "only {n} {kind} decisions");
+            }
+            assert!(node_windows.len() >= 4, "{} windows", node_windows.len());
+            assert!(node_windows.iter().all(|(w, _)| w.departures > 0));
+        }
     }
 }

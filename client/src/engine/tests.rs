@@ -2,22 +2,22 @@
 //! one mix per layer (L1, L2, L3), each with a [`SphinxProcessor`] holding
 //! one Sphinx key per epoch. Client A lives at PA, client B at PB.
 //!
-//! The [`Net`] driver carries packets hop by hop (delays ignored) and does
-//! at a provider's final hop what a provider does (PROTOCOL.md 6.4): drop
-//! cover addressed to it is counted; a data packet is stored for its client
-//! (SURB-ACK zeroed) and then the SURB-ACK is sent with an `ack` payload;
-//! acks, replies and loops are stored as they are. Time is fake: `Instant`s
-//! the test advances.
+//! The [`Net`] driver carries packets hop by hop (delays ignored); at a
+//! provider's final hop it runs the provider's own rules (core's
+//! [`Delivery`], PROTOCOL.md 6.4) over an in-memory inbox: drop cover
+//! addressed to it is counted; a data packet is stored for its client
+//! (SURB-ACK zeroed) and then its SURB-ACK is sent; acks, replies and loops
+//! are stored as they are. Time is fake: `Instant`s the test advances.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use loopmix_core::e2e::{
-    KIND_ACK, KIND_DATA, KIND_REPLY, SEAL_OVERHEAD, payload_plaintext_len, use_surb,
-};
+use loopmix_core::e2e::{KIND_ACK, KIND_DATA, KIND_REPLY, SEAL_OVERHEAD, payload_plaintext_len};
 use loopmix_core::e2e::{Payload, data_sealed_len, seal};
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
+use loopmix_core::mixing::delivery::{Delivery, FinalPacket, Outcome, SurbAck};
 use loopmix_core::mixing::processor::{KeyRing, KeySlot, Processed, SphinxProcessor};
 use loopmix_core::mixing::replay::ReplayCache;
+use loopmix_core::testing::MemoryInbox;
 use loopmix_core::topology::{NetworkParams, NodeEntry, TopologyDocument};
 use proptest::prelude::*;
 
@@ -36,9 +36,6 @@ enum Loss {
     All,
 }
 
-/// Items stored for one client: Sphinx identifier and payload plaintext.
-type Inbox = Vec<([u8; 16], Vec<u8>)>;
-
 struct Net {
     /// Topology of epoch `e` at index `e - 1`.
     topologies: Vec<Arc<Topology>>,
@@ -48,10 +45,11 @@ struct Net {
     /// Client identity → its provider.
     clients: HashMap<NodeId, NodeId>,
     in_flight: VecDeque<(NodeId, u64, Vec<u8>)>,
-    inboxes: HashMap<NodeId, Inbox>,
+    /// Each provider's inboxes.
+    inboxes: HashMap<NodeId, MemoryInbox>,
     loss: Loss,
-    /// Store every data packet twice (a provider that crashed before
-    /// confirming, a client that pulled twice).
+    /// Hand every data packet to its client twice (a provider that crashed
+    /// before the client's confirmation, a client that pulled twice).
     duplicate_data: bool,
     rng: StdRng,
     drops_at: HashMap<NodeId, usize>,
@@ -114,14 +112,18 @@ impl Net {
                 Arc::new(Topology::new(TopologyDocument { params, nodes }).unwrap())
             })
             .collect();
+        let providers: HashSet<NodeId> = [ids["PA"], ids["PB"]].into();
         Net {
             topologies,
             processors,
-            providers: [ids["PA"], ids["PB"]].into(),
             ids,
             clients: HashMap::new(),
             in_flight: VecDeque::new(),
-            inboxes: HashMap::new(),
+            inboxes: providers
+                .iter()
+                .map(|p| (*p, MemoryInbox::new(usize::MAX)))
+                .collect(),
+            providers,
             loss: Loss::None,
             duplicate_data: false,
             rng: StdRng::seed_from_u64(seed),
@@ -145,6 +147,7 @@ impl Net {
         let identity = IdentityKeypair::generate().node_id();
         let provider = self.id(provider);
         self.clients.insert(identity, provider);
+        self.inboxes[&provider].register(identity);
         let mut e = Engine::with_rng(
             identity,
             EncryptionKeypair::generate(),
@@ -211,51 +214,55 @@ impl Net {
             self.providers.contains(&node),
             "only providers are final hops"
         );
-        let plaintext = payload.recover_plaintext().unwrap();
-        let decoded = Payload::decode(&plaintext).unwrap();
-        if destination == node {
-            assert_eq!(decoded, Payload::Drop);
-            *self.drops_at.entry(node).or_default() += 1;
-            return;
-        }
-        assert_eq!(
-            self.clients[&destination], node,
-            "delivered at its provider"
-        );
-        let inbox = self.inboxes.entry(destination).or_default();
-        match decoded {
-            Payload::Data { surb_ack, sealed } => {
-                let stored = Payload::Data {
-                    surb_ack: vec![0; surb_ack.len()],
-                    sealed,
-                }
-                .encode(plaintext.len())
-                .unwrap();
-                if self.duplicate_data {
-                    inbox.push((identifier, stored.clone()));
-                }
-                inbox.push((identifier, stored));
+        let packet = FinalPacket {
+            destination,
+            identifier,
+            key_epoch: epoch,
+            plaintext: payload.recover_plaintext().unwrap(),
+        };
+        let ps = self.topology(epoch).params().payload_size;
+        let report = Delivery::new(node).deliver(vec![packet], &self.inboxes[&node], 0, ps);
+        assert!(report.commit_error.is_none());
+        for outcome in report.outcomes {
+            match outcome {
+                Outcome::CoverDrop => *self.drops_at.entry(node).or_default() += 1,
+                Outcome::Stored { ack: None } => {}
                 // Stored: now the SURB-ACK, under the frame's key epoch.
-                let ps = self.topology(epoch).params().payload_size;
-                let ack = Payload::Loop.encode(payload_plaintext_len(ps)).unwrap();
-                let (first, packet) = use_surb(&surb_ack, &ack, ps).unwrap();
-                assert_eq!(first, self.id("L1"));
-                self.acks_sent += 1;
-                if !self.lose(true) {
-                    self.in_flight.push_back((first, epoch, packet));
+                Outcome::Stored {
+                    ack: Some(SurbAck::Send(ack)),
+                } => {
+                    assert_eq!(ack.first_hop, self.id("L1"));
+                    assert_eq!(ack.key_epoch, epoch);
+                    self.acks_sent += 1;
+                    if !self.lose(true) {
+                        self.in_flight
+                            .push_back((ack.first_hop, ack.key_epoch, ack.packet));
+                    }
                 }
+                // Every packet here is for a client of this provider, well
+                // formed, with a usable SURB-ACK.
+                other => panic!("{other:?}"),
             }
-            Payload::Drop => panic!("a drop for a client"),
-            _ => inbox.push((identifier, plaintext)),
         }
     }
 
     /// Everything in `client`'s inbox, handed to its engine.
     fn pull(&mut self, client: &mut Engine, now: Instant) -> Vec<Event> {
-        let items = self
-            .inboxes
-            .remove(&client.address().identity)
-            .unwrap_or_default();
+        let me = client.address().identity;
+        let mut items = self.inboxes[&self.clients[&me]].fetch(&me);
+        if self.duplicate_data {
+            items = items
+                .into_iter()
+                .flat_map(|item| {
+                    let copies = if item.1.first() == Some(&KIND_DATA) {
+                        2
+                    } else {
+                        1
+                    };
+                    std::iter::repeat_n(item, copies)
+                })
+                .collect();
+        }
         items
             .into_iter()
             .flat_map(|(id, data)| client.on_inbox(id, &data, now))
@@ -745,7 +752,7 @@ fn cover_traffic_drops_and_loops() {
         net.drops_at[&pa] > 0 && net.drops_at[&pb] > 0,
         "uniform over providers"
     );
-    assert!(net.inboxes.is_empty());
+    assert!(net.inboxes.values().all(MemoryInbox::is_empty));
 
     for _ in 0..5 {
         let out = a.loop_packet(now).unwrap();

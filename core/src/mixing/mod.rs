@@ -9,11 +9,20 @@
 //! 2. [`mix::Mix`]: the pool ([`delay_queue::DelayQueue`]) and its rules:
 //!    hold until arrival + header delay, forward at once what is already
 //!    due, drop on overload or when released too late, account entropy.
-//! 3. The driver forwards to the next hop; [`loops::LoopTracker`] recognises
-//!    the node's own loop cover packets when they come back.
+//! 3. The driver forwards to the next hop.
+//!
+//! A packet this node is the final hop of goes instead to:
+//!
+//! 4. [`final_hop::OwnLoops`]: one of the node's own loop cover packets
+//!    coming back (counted, its route a liveness probe), or something to
+//!    deliver ([`loops::LoopTracker`] keeps the loops in flight).
+//! 5. [`delivery::Delivery`], at a provider: decode, store for the client in
+//!    one commit, and only then the SURB-ACK.
 
 pub mod delay_queue;
+pub mod delivery;
 pub mod entropy;
+pub mod final_hop;
 pub mod loops;
 pub mod mix;
 pub mod processor;

@@ -2,12 +2,14 @@
 //!
 //! The Sphinx workers hand every final-hop packet that is not one of our own
 //! returning loops to this stage (a bounded queue; overflow drops as
-//! `overload`). One thread stores them in the [`InboxStore`]: a write is
-//! committed durably before anything else happens, and only then is a data
-//! packet's SURB-ACK sent into the network. A provider that crashes between
-//! the two sends no ack; the sender retransmits (a new packet, new
-//! identifier) and the client's reassembler discards the duplicate.
-//! Database latency stays off the Sphinx workers.
+//! `overload`). One thread runs the core's [`Delivery`] rules over them with
+//! the [`InboxStore`]: a write is committed durably before anything else
+//! happens, and only then is a data packet's SURB-ACK sent into the network.
+//! A provider that crashes between the two sends no ack; the sender
+//! retransmits (a new packet, new identifier) and the client's reassembler
+//! discards the duplicate. Database latency stays off the Sphinx workers.
+//! This file is the I/O: the queue, the thread, the clock, the metrics and
+//! logs, and the egress.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,30 +17,18 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use loopmix_core::e2e::{Payload, payload_plaintext_len, use_surb};
-use loopmix_core::keys::NodeId;
+use loopmix_core::mixing::delivery::{AckPacket, Delivery, Outcome, SurbAck};
 use loopmix_core::pki::unix_now;
 use loopmix_net::transport::egress::{Egress, OutPacket};
 use tracing::{debug, warn};
 
-/// (destination, identifier, bytes to store, SURB-ACK and its key epoch)
-type ToStore = (NodeId, [u8; 16], Vec<u8>, Option<(Vec<u8>, u64)>);
+pub use loopmix_core::mixing::delivery::FinalPacket;
 
 /// Packets stored per transaction at most.
 const MAX_BATCH: usize = 256;
 
-use super::inbox::{InboxError, InboxStore};
+use super::inbox::InboxStore;
 use crate::pipeline::Shared;
-
-/// A final-hop packet for this provider or one of its clients.
-pub struct FinalPacket {
-    pub destination: NodeId,
-    pub identifier: [u8; 16],
-    /// Key epoch of the frame it arrived in: a SURB-ACK it carries was built
-    /// with the same epoch's keys.
-    pub key_epoch: u64,
-    pub plaintext: Vec<u8>,
-}
 
 /// The workers' handle: queues without blocking.
 #[derive(Clone)]
@@ -81,6 +71,7 @@ impl DeliveryStage {
 
     fn run(self, rx: Receiver<FinalPacket>) {
         let _runtime = self.runtime.enter();
+        let rules = Delivery::new(self.shared.me);
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
@@ -95,7 +86,7 @@ impl DeliveryStage {
                             Err(_) => break,
                         }
                     }
-                    self.deliver(std::mem::take(&mut batch));
+                    self.deliver(&rules, std::mem::take(&mut batch));
                 }
                 Err(RecvTimeoutError::Timeout) if self.stop.load(Ordering::Relaxed) => return,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -105,117 +96,56 @@ impl DeliveryStage {
         }
     }
 
-    fn deliver(&self, packets: Vec<FinalPacket>) {
+    fn deliver(&self, rules: &Delivery, packets: Vec<FinalPacket>) {
         let m = &self.shared.metrics;
-        let mut to_store: Vec<ToStore> = Vec::new();
-        for p in packets {
-            let payload = match Payload::decode(&p.plaintext) {
-                Ok(payload) => payload,
-                Err(e) => {
-                    debug!(error = %e, "undecodable final-hop payload");
-                    m.dropped.with_label_values(&["malformed"]).inc();
-                    continue;
-                }
-            };
-            if p.destination == self.shared.me {
-                // Drop cover addressed to us: its whole purpose was to be sent.
-                match payload {
-                    Payload::Drop => m.cover_drops_received.inc(),
-                    _ => m.dropped.with_label_values(&["unexpected_final_hop"]).inc(),
-                }
-                continue;
-            }
-            match payload {
-                Payload::Data { surb_ack, sealed } => {
-                    // The client never needs the SURB-ACK; keeping it would
-                    // let a later reader of the inbox send the ack again.
-                    // Zeroed, not removed, so the item keeps its layout.
-                    let kept = Payload::Data {
-                        surb_ack: vec![0; surb_ack.len()],
-                        sealed,
-                    };
-                    match kept.encode(p.plaintext.len()) {
-                        Ok(bytes) => to_store.push((
-                            p.destination,
-                            p.identifier,
-                            bytes,
-                            Some((surb_ack, p.key_epoch)),
-                        )),
-                        Err(_) => m.dropped.with_label_values(&["malformed"]).inc(),
-                    }
-                }
-                // A drop packet must be addressed to a provider, never a client.
-                Payload::Drop => m.dropped.with_label_values(&["malformed"]).inc(),
-                Payload::Ack | Payload::Reply { .. } | Payload::Loop => {
-                    to_store.push((p.destination, p.identifier, p.plaintext, None))
-                }
-            }
+        let topology = self.shared.topology();
+        let report = rules.deliver(
+            packets,
+            &*self.inbox,
+            unix_now() * 1000,
+            topology.params().payload_size,
+        );
+        if let Some(e) = &report.commit_error {
+            warn!(error = %e, packets = report.not_stored, "inbox write failed; packets not stored (senders will retry)");
         }
-        if to_store.is_empty() {
-            return;
-        }
-        let items: Vec<(NodeId, [u8; 16], &[u8])> = to_store
-            .iter()
-            .map(|(d, id, bytes, _)| (*d, *id, bytes.as_slice()))
-            .collect();
-        let results = match self.inbox.store_batch(&items, unix_now() * 1000) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, packets = items.len(), "inbox write failed; packets not stored (senders will retry)");
-                m.dropped
-                    .with_label_values(&["storage"])
-                    .inc_by(items.len() as u64);
-                return;
+        for outcome in report.outcomes {
+            if let Some(reason) = outcome.drop_reason() {
+                m.dropped.with_label_values(&[reason]).inc();
             }
-        };
-        // Acks only now: the whole batch is durable.
-        for ((_, _, _, ack), result) in to_store.iter().zip(results) {
-            match result {
-                Ok(_) => {
+            match outcome {
+                Outcome::Stored { ack } => {
                     m.delivered.inc();
-                    if let Some((surb, key_epoch)) = ack
-                        && !surb.is_empty()
-                    {
-                        self.send_ack(surb, *key_epoch);
+                    match ack {
+                        Some(SurbAck::Send(ack)) => self.send_ack(ack),
+                        Some(SurbAck::Unusable) => m.acks_failed.inc(),
+                        None => {}
                     }
                 }
-                Err(e) => {
-                    let label = match e {
-                        InboxError::UnknownClient(_) => "unknown_destination",
-                        InboxError::Full { .. } => "inbox_full",
-                        _ => "storage",
-                    };
-                    m.dropped.with_label_values(&[label]).inc();
-                    debug!(error = %e, "final-hop packet not stored");
+                Outcome::CoverDrop => m.cover_drops_received.inc(),
+                Outcome::Dropped { error: Some(e), .. } => {
+                    debug!(error = %e, "undecodable final-hop payload")
                 }
+                Outcome::Refused { error, .. } => {
+                    debug!(error = %error, "final-hop packet not stored")
+                }
+                Outcome::Dropped { error: None, .. } | Outcome::NotStored => {}
             }
         }
     }
 
     /// Sends the SURB-ACK now (its per-hop delays are in its header).
-    fn send_ack(&self, surb: &[u8], key_epoch: u64) {
+    fn send_ack(&self, ack: AckPacket) {
         let m = &self.shared.metrics;
         let topology = self.shared.topology();
-        let size = topology.params().payload_size;
-        let plaintext_len = payload_plaintext_len(size);
-        // Sent as a loop payload: the sender's provider, which stores it,
-        // must not tell acks (one per real fragment) from loops.
-        let built = Payload::Loop
-            .encode(plaintext_len)
-            .ok()
-            .and_then(|ack| use_surb(surb, &ack, size).ok());
-        let Some((first_hop, packet)) = built else {
+        let Some(entry) = topology.get(&ack.first_hop) else {
             m.acks_failed.inc();
             return;
         };
-        let Some(entry) = topology.get(&first_hop) else {
-            m.acks_failed.inc();
-            return;
+        let pkt = OutPacket {
+            key_epoch: ack.key_epoch,
+            packet: ack.packet,
         };
-        match self
-            .egress
-            .send(first_hop, entry.address, OutPacket { key_epoch, packet })
-        {
+        match self.egress.send(ack.first_hop, entry.address, pkt) {
             Ok(()) => m.acks_sent.inc(),
             Err(r) => {
                 m.acks_failed.inc();

@@ -48,6 +48,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use loopmix_core::keys::NodeId;
+use loopmix_core::mixing::delivery::{InboxItem, InboxStorage, Refusal};
 use redb::{
     Builder, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition, WriteTransaction,
@@ -583,6 +584,31 @@ impl InboxStore {
             usize::try_from(counters.messages).unwrap_or(usize::MAX),
             counters.bytes,
         ))
+    }
+}
+
+/// The storage of the core's final-hop rules (`Delivery`): one durable
+/// group commit per batch.
+impl InboxStorage for InboxStore {
+    type Error = InboxError;
+
+    fn store_committed(
+        &self,
+        items: &[InboxItem<'_>],
+        now_unix_ms: u64,
+    ) -> Result<Vec<Result<(), InboxError>>, InboxError> {
+        let items: Vec<(NodeId, [u8; 16], &[u8])> =
+            items.iter().map(|i| (i.client, i.id, i.message)).collect();
+        let stored = self.store_batch(&items, now_unix_ms)?;
+        Ok(stored.into_iter().map(|r| r.map(|_| ())).collect())
+    }
+
+    fn refusal(error: &InboxError) -> Refusal {
+        match error {
+            InboxError::UnknownClient(_) => Refusal::UnknownClient,
+            InboxError::Full { .. } => Refusal::Full,
+            _ => Refusal::Other,
+        }
     }
 }
 

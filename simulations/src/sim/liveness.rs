@@ -21,6 +21,8 @@ use std::time::Duration;
 use loopmix_core::keys::NodeId;
 use loopmix_core::liveness::{Blame, EstimatorConfig, LivenessEstimator};
 use loopmix_core::mixing::delay_queue::DelayQueue;
+use loopmix_core::mixing::final_hop::{FinalHop, OwnLoops};
+use loopmix_core::mixing::loops::{LoopId, LoopTracker};
 use loopmix_core::poisson::{PoissonTicker, sample_exp_duration};
 use loopmix_core::topology::{MAX_EXCLUDED_FRACTION, Topology};
 use rand::{RngExt, SeedableRng};
@@ -191,11 +193,12 @@ struct Track {
 
 #[derive(Clone, Copy)]
 enum Ev {
-    /// Probe `i` came back (or not) and its sender now knows.
-    Fate {
+    /// Probe `i` is back at its sender (unless it was lost on the way).
+    Back {
         probe: u32,
-        returned: bool,
     },
+    /// A probe's timeout: what its sender has not seen back is lost.
+    Timeout,
     Death,
     Revival,
     Expire,
@@ -204,6 +207,16 @@ enum Ev {
 struct Probe {
     sent: SimTime,
     route: Vec<usize>,
+}
+
+/// The observing sender's identity: its probes are addressed to itself.
+const OBSERVER: NodeId = NodeId([0; 32]);
+
+/// The Sphinx identifier of probe `i` (random in the node; unique is enough here).
+fn probe_id(i: u32) -> LoopId {
+    let mut id = [0; 16];
+    id[..4].copy_from_slice(&i.to_le_bytes());
+    id
 }
 
 /// What the observers of one (shape, stream, loss) configuration saw, per
@@ -348,6 +361,11 @@ impl EstimatorStudy {
         let mut ticker = PoissonTicker::new(&mut rng, stream.rate_per_s, SimTime(0));
         let is_dead = |t: SimTime| t >= dead_from && t < dead_until;
         let mut route_ids: Vec<NodeId> = Vec::new();
+        // The observer's loops, recognised and timed out by the node's own
+        // rules (never full: the pending set is bounded by rate × timeout).
+        let mut loops: OwnLoops<SimTime, u32> =
+            OwnLoops::new(OBSERVER, LoopTracker::new(usize::MAX, self.timeout, 1));
+        let mut fates: Vec<(u32, bool)> = Vec::new();
 
         loop {
             let next_probe = ticker.next_deadline().filter(|&t| t <= end);
@@ -383,40 +401,38 @@ impl EstimatorStudy {
                         lost = true;
                     }
                 }
-                let back = at - now;
-                let returned = !lost && back < self.timeout;
-                let known = if returned { at } else { now + self.timeout };
                 let id = probes.len() as u32;
                 probes.push(Probe { sent: now, route });
-                let _ = sched.push(
-                    known,
-                    Ev::Fate {
-                        probe: id,
-                        returned,
-                    },
-                );
+                loops.track(probe_id(id), now, id);
+                // Pushed before its return: one back exactly at its timeout
+                // is lost, as the node's tracker rules.
+                let _ = sched.push(now + self.timeout, Ev::Timeout);
+                if !lost {
+                    let _ = sched.push(at, Ev::Back { probe: id });
+                }
                 continue;
             }
             let Some((now, ev)) = next_ev.and_then(|t| sched.pop_due(t)) else {
                 break;
             };
+            // The node's rules decide each fate: back in time, or lost.
+            fates.clear();
             match ev {
-                Ev::Fate { probe, returned } => {
-                    let Some(p) = probes.get(probe as usize) else {
-                        continue;
-                    };
-                    route_ids.clear();
-                    route_ids.extend(p.route.iter().map(|&i| mixes[i]));
-                    for t in &mut tracks {
-                        if returned {
-                            t.est.on_returned(&route_ids, p.sent);
-                        } else {
-                            t.est.on_lost(&route_ids, p.sent);
-                        }
-                        for &i in &p.route {
-                            observe_node(t, &mixes, i, dead, now, dead_from, dead_until);
-                        }
+                Ev::Back { probe } => {
+                    // Back after its timeout: already counted lost.
+                    if let FinalHop::OwnLoop { route, .. } =
+                        loops.on_final_hop(&OBSERVER, &probe_id(probe), now)
+                    {
+                        fates.push((route, true));
                     }
+                }
+                Ev::Timeout => {
+                    fates.extend(
+                        loops
+                            .expire_routes(now)
+                            .into_iter()
+                            .map(|(_, p)| (p, false)),
+                    );
                 }
                 Ev::Death => {
                     for t in &mut tracks {
@@ -439,6 +455,23 @@ impl EstimatorStudy {
                     }
                     next_expire = now + Duration::from_secs(10);
                     let _ = sched.push(next_expire, Ev::Expire);
+                }
+            }
+            for &(probe, returned) in &fates {
+                let Some(p) = probes.get(probe as usize) else {
+                    continue;
+                };
+                route_ids.clear();
+                route_ids.extend(p.route.iter().map(|&i| mixes[i]));
+                for t in &mut tracks {
+                    if returned {
+                        t.est.on_returned(&route_ids, p.sent);
+                    } else {
+                        t.est.on_lost(&route_ids, p.sent);
+                    }
+                    for &i in &p.route {
+                        observe_node(t, &mixes, i, dead, now, dead_from, dead_until);
+                    }
                 }
             }
         }
