@@ -3,7 +3,7 @@
 //! At Poisson rate λ_M the node sends a packet through one mix per layer and
 //! back to itself. Packets are built one tick ahead on the blocking pool, so
 //! a 4-hop build (~0.4 ms) never shifts the Poisson send times. Returning
-//! loops are recognised by the Sphinx workers via [`crate::pipeline::Shared::loops`].
+//! loops are recognised by the Sphinx workers via [`crate::pipeline::NodeContext::loops`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::liveness::RouteIds;
-use crate::pipeline::{Shared, sleep_until};
+use crate::pipeline::{NodeContext, sleep_until};
 
 /// Plaintext of a loop packet; its identifier, not this, is what we check.
 const LOOP_PAYLOAD: &[u8] = b"loopmix mix loop";
@@ -72,7 +72,7 @@ pub fn default_loop_timeout(topology: &Topology) -> Duration {
 }
 
 pub struct LoopCover {
-    pub shared: Arc<Shared>,
+    pub shared: Arc<NodeContext>,
     pub egress: Egress,
     pub configured_timeout: Duration,
     pub cancel: CancellationToken,

@@ -23,7 +23,7 @@ use loopmix_net::directory::DirectoryClient;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::pipeline::Shared;
+use crate::pipeline::NodeContext;
 
 /// The route of a loop, for the estimator.
 pub type RouteIds = Box<[NodeId]>;
@@ -86,9 +86,9 @@ impl NodeLiveness {
     }
 }
 
-/// `topology` with the network's list applied: what [`Shared`] routes
+/// `topology` with the network's list applied: what [`NodeContext`] routes
 /// loops with. Every topology the node adopts goes through here.
-pub fn routed(shared: &Shared, topology: &Topology) -> Topology {
+pub fn routed(shared: &NodeContext, topology: &Topology) -> Topology {
     shared.liveness.forget_unlisted(topology);
     let (down, round) = shared.liveness.network();
     lock(&shared.metrics.routing).apply(topology, &down, round)
@@ -98,7 +98,7 @@ pub fn routed(shared: &Shared, topology: &Topology) -> Topology {
 /// `DirectoryClient::follow_liveness`) until `cancel`: each new round, and
 /// the expiry of the last one, reaches route choice; and exports the
 /// node's own suspects.
-pub async fn follow(dir: Arc<DirectoryClient>, shared: Arc<Shared>, cancel: CancellationToken) {
+pub async fn follow(dir: Arc<DirectoryClient>, shared: Arc<NodeContext>, cancel: CancellationToken) {
     let mut rx = dir.subscribe_liveness();
     let mut every = tokio::time::interval(Duration::from_secs(2));
     loop {

@@ -30,7 +30,7 @@ use crate::cover::LoopCover;
 use crate::directory_sync::{Follower, Registrar};
 use crate::epoch_keys::EpochKeys;
 use crate::metrics::NodeMetrics;
-use crate::pipeline::{DelayStage, NodeIngress, PeerLimits, RateLimit, Shared, spawn_workers};
+use crate::pipeline::{DelayStage, NodeIngress, PeerLimits, RateLimit, NodeContext, spawn_workers};
 use crate::provider::delivery::DeliveryStage;
 use crate::provider::inbox::{InboxLimits, InboxStore};
 use crate::provider::control::{ControlConfig, ProviderControl};
@@ -85,7 +85,7 @@ struct ProviderParts {
 /// Opens the inbox store, starts the delivery stage, lets clients connect.
 fn start_provider(
     cfg: &NodeConfig,
-    shared: &Arc<Shared>,
+    shared: &Arc<NodeContext>,
     egress: &Egress,
     allowed: &PeerAllowList,
     background: &CancellationToken,
@@ -311,7 +311,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
     } else {
         cfg.cover.loop_timeout
     };
-    let mut shared = Shared::new(
+    let mut shared = NodeContext::new(
         me,
         topology,
         metrics.clone(),

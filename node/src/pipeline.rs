@@ -49,8 +49,10 @@ use crate::liveness::{NodeLiveness, RouteIds};
 use crate::metrics::NodeMetrics;
 use crate::provider::delivery::DeliveryQueue;
 
-/// State shared by the pipeline stages.
-pub struct Shared {
+/// What every stage of a running node reads: its id, the topology in force,
+/// metrics, its own loops in flight, liveness, and (providers) the final-hop
+/// queue. One per node, behind an `Arc`.
+pub struct NodeContext {
     pub me: NodeId,
     topology: RwLock<Arc<Topology>>,
     pub metrics: NodeMetrics,
@@ -69,7 +71,7 @@ pub struct Shared {
     pub ingress_max_wait: Duration,
 }
 
-impl Shared {
+impl NodeContext {
     pub fn new(
         me: NodeId,
         topology: Topology,
@@ -327,7 +329,7 @@ impl PeerLimits {
 /// Receives frames from the transport and queues them for the workers.
 pub struct NodeIngress {
     pub tx: Sender<Job>,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<NodeContext>,
     pub limits: Arc<PeerLimits>,
 }
 
@@ -376,7 +378,7 @@ pub fn spawn_workers(
     n: usize,
     rx: Receiver<Job>,
     processor: Arc<SphinxProcessor>,
-    shared: Arc<Shared>,
+    shared: Arc<NodeContext>,
     out: mpsc::Sender<Delayed>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
@@ -399,7 +401,7 @@ pub fn spawn_workers(
 fn worker(
     rx: Receiver<Job>,
     processor: Arc<SphinxProcessor>,
-    shared: Arc<Shared>,
+    shared: Arc<NodeContext>,
     out: mpsc::Sender<Delayed>,
     stop: Arc<AtomicBool>,
 ) {
@@ -579,7 +581,7 @@ impl DelayPool {
 
 /// Holds packets until their deadline and hands them to the egress.
 pub struct DelayStage {
-    pub shared: Arc<Shared>,
+    pub shared: Arc<NodeContext>,
     pub egress: Egress,
     pub limit: usize,
     pub late_tolerance: Duration,
@@ -702,12 +704,12 @@ mod tests {
         IdentityKeypair::generate().node_id()
     }
 
-    fn shared() -> Arc<Shared> {
+    fn shared() -> Arc<NodeContext> {
         shared_with(&SphinxKeypair::generate())
     }
 
     /// A mix alone in its topology, with Sphinx key `key`.
-    fn shared_with(key: &SphinxKeypair) -> Arc<Shared> {
+    fn shared_with(key: &SphinxKeypair) -> Arc<NodeContext> {
         let mix = NodeEntry {
             id: id(),
             sphinx_key: key.public(),
@@ -729,7 +731,7 @@ mod tests {
             },
             nodes: vec![mix],
         };
-        Arc::new(Shared::new(
+        Arc::new(NodeContext::new(
             me,
             Topology::new(doc).unwrap(),
             NodeMetrics::new().unwrap(),
@@ -744,7 +746,7 @@ mod tests {
         }
     }
 
-    fn dropped(s: &Shared, reason: &str) -> u64 {
+    fn dropped(s: &NodeContext, reason: &str) -> u64 {
         s.metrics.dropped.with_label_values(&[reason]).get()
     }
 

@@ -19,7 +19,7 @@ use loopmix_net::transport::egress::Egress;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::pipeline::Shared;
+use crate::pipeline::NodeContext;
 
 /// Checks that `topology` lists this node with our keys and role.
 pub fn check_self(
@@ -49,7 +49,7 @@ pub fn check_self(
 /// Applies a new topology to the running node.
 #[derive(Clone)]
 pub struct TopologySink {
-    pub shared: Arc<Shared>,
+    pub shared: Arc<NodeContext>,
     pub allowed: PeerAllowList,
     pub egress: Egress,
     pub packet_size: Arc<AtomicUsize>,

@@ -28,7 +28,7 @@ pub use loopmix_core::mixing::delivery::FinalPacket;
 const MAX_BATCH: usize = 256;
 
 use super::inbox::InboxStore;
-use crate::pipeline::Shared;
+use crate::pipeline::NodeContext;
 
 /// The workers' handle: queues without blocking.
 #[derive(Clone)]
@@ -48,7 +48,7 @@ impl DeliveryQueue {
 
 pub struct DeliveryStage {
     pub inbox: Arc<InboxStore>,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<NodeContext>,
     pub egress: Egress,
     /// Set at shutdown once no more packets can arrive; the thread then
     /// stores what is queued and exits.
