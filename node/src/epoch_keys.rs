@@ -18,6 +18,7 @@
 //! are gone, packets recorded during that epoch cannot be unwrapped even if
 //! the node is later compromised.
 
+use crate::error::NodeError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -65,7 +66,7 @@ impl EpochKeys {
 
     /// A replay filter for `key`: the saved one if it belongs to this key,
     /// else an empty one. A restart must not reopen the door to old replays.
-    fn replay_for(&self, key: &SphinxPublicKey) -> anyhow::Result<ReplayCache> {
+    fn replay_for(&self, key: &SphinxPublicKey) -> Result<ReplayCache, NodeError> {
         let path = self.replay_path(key);
         let (capacity, fp) = (self.replay.capacity, self.replay.fp_rate);
         let saved = match std::fs::read(&path) {
@@ -87,7 +88,7 @@ impl EpochKeys {
     }
 
     /// Installs a static key (fixed-topology mode) for `epoch`.
-    pub fn install_static(&self, epoch: u64, key: SphinxKeypair) -> anyhow::Result<()> {
+    pub fn install_static(&self, epoch: u64, key: SphinxKeypair) -> Result<(), NodeError> {
         let replay = self.replay_for(&key.public())?;
         self.ring.insert(KeySlot { epoch, key, replay });
         Ok(())
@@ -95,7 +96,7 @@ impl EpochKeys {
 
     /// The key for `epoch`: loaded from disk, or made and written (0600)
     /// first. Either way it is in the ring when this returns.
-    pub fn ensure(&self, epoch: u64) -> anyhow::Result<SphinxPublicKey> {
+    pub fn ensure(&self, epoch: u64) -> Result<SphinxPublicKey, NodeError> {
         if let Some(slot) = self.ring.get(epoch) {
             return Ok(slot.key.public());
         }
@@ -126,8 +127,11 @@ impl EpochKeys {
 
     /// Loads every stored key for an epoch `>= oldest` into the ring (after
     /// a restart) and deletes older ones.
-    pub fn load_stored(&self, oldest: u64) -> anyhow::Result<()> {
-        for epoch in self.stored_epochs()? {
+    pub fn load_stored(&self, oldest: u64) -> Result<(), NodeError> {
+        let stored = self
+            .stored_epochs()
+            .map_err(NodeError::io(format!("listing {}", self.key_dir.display())))?;
+        for epoch in stored {
             if epoch >= oldest {
                 self.ensure(epoch)?;
             } else {

@@ -10,6 +10,7 @@ pub mod cover;
 pub mod demo;
 pub mod directory_sync;
 pub mod epoch_keys;
+pub mod error;
 pub mod harness;
 pub mod liveness;
 pub mod metrics;

@@ -157,7 +157,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async move {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(shutdown.clone()));
-                loopmix_node::node::run(cfg, shutdown).await
+                Ok(loopmix_node::node::run(cfg, shutdown).await?)
             })
         }
         Cmd::Bench(args) => {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, bail};
 use loopmix_core::e2e::payload_plaintext_len;
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
 use loopmix_core::mixing::loops::LoopTracker;
@@ -25,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::error::NodeError;
 use crate::config::{DirectorySection, NodeConfig};
 use crate::cover::LoopCover;
 use crate::directory_sync::{Follower, Registrar};
@@ -49,7 +49,7 @@ pub struct BoundAddresses {
 fn directory_client(
     d: &DirectorySection,
     registry: &prometheus::Registry,
-) -> anyhow::Result<Arc<DirectoryClient>> {
+) -> Result<Arc<DirectoryClient>, NodeError> {
     let cfg = DirectoryClientConfig::pinned(&d.authorities, d.threshold, d.request_timeout)?;
     Ok(Arc::new(DirectoryClient::new(cfg, registry)?))
 }
@@ -90,7 +90,7 @@ fn start_provider(
     allowed: &PeerAllowList,
     background: &CancellationToken,
     stop: &Arc<AtomicBool>,
-) -> anyhow::Result<ProviderParts> {
+) -> Result<ProviderParts, NodeError> {
     let p = &cfg.provider;
     // Inbox entries are whole payload plaintexts, so a pull slot fits one.
     let message_len = payload_plaintext_len(shared.topology().params().payload_size);
@@ -103,7 +103,7 @@ fn start_provider(
     };
     let path = cfg.node.data_dir.join("inbox.redb");
     let inbox = Arc::new(
-        InboxStore::open(&path, limits).with_context(|| format!("opening {}", path.display()))?,
+        InboxStore::open(&path, limits)?,
     );
     let control = ProviderControl::new(
         inbox.clone(),
@@ -121,7 +121,8 @@ fn start_provider(
         stop: stop.clone(),
         runtime: tokio::runtime::Handle::current(),
     }
-    .spawn(p.delivery_queue)?;
+    .spawn(p.delivery_queue)
+    .map_err(NodeError::io("starting the delivery thread"))?;
     let _ = shared.final_hop.set(queue);
     allowed.accept_clients(true);
     // Old mail goes unread after `inbox_max_age` (checked every minute);
@@ -183,28 +184,43 @@ enum Source {
     },
 }
 
+/// Writes `bound.json` (the addresses actually bound, for launchers that
+/// asked for port 0).
+fn write_bound(data_dir: &std::path::Path, bound: &BoundAddresses) -> Result<(), NodeError> {
+    let path = data_dir.join("bound.json");
+    let json = serde_json::to_vec_pretty(bound).map_err(|e| NodeError::Io {
+        what: format!("writing {}", path.display()),
+        source: e.into(),
+    })?;
+    write_atomic(&path, &json).map_err(NodeError::io(format!("writing {}", path.display())))
+}
+
 /// Runs the node until `shutdown` is cancelled.
-pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
     let identity = Arc::new(IdentityKeypair::read_pem(&cfg.node.identity_key)?);
     let me = identity.node_id();
-    std::fs::create_dir_all(&cfg.node.data_dir)
-        .with_context(|| format!("creating {}", cfg.node.data_dir.display()))?;
-    let keys = EpochKeys::new(&cfg.node.data_dir, cfg.replay.clone()).with_context(|| {
+    std::fs::create_dir_all(&cfg.node.data_dir).map_err(NodeError::io(format!(
+        "creating {}",
+        cfg.node.data_dir.display()
+    )))?;
+    let keys = EpochKeys::new(&cfg.node.data_dir, cfg.replay.clone()).map_err(NodeError::io(
         format!(
             "creating key directories in {}",
             cfg.node.data_dir.display()
-        )
-    })?;
+        ),
+    ))?;
 
     // Fixed-topology mode checks the file before binding anything.
     let mut static_topology = None;
     if let (Some(t), Some(sphinx_path)) = (&cfg.topology, &cfg.node.sphinx_key) {
         let sphinx = SphinxKeypair::read_pem(sphinx_path)?;
-        let (topology, mtime) = read_topology_file(&t.file)
-            .with_context(|| format!("refusing to start: {}", t.file.display()))?;
-        if let Err(e) = check_self(&topology, me, sphinx.public(), cfg.node.role) {
-            bail!("refusing to start: {}: {e}", t.file.display());
-        }
+        let refused = |reason: String| NodeError::BadTopologyFile {
+            file: t.file.clone(),
+            reason,
+        };
+        let (topology, mtime) = read_topology_file(&t.file).map_err(|e| refused(e.to_string()))?;
+        check_self(&topology, me, sphinx.public(), cfg.node.role)
+            .map_err(|e| refused(e.to_string()))?;
         keys.install_static(topology.epoch(), sphinx)?;
         static_topology = Some((topology, t.file.clone(), mtime, t.reload_interval));
     }
@@ -225,10 +241,14 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
     )?;
     let metrics_listener = loopmix_net::metrics::bind(cfg.metrics.listen)
         .await
-        .with_context(|| format!("binding metrics on {}", cfg.metrics.listen))?;
+        .map_err(NodeError::io(format!("binding metrics on {}", cfg.metrics.listen)))?;
     let bound = BoundAddresses {
-        quic: transport.local_addr()?,
-        metrics: metrics_listener.local_addr()?,
+        quic: transport
+            .local_addr()
+            .map_err(NodeError::io("QUIC address"))?,
+        metrics: metrics_listener
+            .local_addr()
+            .map_err(NodeError::io("metrics address"))?,
         pid: std::process::id(),
     };
     let background = CancellationToken::new();
@@ -250,10 +270,13 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         (None, Some(d)) => {
             let public = cfg.node.public_address.unwrap_or(bound.quic);
             if public.ip().is_unspecified() {
-                bail!(
-                    "field `node.public_address`: required when `node.listen` ({}) is a wildcard address",
-                    cfg.node.listen
-                );
+                return Err(NodeError::Invalid {
+                    field: "node.public_address",
+                    reason: format!(
+                        "required when `node.listen` ({}) is a wildcard address",
+                        cfg.node.listen
+                    ),
+                });
             }
             let dir = directory_client(d, &metrics.registry)?;
             // Keep the verified liveness list current (dir.liveness()) for
@@ -271,10 +294,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
                 }
                 .run(),
             );
-            write_atomic(
-                &cfg.node.data_dir.join("bound.json"),
-                &serde_json::to_vec_pretty(&bound)?,
-            )?;
+            write_bound(&cfg.node.data_dir, &bound)?;
             let Some(first) = first_document(&dir, &shutdown).await else {
                 background.cancel();
                 transport.close().await;
@@ -290,13 +310,15 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
                 },
             )
         }
-        (None, None) => bail!("no topology source configured"),
+        (None, None) => {
+            return Err(NodeError::Invalid {
+                field: "topology",
+                reason: "no topology source configured ([topology] or [directory])".into(),
+            });
+        }
     };
     allowed.replace(topology.nodes().iter().map(|n| n.id));
-    write_atomic(
-        &cfg.node.data_dir.join("bound.json"),
-        &serde_json::to_vec_pretty(&bound)?,
-    )?;
+    write_bound(&cfg.node.data_dir, &bound)?;
     info!(id = %me, role = %cfg.node.role, quic = %bound.quic, metrics = %bound.metrics, epoch = topology.epoch(), "node listening");
 
     let processor = Arc::new(SphinxProcessor::new(
@@ -350,7 +372,8 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> anyhow::Result
         shared.clone(),
         delay_tx,
         stop_workers.clone(),
-    )?;
+    )
+    .map_err(NodeError::io("starting the Sphinx workers"))?;
     let delay_stage = tokio::spawn(
         DelayStage {
             shared: shared.clone(),
