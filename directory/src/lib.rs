@@ -30,21 +30,28 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use loopmix_core::keys::IdentityKeypair;
 use tokio_util::sync::CancellationToken;
 
-use crate::authority::Authority;
+use crate::authority::{Authority, AuthorityError};
 use crate::config::{ADDR_FILE, DirectoryConfig};
 
 /// Runs the authority until `shutdown` fires.
-pub async fn run(cfg: DirectoryConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(cfg: DirectoryConfig, shutdown: CancellationToken) -> Result<(), AuthorityError> {
     let identity = IdentityKeypair::read_pem(&cfg.authority.identity_key)?;
     let authority = Arc::new(Authority::new(cfg.clone(), identity)?);
     let listener = tokio::net::TcpListener::bind(cfg.authority.listen)
         .await
-        .with_context(|| format!("binding {}", cfg.authority.listen))?;
-    let addr = listener.local_addr()?;
+        .map_err(|source| AuthorityError::Listen {
+            addr: cfg.authority.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| AuthorityError::Listen {
+            addr: cfg.authority.listen,
+            source,
+        })?;
     write_addr_file(&cfg.authority.data_dir, addr)?;
     tracing::info!(
         %addr,
@@ -60,7 +67,7 @@ pub async fn run(cfg: DirectoryConfig, shutdown: CancellationToken) -> anyhow::R
         // A second copy of the key: the QUIC prober needs it behind an Arc.
         let key = Arc::new(IdentityKeypair::read_pem(&cfg.authority.identity_key)?);
         Some(Arc::new(
-            liveness::Liveness::new(authority.clone(), key).context("starting liveness")?,
+            liveness::Liveness::new(authority.clone(), key)?,
         ))
     } else {
         tracing::info!("liveness probing and publishing disabled ([liveness] enabled = false)");
@@ -96,13 +103,13 @@ pub async fn run(cfg: DirectoryConfig, shutdown: CancellationToken) -> anyhow::R
         let _ = t.await;
     }
     tracing::info!("directory authority stopped");
-    served.context("HTTP server")
+    served.map_err(|source| AuthorityError::Listen { addr, source })
 }
 
 /// Writes `ip:port` to `data_dir/http.addr` atomically (write + rename), so
 /// readers never see a partial address.
-fn write_addr_file(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<()> {
-    let dst = data_dir.join(ADDR_FILE);
-    loopmix_net::files::write_atomic(&dst, format!("{addr}\n").as_bytes())
-        .with_context(|| format!("writing {}", dst.display()))
+fn write_addr_file(data_dir: &Path, addr: SocketAddr) -> Result<(), AuthorityError> {
+    let path = data_dir.join(ADDR_FILE);
+    loopmix_net::files::write_atomic(&path, format!("{addr}\n").as_bytes())
+        .map_err(|source| AuthorityError::Io { path, source })
 }

@@ -159,7 +159,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async move {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(shutdown.clone()));
-                loopmix_directory::run(cfg, shutdown).await
+                Ok(loopmix_directory::run(cfg, shutdown).await?)
             })
         }
     }

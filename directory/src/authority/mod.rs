@@ -90,6 +90,18 @@ pub enum AuthorityError {
     },
     #[error("peer key {0} is this authority's own key")]
     SelfPeer(NodeId),
+    #[error("identity key: {0}")]
+    Key(#[from] loopmix_core::keys::KeyError),
+    /// The liveness prober's QUIC endpoint.
+    #[error("probe transport: {0}")]
+    Transport(#[from] loopmix_net::transport::TransportError),
+    /// The HTTP listener: binding it, or serving on it.
+    #[error("HTTP listener {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Authority {

@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::authority::peers::{PeerResult, ask_peers};
-use crate::authority::{Authority, now_ms};
+use crate::authority::{Authority, AuthorityError, now_ms};
 use crate::config::{LivenessSection, PeerConfig};
 use prober::{ProbeParams, ProbeResult, ProbeTable, Transition, probe};
 use rounds::{Built, Published, Round, RoundBook, build_document, round_at, round_start_ms};
@@ -137,11 +137,14 @@ impl Liveness {
     /// Binds the probing endpoint (dial-only: it completes no inbound
     /// handshake) and registers the metrics in the authority's registry.
     /// Must run inside a tokio runtime.
-    pub fn new(authority: Arc<Authority>, identity: Arc<IdentityKeypair>) -> anyhow::Result<Self> {
+    pub fn new(
+        authority: Arc<Authority>,
+        identity: Arc<IdentityKeypair>,
+    ) -> Result<Self, AuthorityError> {
         let cfg = authority.config().liveness.clone();
         let metrics = LivenessMetrics::new(authority.registry())?;
         let transport_v4 = Transport::dial_only(
-            "0.0.0.0:0".parse()?,
+            SocketAddr::from(([0, 0, 0, 0], 0)),
             identity.clone(),
             Arc::new(|reason| tracing::debug!(reason, "probe refused the node's key")),
         )?;
