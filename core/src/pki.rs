@@ -64,11 +64,18 @@ pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 4 << 20;
 /// Default clock-skew allowance when checking validity windows.
 pub const DEFAULT_CLOCK_SKEW_S: u64 = 30;
 
-/// Seconds since the Unix epoch (0 if the clock is before 1970).
+/// Seconds since the Unix epoch (0 if the clock is before 1970). The one
+/// wall-clock read of the project: signed documents carry these times.
 pub fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970), for
+/// schedules finer than a second (an authority's vote and liveness rounds).
+pub fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
@@ -157,10 +157,7 @@ pub fn generate(opts: &GenOptions) -> anyhow::Result<Vec<Service>> {
     let threshold = auth_names.len() / 2 + 1;
     let secs = e.as_secs();
     let lead = (secs / 10).clamp(2, 10).min(secs / 2);
-    let genesis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let genesis = loopmix_core::pki::unix_now();
     for (i, name) in auth_names.iter().enumerate() {
         let mut cmd = Command::new(&bins.directory);
         cmd.arg("init")

@@ -48,14 +48,11 @@ use state::{Doc, State};
 
 /// Milliseconds since the Unix epoch: the one clock read of this crate
 /// (the scheduler reads it once per round, the HTTP handlers once per
-/// request). Not `loopmix_core::pki::unix_now`, which has whole seconds:
+/// request). Milliseconds, not `loopmix_core::pki::unix_now`'s whole seconds:
 /// the vote falls `L/4` after registration closes and liveness rounds act
 /// at fifths of a few seconds, both finer than a second.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    loopmix_core::pki::unix_now_ms()
 }
 
 pub struct Authority {
