@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use loopmix_core::keys::KeyError;
 use loopmix_core::e2e::{ClientAddress, EncryptionKeypair};
 use loopmix_core::keys::IdentityKeypair;
+use loopmix_core::keys::KeyError;
 
 use crate::config::{ClientConfig, ENCRYPTION_FILE, IDENTITY_FILE};
 

@@ -294,6 +294,3 @@ fn print_message(body: &[u8]) -> anyhow::Result<()> {
     out.flush()?;
     Ok(())
 }
-
-
-

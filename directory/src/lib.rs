@@ -16,11 +16,9 @@
 //!   signed liveness ("down") list every few seconds.
 //! * [`http`]: the axum API with body limits, timeouts and rate limits; maps
 //!   the authority's typed refusals to status codes and error bodies.
-//! * [`harness`]: authority processes on loopback for tests and testnets.
 
 pub mod authority;
 pub mod config;
-pub mod harness;
 pub mod http;
 pub mod liveness;
 pub mod store;
@@ -66,9 +64,7 @@ pub async fn run(cfg: DirectoryConfig, shutdown: CancellationToken) -> Result<()
     let liveness = if cfg.liveness.enabled {
         // A second copy of the key: the QUIC prober needs it behind an Arc.
         let key = Arc::new(IdentityKeypair::read_pem(&cfg.authority.identity_key)?);
-        Some(Arc::new(
-            liveness::Liveness::new(authority.clone(), key)?,
-        ))
+        Some(Arc::new(liveness::Liveness::new(authority.clone(), key)?))
     } else {
         tracing::info!("liveness probing and publishing disabled ([liveness] enabled = false)");
         None

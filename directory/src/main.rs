@@ -10,8 +10,8 @@ use loopmix_core::keys::{IdentityKeypair, NodeId};
 use loopmix_directory::config::{
     CONFIG_FILE, DirectoryConfig, EpochSection, IDENTITY_FILE, PeerConfig,
 };
-use tokio_util::sync::CancellationToken;
 use loopmix_net::process::{cancel_on_signal, init_logging};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -98,7 +98,6 @@ fn parse_peer(s: &str) -> Result<PeerConfig, String> {
     }
 }
 
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -164,4 +163,3 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
-

@@ -11,6 +11,7 @@
 //! running localnet.
 //!
 //! * [`network`]: what gets started, in which order, and when it is ready;
+//! * [`init`]: the binaries' `init` commands (authority and node directories);
 //! * [`process`]: the child processes and their shutdown;
 //! * [`control`]: `ctl` and the socket the running localnet serves it on;
 //! * [`status`]: the live status line;
@@ -34,6 +35,7 @@
 pub mod compose;
 pub mod control;
 pub mod faults;
+pub mod init;
 pub mod metrics;
 pub mod network;
 pub mod process;

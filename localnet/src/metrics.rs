@@ -1,12 +1,38 @@
 //! Reading the Prometheus endpoints of the processes a localnet runs.
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+use anyhow::{anyhow, bail};
 
 /// GET `http://addr/metrics` with short timeouts (a hung process must not
 /// stall the status line for long).
 pub fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
-    loopmix_node::harness::http_get_within(addr, "/metrics", Duration::from_secs(1))
+    http_get_within(addr, "/metrics", Duration::from_secs(1))
+}
+
+/// A plain HTTP/1.1 GET of `path` returning the body of a 200 response:
+/// enough for the processes' own `/metrics` and status endpoints. Connects
+/// within `timeout` and reads within twice that (a hung process must not
+/// stall the caller long).
+pub fn http_get_within(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout * 2))?;
+    s.set_write_timeout(Some(timeout * 2))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("bad HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
 }
 
 /// Sum of every series of metric `name` (any labels); `None` if absent.

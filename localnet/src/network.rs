@@ -565,7 +565,7 @@ impl Localnet {
             .collect();
         let keys = dirs
             .iter()
-            .map(|d| loopmix_directory::harness::init(&self.bins.directory, d, &[]))
+            .map(|d| crate::init::init_authority(&self.bins.directory, d, &[]))
             .collect::<anyhow::Result<Vec<NodeId>>>()?;
         let e = self.opts.epoch_length.as_secs();
         // Long enough for the authorities to exchange signatures, short
@@ -599,7 +599,7 @@ impl Localnet {
                     args.push(format!("{}=file:{}", keys[j], addr_file.display()));
                 }
             }
-            if loopmix_directory::harness::init(&self.bins.directory, d, &args)? != keys[i] {
+            if crate::init::init_authority(&self.bins.directory, d, &args)? != keys[i] {
                 bail!("init --force changed the key of {}", d.display());
             }
             let mut edits = super::directory_edits(&net, self.opts.layers);
@@ -678,7 +678,7 @@ impl Localnet {
                 let p = i - mixes;
                 (Role::Provider, format!("provider{p}"), Kind::Provider)
             };
-            let nd = loopmix_node::harness::init_directory_node(
+            let nd = crate::init::init_node(
                 &self.bins.node,
                 &self.root.join("nodes").join(&name),
                 role,

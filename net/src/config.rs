@@ -86,11 +86,18 @@ mod tests {
         assert!(matches!(e, ConfigError::Io { .. }), "{e}");
         std::fs::write(&p, "version = 1\nbogus = 2\n").unwrap();
         let e = read_toml::<Sample>(&p).unwrap_err();
-        assert!(e.to_string().contains("x.toml") && e.to_string().contains("bogus"), "{e}");
+        assert!(
+            e.to_string().contains("x.toml") && e.to_string().contains("bogus"),
+            "{e}"
+        );
         std::fs::write(&p, "version = 2\n").unwrap();
         let s: Sample = read_toml(&p).unwrap();
         let e = check_version(&p, s.version, 1).unwrap_err();
-        assert!(e.to_string().contains("field `version`: unsupported version 2, expected 1"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("field `version`: unsupported version 2, expected 1"),
+            "{e}"
+        );
         assert!(check_version(&p, 1, 1).is_ok());
     }
 }

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use loopmix_core::provider_control::{CodecError, HEADER_LEN, MAX_RESPONSE_BODY, Request, Response};
+use loopmix_core::provider_control::{
+    CodecError, HEADER_LEN, MAX_RESPONSE_BODY, Request, Response,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Failure to move one message over a stream.

@@ -22,9 +22,10 @@ use loopmix_core::topology::{NetworkParams, NodeEntry, Role};
 use sphinx_packet::SphinxPacket;
 use sphinx_packet::header::delays::Delay;
 
-use crate::harness::{NodeProcess, Peer, launch_mixnet};
+use procs::{NodeProcess, Peer, launch_mixnet};
 
 pub mod overload;
+pub(crate) mod procs;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {

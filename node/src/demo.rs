@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use loopmix_core::sphinx::{applied_delay, build_packet, destination_of, sample_delays};
 use loopmix_core::topology::NetworkParams;
 
-use crate::harness::{Peer, launch_mixnet};
+use crate::bench::procs::{Peer, launch_mixnet};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {

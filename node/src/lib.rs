@@ -1,5 +1,5 @@
 //! loopmix-node: the mix node. The binary (`main.rs`) is a thin shell over
-//! this library, which tests and the benchmark share.
+//! this library, which the end-to-end tests (`tests/`) and the benchmark share.
 //!
 //! The packet path is in [`pipeline`]; the sans-IO pieces it drives live in
 //! `loopmix_core::mixing`.
@@ -11,7 +11,6 @@ pub mod demo;
 pub mod directory_sync;
 pub mod epoch_keys;
 pub mod error;
-pub mod harness;
 pub mod liveness;
 pub mod metrics;
 pub mod node;

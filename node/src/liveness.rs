@@ -98,7 +98,11 @@ pub fn routed(shared: &NodeContext, topology: &Topology) -> Topology {
 /// `DirectoryClient::follow_liveness`) until `cancel`: each new round, and
 /// the expiry of the last one, reaches route choice; and exports the
 /// node's own suspects.
-pub async fn follow(dir: Arc<DirectoryClient>, shared: Arc<NodeContext>, cancel: CancellationToken) {
+pub async fn follow(
+    dir: Arc<DirectoryClient>,
+    shared: Arc<NodeContext>,
+    cancel: CancellationToken,
+) {
     let mut rx = dir.subscribe_liveness();
     let mut every = tokio::time::interval(Duration::from_secs(2));
     loop {

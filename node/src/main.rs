@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
 use loopmix_core::pki::AuthorityEntry;
 use loopmix_core::topology::{NodeEntry, Role};
+use loopmix_net::process::{cancel_on_signal, init_logging};
 use loopmix_node::config::{DirectorySection, NodeConfig};
 use tokio_util::sync::CancellationToken;
-use loopmix_net::process::{cancel_on_signal, init_logging};
 
 #[derive(Parser)]
 #[command(
@@ -87,8 +87,6 @@ fn parse_role(s: &str) -> Result<Role, String> {
         other => Err(format!("unknown role {other:?}: expected mix or provider")),
     }
 }
-
-
 
 /// The node's topology entry (fixed-topology mode), or its identity and
 /// role (directory mode, where the Sphinx key changes every epoch).
@@ -174,4 +172,3 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
-

@@ -24,16 +24,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::error::NodeError;
 use crate::config::{DirectorySection, NodeConfig};
 use crate::cover::LoopCover;
 use crate::directory_sync::{Follower, Registrar};
 use crate::epoch_keys::EpochKeys;
+use crate::error::NodeError;
 use crate::metrics::NodeMetrics;
-use crate::pipeline::{DelayStage, NodeIngress, PeerLimits, RateLimit, NodeContext, spawn_workers};
+use crate::pipeline::{DelayStage, NodeContext, NodeIngress, PeerLimits, RateLimit, spawn_workers};
+use crate::provider::control::{ControlConfig, ProviderControl};
 use crate::provider::delivery::DeliveryStage;
 use crate::provider::inbox::{InboxLimits, InboxStore};
-use crate::provider::control::{ControlConfig, ProviderControl};
 use crate::topology_source::{TopologySink, TopologyWatcher, check_self, read_topology_file};
 
 /// Written to `data_dir/bound.json` once the node listens, so tools (and
@@ -102,9 +102,7 @@ fn start_provider(
         max_clients: p.max_clients,
     };
     let path = cfg.node.data_dir.join("inbox.redb");
-    let inbox = Arc::new(
-        InboxStore::open(&path, limits)?,
-    );
+    let inbox = Arc::new(InboxStore::open(&path, limits)?);
     let control = ProviderControl::new(
         inbox.clone(),
         &ControlConfig {
@@ -203,12 +201,11 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         "creating {}",
         cfg.node.data_dir.display()
     )))?;
-    let keys = EpochKeys::new(&cfg.node.data_dir, cfg.replay.clone()).map_err(NodeError::io(
-        format!(
+    let keys =
+        EpochKeys::new(&cfg.node.data_dir, cfg.replay.clone()).map_err(NodeError::io(format!(
             "creating key directories in {}",
             cfg.node.data_dir.display()
-        ),
-    ))?;
+        )))?;
 
     // Fixed-topology mode checks the file before binding anything.
     let mut static_topology = None;
@@ -241,7 +238,10 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
     )?;
     let metrics_listener = loopmix_net::metrics::bind(cfg.metrics.listen)
         .await
-        .map_err(NodeError::io(format!("binding metrics on {}", cfg.metrics.listen)))?;
+        .map_err(NodeError::io(format!(
+            "binding metrics on {}",
+            cfg.metrics.listen
+        )))?;
     let bound = BoundAddresses {
         quic: transport
             .local_addr()

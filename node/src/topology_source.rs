@@ -85,7 +85,9 @@ fn file_mtime(path: &Path) -> Option<SystemTime> {
 
 /// Reads the topology file at start; returns it with the modification time
 /// taken *before* reading, so a rewrite racing with start-up is reloaded.
-pub fn read_topology_file(path: &Path) -> Result<(Topology, Option<SystemTime>), loopmix_core::topology::TopologyError> {
+pub fn read_topology_file(
+    path: &Path,
+) -> Result<(Topology, Option<SystemTime>), loopmix_core::topology::TopologyError> {
     let mtime = file_mtime(path);
     Ok((Topology::from_file(path)?, mtime))
 }

@@ -9,7 +9,7 @@
 //!   so every peer reaches it through the relay.
 //!
 //! The scenarios built on them (loss, a killed mix, a restarted provider, an
-//! authority down, a partitioned layer) are `localnet/tests/faults.rs`;
+//! authority down, a partitioned layer) are `tests/e2e/faults.rs`;
 //! `docs/FAULTS.md` says how to run them and `loopmix-faultrelay` runs one
 //! relay by hand.
 

@@ -35,9 +35,9 @@ use loopmix_core::sphinx::{build_packet, destination_of};
 use loopmix_core::topology::{NetworkParams, NodeEntry};
 use sphinx_packet::header::delays::Delay;
 
+use super::procs::{NodeDir, NodeProcess, Peer, edit_config, launch_mixnet, parse_metric};
 use super::{BenchArgs, EPOCH, PAYLOAD, build_many, measure_throughput, set_key, threads};
 use crate::config::{MixingSection, ReplaySection};
-use crate::harness::{NodeDir, NodeProcess, Peer, edit_config, launch_mixnet, parse_metric};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct OverloadArgs {

@@ -635,7 +635,8 @@ mod tests {
         let node = client();
         p.transport.allow_list().insert(node.node_id());
         let conn = node.connect(p.transport.node_id(), p.addr()).await.unwrap();
-        let r = provider_control::request(&conn, &Request::Register, Duration::from_millis(300)).await;
+        let r =
+            provider_control::request(&conn, &Request::Register, Duration::from_millis(300)).await;
         assert!(matches!(r, Err(ControlError::Timeout)), "{r:?}");
         assert!(!p.inbox.is_registered(&node.node_id()));
     }

@@ -64,7 +64,13 @@ struct Outcome {
 fn run(seed: u64, loss: f64, n: usize, download: &[u8], upload: &[u8], deny: bool) -> Outcome {
     let r = Registry::new();
     let cfg = StreamConfig::default();
-    let mut client = Mux::client(exit_address(), cfg.clone(), StreamMetrics::new(&r).unwrap(), &mut rand::rng(), Instant::now());
+    let mut client = Mux::client(
+        exit_address(),
+        cfg.clone(),
+        StreamMetrics::new(&r).unwrap(),
+        &mut rand::rng(),
+        Instant::now(),
+    );
     let r2 = Registry::new();
     let mut exit = Mux::exit(cfg, StreamMetrics::new(&r2).unwrap());
     let mut net = Net {
@@ -309,7 +315,13 @@ fn a_vanished_client_leaves_nothing_at_the_exit() {
 fn revoked_reply_blocks_leave_the_exit_pool() {
     let r = Registry::new();
     let cm = StreamMetrics::new(&r).unwrap();
-    let mut client = Mux::client(exit_address(), StreamConfig::default(), cm.clone(), &mut rand::rng(), Instant::now());
+    let mut client = Mux::client(
+        exit_address(),
+        StreamConfig::default(),
+        cm.clone(),
+        &mut rand::rng(),
+        Instant::now(),
+    );
     let r2 = Registry::new();
     let em = StreamMetrics::new(&r2).unwrap();
     let mut exit = Mux::exit(StreamConfig::default(), em.clone());

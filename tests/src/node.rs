@@ -1,13 +1,12 @@
 //! Starting real `loopmix-node` processes on loopback, and a minimal peer
 //! that injects and receives Sphinx packets over the real transport.
 //!
-//! Shared by the end-to-end tests and by `loopmix-node bench`, so both
-//! exercise exactly what an operator runs. Nodes listen on port 0 and
+//! The process side is what an operator runs: `loopmix-node init` and
+//! `loopmix-node run`. Nodes listen on port 0 and
 //! report their addresses in `bound.json`; the topology file is written
 //! afterwards and picked up by the node's topology reload.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,54 +26,10 @@ use loopmix_net::transport::{PeerAllowList, Transport};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use tokio_util::sync::CancellationToken;
 
-use crate::node::BoundAddresses;
+use loopmix_node::node::BoundAddresses;
 
-/// The path of workspace binary `name` built with the same profile and
-/// target directory as the running test, building it first with cargo
-/// (a no-op when fresh). Tests of one crate can so start another crate's
-/// binary, e.g. `loopmix-directory`, and never run a stale one.
-pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("unexpected test binary path {}", exe.display()))?;
-    let target_dir = profile_dir
-        .parent()
-        .ok_or_else(|| anyhow!("no target dir above {}", profile_dir.display()))?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(p) => p,
-        None => bail!("unexpected profile dir {}", profile_dir.display()),
-    };
-    let bin = profile_dir.join(name);
-    let mut built = BUILT.lock().map_err(|_| anyhow!("poisoned"))?;
-    if !built.iter().any(|b| b == name) {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .map(|p| p.join("Cargo.toml"))
-            .ok_or_else(|| anyhow!("no workspace manifest"))?;
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "--quiet", "--bin", name, "--profile", profile])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(target_dir)
-            .output()
-            .context("running cargo build")?;
-        if !out.status.success() {
-            bail!(
-                "cargo build --bin {name} failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        built.push(name.to_string());
-    }
-    Ok(bin)
-}
+use crate::config::{self, Config, Kind};
+use crate::http::{http_get, parse_metric};
 
 /// A node directory made by `loopmix-node init`.
 #[derive(Debug, Clone)]
@@ -87,24 +42,9 @@ pub struct NodeDir {
     pub entry: Option<NodeEntry>,
 }
 
-fn run_init(bin: &Path, dir: &Path, role: Role, extra: &[String]) -> anyhow::Result<Vec<u8>> {
-    let out = Command::new(bin)
-        .args(["init", "--role", &role.to_string()])
-        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
-        .arg("--dir")
-        .arg(dir)
-        .args(extra)
-        .output()
-        .context("running loopmix-node init")?;
-    if !out.status.success() {
-        bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(out.stdout)
-}
-
 /// Runs `loopmix-node init` in `dir` for a mix of `layer` listening on port 0.
 pub fn init_node(bin: &Path, dir: &Path, layer: u8) -> anyhow::Result<NodeDir> {
-    let stdout = run_init(bin, dir, Role::Mix, &[])?;
+    let stdout = loopmix_localnet::init::init_node_raw(bin, dir, Role::Mix, &[])?;
     let mut entry: NodeEntry = serde_json::from_slice(&stdout)
         .with_context(|| format!("init printed {:?}", String::from_utf8_lossy(&stdout)))?;
     entry.layer = Some(layer);
@@ -124,26 +64,19 @@ pub fn init_directory_node(
     role: Role,
     authority_args: &[String],
 ) -> anyhow::Result<NodeDir> {
-    #[derive(serde::Deserialize)]
-    struct Printed {
-        id: NodeId,
-    }
-    let stdout = run_init(bin, dir, role, authority_args)?;
-    let printed: Printed = serde_json::from_slice(&stdout)
-        .with_context(|| format!("init printed {:?}", String::from_utf8_lossy(&stdout)))?;
+    let nd = loopmix_localnet::init::init_node(bin, dir, role, authority_args)?;
     Ok(NodeDir {
-        dir: dir.to_path_buf(),
-        config: dir.join("node.toml"),
-        id: printed.id,
+        dir: nd.dir,
+        config: nd.config,
+        id: nd.id,
         entry: None,
     })
 }
 
-/// Rewrites a config file's text (tests tune queues, delays, cover).
-pub fn edit_config(nd: &NodeDir, f: impl FnOnce(String) -> String) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&nd.config)?;
-    std::fs::write(&nd.config, f(text))?;
-    Ok(())
+/// Edits a node's config (tests tune queues, delays, cover), validated by
+/// the node's own loader (see [`crate::config`]).
+pub fn edit_config(nd: &NodeDir, f: impl FnOnce(&mut Config)) -> anyhow::Result<()> {
+    config::edit(&nd.config, Kind::Node, f)
 }
 
 /// Writes `doc` atomically to `path`.
@@ -302,39 +235,6 @@ impl Drop for NodeProcess {
             );
         }
     }
-}
-
-/// A tiny HTTP/1.1 GET, enough for our own `/metrics` endpoints.
-pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    http_get_within(addr, path, Duration::from_secs(5))
-}
-
-/// [`http_get`] connecting within `timeout` and reading within twice that
-/// (a status line must not stall long on a hung process).
-pub fn http_get_within(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout * 2))?;
-    s.set_write_timeout(Some(timeout * 2))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("bad HTTP response"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_string())
-}
-
-pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let rest = l.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
 }
 
 /// A packet that reached a [`Peer`] as its final hop.
@@ -572,19 +472,20 @@ pub struct Mixnet {
 
 /// Inits and starts one mix per layer of `params` under `root`, with
 /// `others` (e.g. a [`Peer`]'s entry) also in the topology. `tweak` edits each
-/// node's config text. Returns once every node runs the final topology.
+/// node's config. Returns once every node runs the final topology.
 pub fn launch_mixnet(
     bin: &Path,
     root: &Path,
     params: loopmix_core::topology::NetworkParams,
     others: Vec<NodeEntry>,
-    tweak: impl Fn(String) -> String,
+    tweak: impl Fn(&mut Config),
 ) -> anyhow::Result<Mixnet> {
     let mut dirs = Vec::new();
     for layer in 1..=params.layers {
         let nd = init_node(bin, &root.join(format!("mix{layer}")), layer)?;
-        edit_config(&nd, |t| {
-            tweak(t.replace("reload_interval = \"2s\"", "reload_interval = \"100ms\""))
+        edit_config(&nd, |c| {
+            c.set("topology.reload_interval", "100ms");
+            tweak(c);
         })?;
         dirs.push(nd);
     }
@@ -630,7 +531,7 @@ pub struct DirectoryNetwork {
 }
 
 impl DirectoryNetwork {
-    /// Inits and starts every node under `root`; `tweak(i, text)` edits
+    /// Inits and starts every node under `root`; `tweak(i, config)` edits
     /// node `i`'s config.
     pub fn launch(
         bin: &Path,
@@ -638,7 +539,7 @@ impl DirectoryNetwork {
         authority_args: &[String],
         mixes: usize,
         providers: usize,
-        tweak: impl Fn(usize, String) -> String,
+        tweak: impl Fn(usize, &mut Config),
     ) -> anyhow::Result<Self> {
         let mut dirs = Vec::new();
         for i in 0..mixes + providers {
@@ -648,7 +549,7 @@ impl DirectoryNetwork {
                 (Role::Provider, format!("provider{}", i - mixes))
             };
             let nd = init_directory_node(bin, &root.join(name), role, authority_args)?;
-            edit_config(&nd, |t| tweak(i, t))?;
+            edit_config(&nd, |c| tweak(i, c))?;
             dirs.push(nd);
         }
         let nodes = dirs
@@ -678,17 +579,9 @@ impl DirectoryNetwork {
     /// published topology still reaches it.
     pub fn restart(&mut self, bin: &Path, i: usize) -> anyhow::Result<()> {
         let bound = self.nodes[i].bound.clone();
-        edit_config(&self.dirs[i], |t| {
-            t.replacen(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"{}\"", bound.quic),
-                1,
-            )
-            .replacen(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"{}\"", bound.metrics),
-                1,
-            )
+        edit_config(&self.dirs[i], |c| {
+            c.set("node.listen", bound.quic.to_string())
+                .set("metrics.listen", bound.metrics.to_string());
         })?;
         self.nodes[i] = NodeProcess::start(bin, &self.dirs[i])?;
         Ok(())

@@ -17,16 +17,16 @@ use axum::response::IntoResponse;
 use loopmix_core::pki::{SignedTopology, VerifiedTopology, b64_decode, b64_encode};
 use loopmix_core::sphinx::{build_packet, destination_of, sample_delays};
 use loopmix_core::topology::Role;
-use loopmix_directory::harness::Authorities;
 use loopmix_net::directory::DirectoryClient;
-use loopmix_node::harness::{
-    NodeDir, NodeProcess, Peer, edit_config, init_directory_node, parse_metric, workspace_bin,
-};
+use loopmix_tests::authorities::Authorities;
+use loopmix_tests::http::parse_metric;
+use loopmix_tests::node::{NodeDir, NodeProcess, Peer, edit_config, init_directory_node};
+use loopmix_tests::workspace_bin;
 use prometheus::Registry;
 use rand::RngExt;
 
 fn node_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_loopmix-node"))
+    loopmix_tests::workspace_bin("loopmix-node").unwrap()
 }
 
 /// An HTTP front for one authority that corrupts the first `corrupt`
@@ -170,9 +170,9 @@ async fn mixes_follow_the_directory_rotate_keys_and_survive_an_authority_down() 
     let tmp = tempfile::tempdir().unwrap();
     let dir_bin = workspace_bin("loopmix-directory").unwrap();
     let mut auths =
-        Authorities::launch(&dir_bin, &tmp.path().join("auth"), 3, 2, "8s", "3s", |t| {
+        Authorities::launch(&dir_bin, &tmp.path().join("auth"), 3, 2, "8s", "3s", |c| {
             // Short hops keep packets inside one 8 s key epoch.
-            t.replace("mean_hop_delay_ms = 500.0", "mean_hop_delay_ms = 50.0")
+            c.set("network.mean_hop_delay_ms", 50.0);
         })
         .unwrap();
     // Mix 0 fetches documents only through proxies, each of which corrupts
@@ -201,9 +201,8 @@ async fn mixes_follow_the_directory_rotate_keys_and_survive_an_authority_down() 
             &args,
         )
         .unwrap();
-        edit_config(&nd, |t| {
-            assert!(t.contains("key_overlap = \"2m\""), "{t}");
-            t.replace("key_overlap = \"2m\"", "key_overlap = \"3s\"")
+        edit_config(&nd, |c| {
+            c.set("directory.key_overlap", "3s");
         })
         .unwrap();
         dirs.push(nd);

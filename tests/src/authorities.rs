@@ -1,5 +1,5 @@
 //! Real `loopmix-directory` processes on 127.0.0.1 with OS-chosen ports,
-//! for end-to-end tests and local testnets. Processes are killed (SIGKILL,
+//! for the end-to-end tests. Processes are killed (SIGKILL,
 //! like a crash) when their handle drops.
 
 use std::fs::OpenOptions;
@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::config::{Config, Kind};
 use anyhow::{Context, bail};
 use loopmix_core::keys::NodeId;
 use loopmix_core::pki::TrustAnchors;
+use loopmix_localnet::init::init_authority as init;
 use loopmix_net::directory::{DirectoryClient, DirectoryClientConfig};
 use prometheus::Registry;
 
@@ -25,11 +27,13 @@ pub struct AuthorityProcess {
 
 impl AuthorityProcess {
     pub fn addr_file(&self) -> PathBuf {
-        self.dir.join("data").join(crate::config::ADDR_FILE)
+        self.dir
+            .join("data")
+            .join(loopmix_directory::config::ADDR_FILE)
     }
 
     pub fn config(&self) -> PathBuf {
-        self.dir.join(crate::config::CONFIG_FILE)
+        self.dir.join(loopmix_directory::config::CONFIG_FILE)
     }
 
     pub fn is_running(&self) -> bool {
@@ -115,23 +119,6 @@ impl Drop for AuthorityProcess {
     }
 }
 
-/// Runs `loopmix-directory init` in `dir` (listening on 127.0.0.1:0) with
-/// `extra` flags; returns the authority's key.
-pub fn init(bin: &Path, dir: &Path, extra: &[String]) -> anyhow::Result<NodeId> {
-    let out = Command::new(bin)
-        .arg("init")
-        .arg("--dir")
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .output()
-        .with_context(|| format!("running {} init", bin.display()))?;
-    if !out.status.success() {
-        bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
-}
-
 /// `n` authorities with threshold `k`, each knowing the others.
 pub struct Authorities {
     pub auths: Vec<AuthorityProcess>,
@@ -140,7 +127,7 @@ pub struct Authorities {
 
 impl Authorities {
     /// Inits `n` authorities under `root/auth{i}` (epoch length and
-    /// registration lead in humantime, e.g. `"6s"`), lets `edit` rewrite each
+    /// registration lead in humantime, e.g. `"6s"`), lets `edit` change each
     /// `directory.toml` (network parameters), and starts them.
     pub fn launch(
         bin: &Path,
@@ -149,7 +136,7 @@ impl Authorities {
         k: usize,
         epoch_length: &str,
         lead: &str,
-        edit: impl Fn(String) -> String,
+        edit: impl Fn(&mut Config),
     ) -> anyhow::Result<Self> {
         let dirs: Vec<PathBuf> = (0..n).map(|i| root.join(format!("auth{i}"))).collect();
         let keys = dirs
@@ -172,16 +159,18 @@ impl Authorities {
                     args.push(format!(
                         "{}=file:{}",
                         keys[j],
-                        other.join("data").join(crate::config::ADDR_FILE).display()
+                        other
+                            .join("data")
+                            .join(loopmix_directory::config::ADDR_FILE)
+                            .display()
                     ));
                 }
             }
             if init(bin, d, &args)? != keys[i] {
                 bail!("init --force changed the key of {}", d.display());
             }
-            let config = d.join(crate::config::CONFIG_FILE);
-            let text = std::fs::read_to_string(&config)?;
-            std::fs::write(&config, edit(text))?;
+            let config = d.join(loopmix_directory::config::CONFIG_FILE);
+            crate::config::edit(&config, Kind::Directory, &edit)?;
         }
         let mut auths: Vec<AuthorityProcess> = dirs
             .into_iter()

@@ -1,20 +1,19 @@
 //! A three-layer mixnet of real `loopmix-node` processes plus a [`Peer`]
 //! that plays the provider at both ends.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::node::{NodeDir, NodeProcess, Peer, launch_mixnet};
 use loopmix_core::sphinx::{build_packet, destination_of, sample_delays};
 use loopmix_core::topology::{NetworkParams, NodeEntry, TopologyDocument};
-use loopmix_node::harness::{NodeDir, NodeProcess, Peer, launch_mixnet};
 use sphinx_packet::header::delays::Delay;
 
 pub const EPOCH: u64 = 1;
 pub const PAYLOAD: usize = 1024;
 
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_loopmix-node"))
+    crate::workspace_bin("loopmix-node").unwrap()
 }
 
 pub struct Net {
@@ -47,7 +46,7 @@ pub async fn start_net(params: NetworkParams) -> Net {
         tmp.path(),
         params,
         vec![peer.entry().unwrap()],
-        |t| t,
+        |_| {},
     )
     .unwrap();
     peer.adopt(&net.doc);

@@ -2,27 +2,25 @@
 //! authority, mix and provider processes, a real `loopmix-client exit`
 //! and `loopmix-client socks5`, and a local HTTP server to fetch from.
 
-#![allow(dead_code)]
-
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use loopmix_directory::harness::Authorities;
-use loopmix_node::harness::{DirectoryNetwork, workspace_bin};
+use crate::authorities::Authorities;
+use crate::bins::workspace_bin;
+use crate::config::{self, Config, Kind};
+use crate::node::DirectoryNetwork;
 
 /// Network parameters: the localnet "speed" preset.
-pub fn speed_preset(t: String) -> String {
-    t.replace("mean_hop_delay_ms = 500.0", "mean_hop_delay_ms = 20.0")
-        .replace("lambda_p_per_s = 2.0", "lambda_p_per_s = 50.0")
-        .replace("lambda_l_per_s = 1.0", "lambda_l_per_s = 2.0")
-        .replace("lambda_d_per_s = 1.0", "lambda_d_per_s = 2.0")
-        .replace("lambda_m_per_s = 1.0", "lambda_m_per_s = 2.0")
-        .replace("payload_size = 1024", "payload_size = 2048")
+pub fn speed_preset(c: &mut Config) {
+    c.set("network.mean_hop_delay_ms", 20.0)
+        .set("network.lambda_p_per_s", LAMBDA_P)
+        .set("network.lambda_l_per_s", 2.0)
+        .set("network.lambda_d_per_s", 2.0)
+        .set("network.lambda_m_per_s", 2.0)
+        .set("network.payload_size", PAYLOAD as i64);
 }
 
 pub const LAMBDA_P: f64 = 50.0;
@@ -90,11 +88,11 @@ impl ClientProc {
         let Ok(addr) = addr.trim().parse::<SocketAddr>() else {
             return String::new();
         };
-        loopmix_node::harness::http_get(addr, "/metrics").unwrap_or_default()
+        crate::http::http_get(addr, "/metrics").unwrap_or_default()
     }
 
     pub fn metric(&self, series: &str) -> f64 {
-        loopmix_node::harness::parse_metric(&self.metrics(), series).unwrap_or(0.0)
+        crate::http::parse_metric(&self.metrics(), series).unwrap_or(0.0)
     }
 }
 
@@ -122,12 +120,11 @@ fn client_init(dir: &Path, provider: &str, auths: &Authorities) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let cfg = dir.join("client.toml");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("pull_interval = \"500ms\"", "pull_interval = \"100ms\"")
-        .replace("# listen = \"127.0.0.1:9190\"", "listen = \"127.0.0.1:0\"");
-    std::fs::write(&cfg, text).unwrap();
+    config::edit(&dir.join("client.toml"), Kind::Client, |c| {
+        c.set("messages.pull_interval", "100ms")
+            .set("metrics.listen", "127.0.0.1:0");
+    })
+    .unwrap();
 }
 
 fn address(dir: &Path) -> String {
@@ -172,12 +169,12 @@ impl SocksNet {
             &auths.node_init_args(),
             6,
             2,
-            |i, t| match fault {
-                Some(rate) if i == 0 => t.replace(
-                    "[mixing]\n",
-                    &format!("[mixing]\nfault_drop_rate = {rate}\n"),
-                ),
-                _ => t,
+            |i, c| {
+                if let Some(rate) = fault
+                    && i == 0
+                {
+                    c.set("mixing.fault_drop_rate", rate);
+                }
             },
         )
         .unwrap();
@@ -237,111 +234,13 @@ impl SocksNet {
     }
 }
 
-/// Bytes of the file `/<n>` the HTTP server serves: `n` bytes of a fixed
-/// pseudo-random sequence.
-pub fn file_bytes(n: usize) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9 ^ n as u32;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// A minimal HTTP/1.0 server: `GET /<n>` answers `n` bytes of
-/// [`file_bytes`]; `GET /slow` sends its head and nothing more.
-pub struct HttpServer {
-    pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl HttpServer {
-    pub fn start() -> HttpServer {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                if s.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(conn) = conn else { continue };
-                std::thread::spawn(move || serve(conn));
-            }
-        });
-        HttpServer { addr, stop }
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-fn serve(conn: TcpStream) {
-    let mut r = BufReader::new(conn.try_clone().unwrap());
-    let mut line = String::new();
-    if r.read_line(&mut line).is_err() {
-        return;
-    }
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-            break;
-        }
-    }
-    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let mut w = conn;
-    if path == "/slow" {
-        let _ = w.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 1000\r\n\r\n");
-        std::thread::sleep(Duration::from_secs(600));
-        return;
-    }
-    let n: usize = path.trim_start_matches('/').parse().unwrap_or(0);
-    let body = file_bytes(n);
-    let head = format!(
-        "HTTP/1.0 200 OK\r\nContent-Length: {n}\r\nContent-Type: application/octet-stream\r\n\r\n"
-    );
-    let _ = w.write_all(head.as_bytes());
-    let _ = w.write_all(&body);
-}
+pub use crate::http::file_bytes;
 
 /// Runs `curl --socks5-hostname` for `url`; (exit code, body, stderr,
 /// time to first byte, total time).
 pub fn curl(socks: SocketAddr, url: &str, max_secs: u64) -> (i32, Vec<u8>, String, f64, f64) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            &max_secs.to_string(),
-            "--socks5-hostname",
-        ])
-        .arg(socks.to_string())
-        .args(["-w", "\n%{time_starttransfer} %{time_total}", url])
-        .output()
-        .unwrap();
-    let mut body = out.stdout;
-    // The -w line is after the last newline.
-    let pos = body.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-    let times = String::from_utf8_lossy(&body[pos + 1..]).to_string();
-    body.truncate(pos);
-    let mut t = times
-        .split_whitespace()
-        .map(|x| x.parse::<f64>().unwrap_or(0.0));
-    let (ttfb, total) = (t.next().unwrap_or(0.0), t.next().unwrap_or(0.0));
-    (
-        out.status.code().unwrap_or(-1),
-        body,
-        String::from_utf8_lossy(&out.stderr).to_string(),
-        ttfb,
-        total,
-    )
+    let f = crate::http::curl_socks(socks, url, max_secs).unwrap();
+    (f.code, f.body, f.stderr, f.ttfb, f.total)
 }
 
 /// A raw SOCKS5 CONNECT to `host:port` (an IPv4 address as such, else by

@@ -24,8 +24,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,12 +33,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
-use common::*;
 use loopmix_core::keys::NodeId;
 use loopmix_core::pki::{LivenessDocument, SignedLiveness};
 use loopmix_localnet::faults::{Faults, LinkFaults, RelayStats};
 use loopmix_localnet::network::Kind;
-use loopmix_node::harness::{http_get, workspace_bin};
+use loopmix_tests::faultnet::*;
+use loopmix_tests::http::http_get;
+use loopmix_tests::workspace_bin;
 
 /// How big and how long: the measurement, or a CI-sized check.
 #[derive(Clone, Copy)]
@@ -435,7 +434,7 @@ impl Net {
             .arg(self.f.socks.to_string())
             .arg(format!(
                 "http://127.0.0.1:{}/{}",
-                self.f.http.port(),
+                self.f.origin.addr.port(),
                 self.size.file
             ))
             .stderr(Stdio::piped())

@@ -13,20 +13,22 @@ use loopmix_client::runtime::{Client, ClientEvent};
 use loopmix_core::keys::NodeId;
 use loopmix_core::message::MessageId;
 use loopmix_core::pki::AuthorityEntry;
-use loopmix_directory::harness::Authorities;
-use loopmix_node::harness::{DirectoryNetwork, workspace_bin};
+use loopmix_tests::authorities::Authorities;
+use loopmix_tests::config::{self, Config, Kind};
+use loopmix_tests::node::DirectoryNetwork;
+use loopmix_tests::workspace_bin;
 use prometheus::Registry;
 use tokio::sync::mpsc;
 
 /// Network parameters for tests: fast cover and short delays so a test runs
 /// in seconds, the same shape as production.
-fn fast_network(t: String) -> String {
-    t.replace("mean_hop_delay_ms = 500.0", "mean_hop_delay_ms = 20.0")
-        .replace("lambda_p_per_s = 2.0", "lambda_p_per_s = 20.0")
-        .replace("lambda_l_per_s = 1.0", "lambda_l_per_s = 2.0")
-        .replace("lambda_d_per_s = 1.0", "lambda_d_per_s = 2.0")
-        .replace("lambda_m_per_s = 1.0", "lambda_m_per_s = 2.0")
-        .replace("payload_size = 1024", "payload_size = 2048")
+fn fast_network(c: &mut Config) {
+    c.set("network.mean_hop_delay_ms", 20.0)
+        .set("network.lambda_p_per_s", 20.0)
+        .set("network.lambda_l_per_s", 2.0)
+        .set("network.lambda_d_per_s", 2.0)
+        .set("network.lambda_m_per_s", 2.0)
+        .set("network.payload_size", 2048);
 }
 
 fn client_config(dir: &Path, provider: NodeId, auths: &Authorities) -> ClientConfig {
@@ -40,9 +42,12 @@ fn client_config(dir: &Path, provider: NodeId, auths: &Authorities) -> ClientCon
             url: a.url.clone(),
         })
         .collect();
-    let text = ClientConfig::template(provider, &entries, auths.k)
-        .replace("pull_interval = \"500ms\"", "pull_interval = \"200ms\"");
+    let text = ClientConfig::template(provider, &entries, auths.k);
     std::fs::write(dir.join(CONFIG_FILE), text).unwrap();
+    config::edit(&dir.join(CONFIG_FILE), Kind::Client, |c| {
+        c.set("messages.pull_interval", "200ms");
+    })
+    .unwrap();
     ClientConfig::load(&dir.join(CONFIG_FILE)).unwrap()
 }
 
@@ -105,11 +110,9 @@ async fn messages_replies_and_a_provider_crash() {
         6,
         2,
         // One mix loses 10% of what it processes: loss must cost latency only.
-        |i, t| {
+        |i, c| {
             if i == 0 {
-                t.replace("[mixing]\n", "[mixing]\nfault_drop_rate = 0.1\n")
-            } else {
-                t
+                c.set("mixing.fault_drop_rate", 0.1);
             }
         },
     )

@@ -28,18 +28,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
-use common::*;
 use loopmix_localnet::faults::{Faults, LinkFaults, RelayHandle, RelayStats};
 use loopmix_localnet::network::Kind;
-use loopmix_node::harness::workspace_bin;
+use loopmix_tests::faultnet::*;
+use loopmix_tests::workspace_bin;
 
 /// Epoch length: short enough that `authority_down` sees two epochs pass
 /// quickly, long enough that a 10 s partition fits inside one epoch (the
@@ -582,7 +580,7 @@ fn origin_reset(f: &mut Faultnet) -> anyhow::Result<String> {
     let resets0 = f
         .metric("exit", "loopmix_stream_resets_total")
         .unwrap_or(0.0);
-    let d = download_path(f.socks, f.http, &format!("/reset/{n}"), n, 120)?;
+    let d = download_path(f.socks, f.origin.addr, &format!("/reset/{n}"), n, 120)?;
     let Download::Failed { code, stderr, got } = d else {
         bail!("a half response cannot be complete: {d:?}");
     };

@@ -8,13 +8,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use loopmix_node::harness::{http_get, workspace_bin};
+use loopmix_tests::http::{Framing, Origin, curl_socks, file_bytes, http_get};
+use loopmix_tests::workspace_bin;
 
 /// The localnet process; on drop (a failed test) it gets SIGTERM, so it
 /// still stops its children, and SIGKILL if it hangs.
@@ -117,53 +117,14 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// An HTTP server on loopback answering every request with `body`.
-fn http_server(body: Vec<u8>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let body = std::sync::Arc::new(body);
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let body = body.clone();
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16384 {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn.write_all(head.as_bytes());
-                let _ = conn.write_all(&body);
-            });
-        }
-    });
-    addr
-}
-
 /// `curl --socks5-hostname` of `url` through `socks`: Ok(body) or
 /// Err(curl's complaint).
 fn fetch(socks: SocketAddr, url: &str, max_s: u64) -> Result<Vec<u8>, String> {
-    let out = Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", &max_s.to_string()])
-        .args(["--socks5-hostname", &socks.to_string(), url])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(out.stdout)
+    let out = curl_socks(socks, url, max_s).unwrap();
+    if out.code == 0 {
+        Ok(out.body)
     } else {
-        Err(format!(
-            "curl {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(format!("curl exit {}: {}", out.code, out.stderr.trim()))
     }
 }
 
@@ -314,10 +275,10 @@ fn localnet_survives_injected_failures_and_stops_everything_on_sigint() {
         "{status}"
     );
 
-    let body: Vec<u8> = (0..48 * 1024u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    let url = format!("http://{}/file", http_server(body.clone()));
+    let n = 48 * 1024;
+    let body = file_bytes(n);
+    let origin = Origin::start(Framing::ContentLength);
+    let url = origin.url(&format!("/{n}"));
     if !stand_in {
         let t = Instant::now();
         let got = fetch(socks, &url, 120).expect("a fetch before any failure");

@@ -3,16 +3,14 @@
 //! whose bodies end only when the connection closes, and `curl
 //! --socks5-hostname` downloads checked byte for byte.
 
-#![allow(dead_code)] // each test file uses a different part
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, anyhow, bail, ensure};
+use crate::bins::workspace_bin;
+use crate::http::{Framing, Origin, curl_socks, http_get};
+use anyhow::{anyhow, bail, ensure};
 use clap::Parser;
 use loopmix_core::pki::{EpochDocument, SignedTopology};
 use loopmix_core::topology::Role;
@@ -21,63 +19,8 @@ use loopmix_localnet::network::{Binaries, Kind, Localnet, Signals};
 use loopmix_localnet::process::log_tail;
 pub use loopmix_localnet::soak::traffic::sha256_hex as sha;
 use loopmix_localnet::{Options, metrics};
-use loopmix_node::harness::{http_get, workspace_bin};
 
-/// `n` bytes of a fixed pseudo-random sequence (what `GET /<n>` answers).
-pub fn file_bytes(n: usize) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9 ^ n as u32;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// HTTP/1.0 without Content-Length: the body ends when the connection
-/// closes, so only the stream's own end-of-data tells curl it is complete.
-pub fn http_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                let _ = r.read_line(&mut line);
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("/");
-                // `/reset/<n>`: half of `/<n>`, then a TCP reset (the server
-                // crashed mid-response).
-                let (reset, n) = match path.strip_prefix("/reset") {
-                    Some(rest) => (true, rest),
-                    None => (false, path),
-                };
-                let n: usize = n.trim_start_matches('/').parse().unwrap_or(0);
-                let mut w = conn;
-                let _ = w.write_all(
-                    b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n",
-                );
-                if reset {
-                    let _ = w.write_all(&file_bytes(n)[..n / 2]);
-                    std::thread::sleep(Duration::from_millis(500));
-                    // Linger 0: close() sends RST, not FIN.
-                    let _ = socket2::SockRef::from(&w).set_linger(Some(Duration::ZERO));
-                    return;
-                }
-                let _ = w.write_all(&file_bytes(n));
-            });
-        }
-    });
-    addr
-}
+pub use crate::http::file_bytes;
 
 /// How a download through the mixnet ended.
 #[derive(Debug)]
@@ -133,7 +76,9 @@ pub struct Faultnet {
     /// Runs the relays.
     _rt: tokio::runtime::Runtime,
     pub socks: SocketAddr,
-    pub http: SocketAddr,
+    /// The origin downloads come from (bodies end when the connection
+    /// closes: only the stream's own end-of-data completes them).
+    pub origin: Origin,
 }
 
 impl Faultnet {
@@ -166,7 +111,7 @@ impl Faultnet {
             net,
             _rt: rt,
             socks: ready.socks5,
-            http: http_server(),
+            origin: Origin::start(Framing::UntilClose),
         })
     }
 
@@ -240,7 +185,7 @@ impl Faultnet {
     /// `curl --socks5-hostname` for `GET /<n>`, checked byte for byte.
     /// Err only for what must never happen: curl content with wrong bytes.
     pub fn download(&self, n: usize, max_secs: u64) -> anyhow::Result<Download> {
-        download(self.socks, self.http, n, max_secs)
+        download(self.socks, self.origin.addr, n, max_secs)
     }
 
     pub fn download_intact(&self, n: usize, max_secs: u64) -> anyhow::Result<f64> {
@@ -340,20 +285,14 @@ pub fn download_path(
     max_secs: u64,
 ) -> anyhow::Result<Download> {
     let t = Instant::now();
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            &max_secs.to_string(),
-            "--socks5-hostname",
-        ])
-        .arg(socks.to_string())
-        .arg(format!("http://127.0.0.1:{}{path}", http.port()))
-        .output()
-        .context("running curl")?;
+    let out = curl_socks(
+        socks,
+        &format!("http://127.0.0.1:{}{path}", http.port()),
+        max_secs,
+    )?;
     let want = file_bytes(n);
-    let got = out.stdout;
-    let code = out.status.code().unwrap_or(-1);
+    let got = out.body;
+    let code = out.code;
     if code == 0 {
         ensure!(
             got.len() == want.len() && sha(&got) == sha(&want),
@@ -366,7 +305,7 @@ pub fn download_path(
             secs: t.elapsed().as_secs_f64(),
         });
     }
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let stderr = out.stderr.trim().to_string();
     ensure!(
         !stderr.is_empty(),
         "curl failed ({code}) without saying why"
@@ -398,7 +337,7 @@ pub fn download_in_background(
     n: usize,
     max_secs: u64,
 ) -> std::thread::JoinHandle<anyhow::Result<Download>> {
-    let (socks, http) = (f.socks, f.http);
+    let (socks, http) = (f.socks, f.origin.addr);
     std::thread::spawn(move || download(socks, http, n, max_secs))
 }
 

@@ -1,14 +1,12 @@
 //! End-to-end tests: real `loopmix-node` processes on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use loopmix_core::keys::IdentityKeypair;
 use loopmix_core::wire::{PREAMBLE, encode_frame};
-use loopmix_node::harness::{NodeProcess, Peer, init_node, write_topology};
+use loopmix_tests::mixnet::*;
+use loopmix_tests::node::{NodeProcess, Peer, init_node, write_topology};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packet_crosses_three_mixes_intact_and_holding_times_follow_headers() {
@@ -322,13 +320,9 @@ async fn replay_filter_survives_a_restart() {
             .unwrap()
             .is_some()
     );
-    loopmix_node::harness::edit_config(&net.dirs[0], |t| {
-        // The first `listen` is QUIC's; the metrics one stays on port 0.
-        t.replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-            1,
-        )
+    loopmix_tests::node::edit_config(&net.dirs[0], |c| {
+        // QUIC keeps its port; the metrics one stays on port 0.
+        c.set("node.listen", format!("127.0.0.1:{port}"));
     })
     .unwrap();
     net.nodes[0] = NodeProcess::start(&bin(), &net.dirs[0]).unwrap();

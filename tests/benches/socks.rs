@@ -1,5 +1,5 @@
 //! SOCKS5 goodput and time to first byte through a real local mixnet
-//! (`cargo bench -p loopmix-client --bench socks`).
+//! (`cargo bench -p loopmix-tests --bench socks`).
 //!
 //! Prints goodput as a ratio of the bound the parameters allow: the exit
 //! sends at most λ_P packets per second, each carrying at most
@@ -8,20 +8,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::{HttpServer, LAMBDA_P, PAYLOAD, SocksNet, curl, file_bytes};
 use loopmix_client::engine::reply_fragment_size;
 use loopmix_client::stream::frame::{DATA_OVERHEAD, HEADER_LEN};
 use loopmix_core::e2e::envelope::ENVELOPE_HEADER_LEN;
+use loopmix_tests::http::{Framing, Origin};
+use loopmix_tests::socks::{LAMBDA_P, PAYLOAD, SocksNet, curl, file_bytes};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let http = HttpServer::start();
+    let http = Origin::start(Framing::ContentLength);
     let port = http.addr.port();
     let net = SocksNet::launch(tmp.path(), None, &["127.0.0.1:*"]);
     let socks = net.socks_addr;

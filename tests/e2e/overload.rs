@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use loopmix_core::sphinx::{build_packet, destination_of};
 use loopmix_core::topology::{NetworkParams, NodeEntry};
-use loopmix_node::harness::{Peer, launch_mixnet};
+use loopmix_tests::node::{Peer, launch_mixnet};
 use sphinx_packet::header::delays::Delay;
 
 const EPOCH: u64 = 1;
@@ -17,23 +17,7 @@ const RATE: u64 = 100;
 const BURST: u64 = 100;
 
 fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_loopmix-node"))
-}
-
-/// Sets the first `key = ...` line of a config text.
-fn set_key(text: &str, key: &str, value: &str) -> String {
-    let mut done = false;
-    let mut out = String::new();
-    for line in text.lines() {
-        if !done && line.split_once('=').map(|(k, _)| k.trim()) == Some(key) {
-            done = true;
-            out.push_str(&format!("{key} = {value}"));
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
+    loopmix_tests::workspace_bin("loopmix-node").unwrap()
 }
 
 fn packets(n: usize, mix: &NodeEntry, to: &NodeEntry, tag: u8) -> Vec<Vec<u8>> {
@@ -74,24 +58,26 @@ async fn a_flooding_peer_is_rate_limited_while_another_peer_gets_through() {
         tmp.path(),
         params,
         vec![flooder.entry().unwrap(), honest.entry().unwrap()],
-        |t| {
+        |c| {
             // A small budget so a test-sized flood exceeds it. Shedding
             // stale packets is off: on a busy test machine the honest
             // packets could wait behind the admitted flood, and this test
             // is about admission, not about speed.
-            let t = set_key(&t, "peer_rate", &RATE.to_string());
-            let t = set_key(&t, "peer_burst", &BURST.to_string());
-            let t = set_key(&t, "ingress_max_wait", "\"0s\"");
-            set_key(&t, "enabled", "false")
+            c.set("mixing.peer_rate", RATE as i64)
+                .set("mixing.peer_burst", BURST as i64)
+                .set("mixing.ingress_max_wait", "0s")
+                .set("cover.enabled", false);
         },
     )
     .unwrap();
     let node = &net.nodes[0];
-    let cfg = std::fs::read_to_string(&net.dirs[0].config).unwrap();
-    assert!(
-        cfg.contains(&format!("\npeer_rate = {RATE}\n"))
-            && cfg.contains(&format!("\npeer_burst = {BURST}\n")),
-        "{cfg}"
+    let cfg = loopmix_node::config::NodeConfig::load(&net.dirs[0].config).unwrap();
+    assert_eq!(
+        (
+            u64::from(cfg.mixing.peer_rate),
+            u64::from(cfg.mixing.peer_burst)
+        ),
+        (RATE, BURST)
     );
     flooder.adopt(&net.doc);
     honest.adopt(&net.doc);

@@ -2,17 +2,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
 use loopmix_core::keys::IdentityKeypair;
 use loopmix_core::pki::api::{DescriptorList, EpochInfo};
 use loopmix_core::pki::{
     SignedDescriptor, SignedLiveness, SignedTopology, VerifyError, b64_decode, b64_encode, unix_now,
 };
 use loopmix_core::topology::Role;
+use loopmix_tests::authority_api::*;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -300,7 +298,12 @@ async fn bad_inputs_get_specific_answers() {
 
     // Oversized body (own client: the server answers 413 without reading
     // the body and closes the connection, which must not be reused).
-    let (s, _) = post(&common::http(), &url, vec![b' '; 64 * 1024]).await;
+    let (s, _) = post(
+        &loopmix_tests::authority_api::http(),
+        &url,
+        vec![b' '; 64 * 1024],
+    )
+    .await;
     assert_eq!(s, 413);
 
     // GETs.
@@ -378,22 +381,6 @@ async fn bad_inputs_get_specific_answers() {
     assert_eq!(list.descriptors, vec![good]);
 }
 
-/// Replaces whole `key = ...` lines of a TOML text.
-fn set_keys(text: &str, values: &[(&str, &str)]) -> String {
-    text.lines()
-        .map(|l| {
-            for (k, v) in values {
-                if l.starts_with(&format!("{k} =")) {
-                    return format!("{k} = {v}");
-                }
-            }
-            l.to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
-}
-
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -414,7 +401,8 @@ async fn liveness_lists_a_stopped_node_down_and_up_again_within_one_epoch() {
     use loopmix_core::pki::{SignedObservation, api};
     use loopmix_core::topology::Role;
     use loopmix_directory::liveness::prober::{ProbeResult, probe};
-    use loopmix_node::harness::{NodeProcess, init_directory_node, workspace_bin};
+    use loopmix_tests::node::{NodeProcess, init_directory_node};
+    use loopmix_tests::workspace_bin;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -423,13 +411,16 @@ async fn liveness_lists_a_stopped_node_down_and_up_again_within_one_epoch() {
     // Epoch 1 starts soon and lasts 10 minutes: no epoch change in the test.
     let genesis = unix_now() + 45;
     let mut net = Net::launch(
-        BIN.as_ref(),
+        bin().as_ref(),
         &tmp.path().join("auths"),
         3,
         2,
         "600s",
         "10s",
-        |t| set_keys(&t, &[("genesis", &genesis.to_string()), ("layers", "1")]),
+        |c| {
+            c.set("epoch.genesis", genesis as i64)
+                .set("network.layers", 1);
+        },
     )
     .unwrap();
     // Authority 2: a 1 ms handshake timeout fails every probe, one failure
@@ -437,16 +428,12 @@ async fn liveness_lists_a_stopped_node_down_and_up_again_within_one_epoch() {
     {
         let a = &mut net.auths[2];
         a.kill();
-        let text = std::fs::read_to_string(a.config()).unwrap();
-        let text = set_keys(
-            &text,
-            &[
-                ("probe_timeout", "\"1ms\""),
-                ("down_after", "1"),
-                ("up_after", "1000"),
-            ],
-        );
-        std::fs::write(a.config(), text).unwrap();
+        loopmix_tests::config::edit(&a.config(), loopmix_tests::config::Kind::Directory, |c| {
+            c.set("liveness.probe_timeout", "1ms")
+                .set("liveness.down_after", 1)
+                .set("liveness.up_after", 1000);
+        })
+        .unwrap();
         a.start().unwrap();
     }
     let registry = Registry::new();
@@ -602,7 +589,7 @@ async fn liveness_lists_a_stopped_node_down_and_up_again_within_one_epoch() {
     // already have counted a few `stale`: an authority can serve the
     // previous round for a moment. Compare before and after.)
     let rejected = |reason: &str| {
-        loopmix_node::harness::parse_metric(
+        loopmix_tests::http::parse_metric(
             &loopmix_net::metrics::render(&registry),
             &format!("loopmix_directory_liveness_rejected_total{{reason=\"{reason}\"}}"),
         )

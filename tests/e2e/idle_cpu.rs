@@ -1,15 +1,16 @@
 //! Measurement, not a CI test (ignored): CPU used by an idle client process
 //! at the default network rates (λ_P = 2, λ_L = 1, λ_D = 1 per second,
 //! pull every 500 ms). Run with
-//! `cargo test --release -p loopmix-client --test idle_cpu -- --ignored --nocapture`.
+//! `cargo test --release -p loopmix-tests --test idle_cpu -- --ignored --nocapture`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use loopmix_directory::harness::Authorities;
-use loopmix_node::harness::{DirectoryNetwork, workspace_bin};
+use loopmix_tests::authorities::Authorities;
+use loopmix_tests::node::DirectoryNetwork;
+use loopmix_tests::workspace_bin;
 
 fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -25,15 +26,23 @@ fn idle_client_cpu_at_default_rates() {
     let dir_bin = workspace_bin("loopmix-directory").unwrap();
     let node_bin = workspace_bin("loopmix-node").unwrap();
     let client_bin = workspace_bin("loopmix-client").unwrap();
-    let auths =
-        Authorities::launch(&dir_bin, &tmp.path().join("auth"), 1, 1, "20s", "5s", |t| t).unwrap();
+    let auths = Authorities::launch(
+        &dir_bin,
+        &tmp.path().join("auth"),
+        1,
+        1,
+        "20s",
+        "5s",
+        |_| {},
+    )
+    .unwrap();
     let net = DirectoryNetwork::launch(
         &node_bin,
         &tmp.path().join("nodes"),
         &auths.node_init_args(),
         3,
         1,
-        |_, t| t,
+        |_, _| {},
     )
     .unwrap();
     net.wait_listed(Duration::from_secs(120)).unwrap();

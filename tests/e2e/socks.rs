@@ -5,13 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{HttpServer, SocksNet, curl, file_bytes, socks_connect_code};
+use loopmix_tests::http::{Framing, Origin};
+use loopmix_tests::socks::{SocksNet, curl, file_bytes, socks_connect_code};
 use sha2::{Digest, Sha256};
 
 fn sha(b: &[u8]) -> String {
@@ -24,7 +23,7 @@ fn sha(b: &[u8]) -> String {
 #[test]
 fn curl_through_the_mixnet() {
     let tmp = tempfile::tempdir().unwrap();
-    let http = HttpServer::start();
+    let http = Origin::start(Framing::ContentLength);
     let port = http.addr.port();
     let mut net = SocksNet::launch(tmp.path(), Some(0.1), &["localhost:*", "127.0.0.1:*"]);
     let socks = net.socks_addr;

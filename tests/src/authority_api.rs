@@ -1,8 +1,6 @@
 //! Harness for end-to-end tests: real `loopmix-directory` processes on
 //! 127.0.0.1 with OS-chosen ports, killed when the guard drops.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::time::{Duration, Instant};
 
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
@@ -10,9 +8,11 @@ use loopmix_core::pki::{Descriptor, SignedDescriptor, unix_now};
 use loopmix_core::topology::Role;
 use loopmix_net::directory::DirectoryClient;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_loopmix-directory");
+pub fn bin() -> std::path::PathBuf {
+    crate::workspace_bin("loopmix-directory").unwrap()
+}
 
-pub use loopmix_directory::harness::Authorities as Net;
+pub use crate::authorities::Authorities as Net;
 
 /// `n` authorities with threshold `k` under a fresh temporary directory
 /// (kept alive by the returned guard, dropped after the processes).
@@ -20,8 +20,8 @@ pub fn start_net(n: usize, k: usize, epoch_length: &str, lead: &str) -> (Net, te
     let tmp = tempfile::tempdir().unwrap();
     // These tests use epochs of seconds, where one epoch ahead leaves only
     // `length - lead` to register: give them the second epoch back.
-    let net = Net::launch(BIN.as_ref(), tmp.path(), n, k, epoch_length, lead, |t| {
-        t.replace("register_ahead = 1\n", "register_ahead = 2\n")
+    let net = Net::launch(bin().as_ref(), tmp.path(), n, k, epoch_length, lead, |c| {
+        c.set("epoch.register_ahead", 2);
     })
     .unwrap();
     (net, tmp)
