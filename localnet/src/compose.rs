@@ -157,7 +157,7 @@ pub fn generate(opts: &GenOptions) -> anyhow::Result<Vec<Service>> {
     let threshold = auth_names.len() / 2 + 1;
     let secs = e.as_secs();
     let lead = (secs / 10).clamp(2, 10).min(secs / 2);
-    let genesis = loopmix_core::pki::unix_now();
+    let genesis = loopmix_net::clock::unix_now();
     for (i, name) in auth_names.iter().enumerate() {
         let mut cmd = Command::new(&bins.directory);
         cmd.arg("init")

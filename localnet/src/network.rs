@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use loopmix_core::keys::NodeId;
-use loopmix_core::pki::unix_now;
 use loopmix_core::topology::Role;
+use loopmix_net::clock::unix_now;
 use loopmix_node::node::BoundAddresses;
 
 use super::control::{Action, ControlServer, RESTART_TIMEOUT, Reply, Request};

@@ -38,12 +38,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{self, MetricError};
 
+use crate::clock::unix_now;
+use loopmix_core::pki::TrustError;
 use loopmix_core::pki::api::{self, EpochInfo, ErrorBody, RegisterResponse};
 use loopmix_core::pki::descriptor::SignedDescriptor;
 use loopmix_core::pki::document::{SignedTopology, TrustAnchors, VerifiedTopology, VerifyError};
 use loopmix_core::pki::liveness::{MAX_LIVENESS_BYTES, SignedLiveness, VerifiedLiveness};
 use loopmix_core::pki::pinned::AuthorityEntry;
-use loopmix_core::pki::{TrustError, unix_now};
 
 /// Poll interval of [`DirectoryClient::follow_liveness`] before any
 /// liveness document is held (afterwards: the document's `interval_s`).

@@ -1,6 +1,7 @@
 //! loopmix-net: the I/O shell every loopmix process shares, around the pure
 //! protocol in `loopmix-core`.
 //!
+//! * [`clock`]: the wall clock (`unix_now`, `unix_now_ms`), read only here.
 //! * [`config`]: reading a role's TOML config, one [`ConfigError`](config::ConfigError).
 //! * [`transport`]: QUIC with pinned raw public keys, ingress and egress.
 //! * [`directory`]: [`DirectoryClient`](directory::DirectoryClient), the
@@ -17,6 +18,7 @@
 //! * [`sleep_until`]: the timer every driver loop around a sans-IO state
 //!   machine selects on.
 
+pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod files;

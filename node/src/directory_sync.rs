@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loopmix_core::keys::{IdentityKeypair, NodeId};
-use loopmix_core::pki::{Descriptor, SignedDescriptor, VerifiedTopology, unix_now};
+use loopmix_core::pki::{Descriptor, SignedDescriptor, VerifiedTopology};
 use loopmix_core::topology::Role;
+use loopmix_net::clock::unix_now;
 use loopmix_net::directory::DirectoryClient;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -110,8 +111,14 @@ impl Registrar {
                         return;
                     }
                 };
-                let d =
-                    Descriptor::new(self.identity.node_id(), key, epoch, self.address, self.role);
+                let d = Descriptor::new(
+                    self.identity.node_id(),
+                    key,
+                    epoch,
+                    self.address,
+                    self.role,
+                    unix_now(),
+                );
                 match d.sign(&self.identity) {
                     Ok(sd) => sd,
                     Err(e) => {

@@ -136,7 +136,7 @@ fn start_provider(
             }
             ticks += 1;
             let inbox = inbox.clone();
-            let now = loopmix_core::pki::unix_now() * 1000;
+            let now = loopmix_net::clock::unix_now() * 1000;
             let expire = ticks % 12 == 1;
             let done = tokio::task::spawn_blocking(move || {
                 let expired = if expire {

@@ -7,9 +7,10 @@ use std::collections::BTreeSet;
 use loopmix_core::keys::IdentityKeypair;
 use loopmix_core::pki::api::{DescriptorList, EpochInfo};
 use loopmix_core::pki::{
-    SignedDescriptor, SignedLiveness, SignedTopology, VerifyError, b64_decode, b64_encode, unix_now,
+    SignedDescriptor, SignedLiveness, SignedTopology, VerifyError, b64_decode, b64_encode,
 };
 use loopmix_core::topology::Role;
+use loopmix_net::clock::unix_now;
 use loopmix_tests::authority_api::*;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;

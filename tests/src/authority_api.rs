@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
-use loopmix_core::pki::{Descriptor, SignedDescriptor, unix_now};
+use loopmix_core::pki::{Descriptor, SignedDescriptor};
 use loopmix_core::topology::Role;
+use loopmix_net::clock::unix_now;
 use loopmix_net::directory::DirectoryClient;
 
 pub fn bin() -> std::path::PathBuf {

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::bins::workspace_bin;
 use crate::http::{Framing, Origin, curl_socks, http_get};
@@ -35,11 +35,10 @@ pub enum Download {
     },
 }
 
+/// Unix time in seconds with millisecond resolution (the project's one
+/// wall clock, `loopmix_net::clock::unix_now_ms`).
 pub fn unix_now_f64() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
+    loopmix_net::clock::unix_now_ms() as f64 / 1000.0
 }
 
 /// Sleeps until Unix time `t` (returns at once if it has passed).

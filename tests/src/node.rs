@@ -381,6 +381,7 @@ impl Peer {
             epoch,
             self.transport.local_addr()?,
             Role::Provider,
+            loopmix_net::clock::unix_now(),
         );
         Ok(d.sign(&self.identity)?)
     }

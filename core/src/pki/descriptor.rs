@@ -96,14 +96,15 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> DescriptorError {
 }
 
 impl Descriptor {
-    /// A descriptor for `epoch`, published now, naming this build of loopmix
-    /// as its software.
+    /// A descriptor for `epoch`, published at `published_at` (Unix seconds,
+    /// the caller's clock), naming this build of loopmix as its software.
     pub fn new(
         identity: NodeId,
         sphinx_key: SphinxPublicKey,
         epoch: u64,
         address: SocketAddr,
         role: Role,
+        published_at: u64,
     ) -> Self {
         Self {
             identity,
@@ -112,7 +113,7 @@ impl Descriptor {
             address,
             role,
             software: concat!("loopmix/", env!("CARGO_PKG_VERSION")).to_string(),
-            published_at: super::unix_now(),
+            published_at,
         }
     }
 
@@ -269,6 +270,7 @@ pub(crate) mod tests {
             8,
             "[2001:db8::1]:1789".parse().unwrap(),
             Role::Provider,
+            1_700_000_000,
         );
         assert_eq!(d.sign(&k).unwrap().verify().unwrap().descriptor, d);
     }

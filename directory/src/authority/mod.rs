@@ -48,11 +48,11 @@ use state::{Doc, State};
 
 /// Milliseconds since the Unix epoch: the one clock read of this crate
 /// (the scheduler reads it once per round, the HTTP handlers once per
-/// request). Milliseconds, not `loopmix_core::pki::unix_now`'s whole seconds:
+/// request). Milliseconds, not `loopmix_net::clock::unix_now`'s whole seconds:
 /// the vote falls `L/4` after registration closes and liveness rounds act
 /// at fifths of a few seconds, both finer than a second.
 pub fn now_ms() -> u64 {
-    loopmix_core::pki::unix_now_ms()
+    loopmix_net::clock::unix_now_ms()
 }
 
 pub struct Authority {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use loopmix_core::mixing::delivery::{AckPacket, Delivery, Outcome, SurbAck};
-use loopmix_core::pki::unix_now;
+use loopmix_net::clock::unix_now;
 use loopmix_net::transport::egress::{Egress, OutPacket};
 use tracing::{debug, warn};
 
