@@ -16,6 +16,8 @@
 //! * [`message`]: reliable messages: fragmentation, reassembly, acks and
 //!   retransmission (sans-IO).
 //! * [`e2e`]: end-to-end sealing, addresses and reply blocks (SURBs).
+//! * [`stream_frame`]: the messages and frames of streams over the mixnet
+//!   (SOCKS5 proxy ↔ exit), a strict codec.
 //! * [`provider_control`]: the client ↔ provider control protocol codec.
 //! * [`pki`]: signed descriptors, topology and liveness documents, k-of-n
 //!   verification, deterministic document building.
@@ -30,6 +32,7 @@ pub mod pki;
 pub mod poisson;
 pub mod provider_control;
 pub mod sphinx;
+pub mod stream_frame;
 pub mod topology;
 pub mod wire;
 

@@ -2,7 +2,7 @@
 //! decodes encodes back to the same bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use loopmix_client::stream::frame::Message;
+use loopmix_core::stream_frame::Message;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Message::decode(data) {

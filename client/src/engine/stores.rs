@@ -20,9 +20,7 @@ use loopmix_core::keys::NodeId;
 
 use super::build::RouteIds;
 
-/// How a reply block is named when it is revoked: the first 8 bytes of its
-/// reply key, known only to its maker and its holder.
-pub type BlockTag = [u8; 8];
+pub use loopmix_core::stream_frame::BlockTag;
 
 /// The tag of the block whose reply key is `key`.
 pub fn block_tag(key: &[u8; REPLY_KEY_LEN]) -> BlockTag {

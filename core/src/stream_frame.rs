@@ -46,7 +46,9 @@ const T_REVOKE: u8 = 0x07;
 
 /// Tags one REVOKE frame carries at most (a count byte; fits any packet).
 pub const MAX_REVOKE_TAGS: usize = 64;
-pub use crate::engine::BlockTag;
+/// How a reply block is named when it is revoked: the first 8 bytes of its
+/// reply key, known only to its maker and its holder.
+pub type BlockTag = [u8; 8];
 /// Length of a REVOKE frame with `n` tags.
 pub const fn revoke_len(n: usize) -> usize {
     1 + 4 + 1 + 8 * n
