@@ -15,6 +15,8 @@
 //!   provider's final hop: store, then acknowledge).
 //! * [`message`]: reliable messages: fragmentation, reassembly, acks and
 //!   retransmission (sans-IO).
+//! * [`client_engine`]: a client's messaging engine: messages to packets,
+//!   acks, retransmission, reply blocks, cover (PROTOCOL.md 6).
 //! * [`e2e`]: end-to-end sealing, addresses and reply blocks (SURBs).
 //! * [`stream_frame`]: the messages and frames of streams over the mixnet
 //!   (SOCKS5 proxy ↔ exit), a strict codec.
@@ -23,6 +25,7 @@
 //!   verification, deterministic document building.
 //! * `testing` (feature `testing`): fixtures for the crates' tests.
 
+pub mod client_engine;
 pub mod e2e;
 pub mod keys;
 pub mod liveness;

@@ -6,7 +6,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use loopmix_client::engine::{Engine, EngineConfig};
+use loopmix_core::client_engine::{Engine, EngineConfig};
 use loopmix_core::e2e::{EncryptionKeypair, Envelope, Payload};
 use loopmix_core::keys::NodeId;
 use loopmix_core::message::Fragment;

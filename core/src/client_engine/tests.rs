@@ -11,14 +11,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use loopmix_core::e2e::{KIND_ACK, KIND_DATA, KIND_REPLY, SEAL_OVERHEAD, payload_plaintext_len};
-use loopmix_core::e2e::{Payload, data_sealed_len, seal};
-use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
-use loopmix_core::mixing::delivery::{Delivery, FinalPacket, Outcome, SurbAck};
-use loopmix_core::mixing::processor::{KeyRing, KeySlot, Processed, SphinxProcessor};
-use loopmix_core::mixing::replay::ReplayCache;
-use loopmix_core::testing::MemoryInbox;
-use loopmix_core::topology::{NetworkParams, NodeEntry, TopologyDocument};
+use crate::e2e::{KIND_ACK, KIND_DATA, KIND_REPLY, SEAL_OVERHEAD, payload_plaintext_len};
+use crate::e2e::{Payload, data_sealed_len, seal};
+use crate::keys::{IdentityKeypair, SphinxKeypair};
+use crate::mixing::delivery::{Delivery, FinalPacket, Outcome, SurbAck};
+use crate::mixing::processor::{KeyRing, KeySlot, Processed, SphinxProcessor};
+use crate::mixing::replay::ReplayCache;
+use crate::testing::MemoryInbox;
+use crate::topology::{NetworkParams, NodeEntry, TopologyDocument};
 use proptest::prelude::*;
 
 use super::*;

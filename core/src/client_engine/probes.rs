@@ -16,10 +16,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use loopmix_core::keys::NodeId;
-use loopmix_core::liveness::{EstimatorConfig, LivenessEstimator};
-use loopmix_core::mixing::loops::LoopTracker;
-use loopmix_core::topology::Topology;
+use crate::keys::NodeId;
+use crate::liveness::{EstimatorConfig, LivenessEstimator};
+use crate::mixing::loops::LoopTracker;
+use crate::topology::Topology;
 
 use super::build::{RouteIds, mean_delay};
 
@@ -143,8 +143,8 @@ impl Probes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
-    use loopmix_core::topology::{
+    use crate::keys::{IdentityKeypair, SphinxKeypair};
+    use crate::topology::{
         MAX_EXCLUDED_FRACTION, NetworkParams, NodeEntry, Role, TopologyDocument,
     };
     use rand::SeedableRng;

@@ -6,10 +6,10 @@
 
 use std::time::Instant;
 
-use loopmix_core::e2e::{
+use crate::e2e::{
     Envelope, KIND_DATA, Payload, ReplyBlock, SEAL_OVERHEAD, open, open_reply, surb_hops,
 };
-use loopmix_core::message::{Fragment, Inserted};
+use crate::message::{Fragment, Inserted};
 
 use super::build::surb_first_hop;
 use super::outbox::AckOutcome;

@@ -15,8 +15,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use loopmix_core::e2e::{ClientAddress, ReplyBlock};
-use loopmix_core::message::{Due, FragmentKey, MessageId, RetransmitConfig, RetransmitQueue};
+use crate::e2e::{ClientAddress, ReplyBlock};
+use crate::message::{Due, FragmentKey, MessageId, RetransmitConfig, RetransmitQueue};
 
 pub(super) type AckId = [u8; 16];
 

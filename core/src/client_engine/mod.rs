@@ -1,6 +1,6 @@
 //! The client's messaging engine, sans-IO (PROTOCOL.md section 6).
 //!
-//! No sockets, no timers, no tasks: the I/O shell ([`crate::runtime`]) calls
+//! No sockets, no timers, no tasks: the I/O shell (`loopmix_client::runtime`) calls
 //! in with the current time and sends what comes out. The same engine runs
 //! under the in-memory network of the tests and under QUIC.
 //!
@@ -80,17 +80,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loopmix_core::e2e::envelope::ENVELOPE_HEADER_LEN;
-use loopmix_core::e2e::{
+use crate::e2e::envelope::ENVELOPE_HEADER_LEN;
+use crate::e2e::{
     ClientAddress, EncryptionKeypair, Envelope, MAX_REPLY_BLOCKS, REPLY_BLOCK_OVERHEAD, ReplyBlock,
     data_fragment_capacity, reply_fragment_capacity, surb_len,
 };
-use loopmix_core::keys::NodeId;
-use loopmix_core::message::{
+use crate::keys::NodeId;
+use crate::message::{
     MessageId, Reassembler, ReassemblyLimits, RetransmitConfig, max_fragment_data, split,
 };
-use loopmix_core::sphinx::MAX_PATH_LENGTH;
-use loopmix_core::topology::{MAX_LAYERS, Role, Topology};
+use crate::sphinx::MAX_PATH_LENGTH;
+use crate::topology::{MAX_LAYERS, Role, Topology};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 

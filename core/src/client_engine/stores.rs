@@ -15,12 +15,12 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use loopmix_core::e2e::{REPLY_KEY_LEN, ReplyBlock};
-use loopmix_core::keys::NodeId;
+use crate::e2e::{REPLY_KEY_LEN, ReplyBlock};
+use crate::keys::NodeId;
 
 use super::build::RouteIds;
 
-pub use loopmix_core::stream_frame::BlockTag;
+pub use crate::stream_frame::BlockTag;
 
 /// The tag of the block whose reply key is `key`.
 pub fn block_tag(key: &[u8; REPLY_KEY_LEN]) -> BlockTag {

@@ -10,15 +10,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use loopmix_core::e2e::{
+use crate::e2e::{
     ClientAddress, KIND_DATA, Payload, REPLY_KEY_LEN, ReplyBlock, data_sealed_len, make_surb,
     payload_plaintext_len, reply_ciphertext_len, seal, seal_reply, surb_hops, use_surb,
 };
-use loopmix_core::keys::NodeId;
-use loopmix_core::sphinx::{
-    HEADER_SIZE, IDENTIFIER_LEN, build_packet, destination_of, sample_delays,
-};
-use loopmix_core::topology::{MAX_EXCLUDED_FRACTION, NodeEntry, Role, Topology};
+use crate::keys::NodeId;
+use crate::sphinx::{HEADER_SIZE, IDENTIFIER_LEN, build_packet, destination_of, sample_delays};
+use crate::topology::{MAX_EXCLUDED_FRACTION, NodeEntry, Role, Topology};
 use rand::RngExt;
 use rand::rngs::StdRng;
 use sphinx_packet::constants::NODE_ADDRESS_LENGTH;
