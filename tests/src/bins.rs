@@ -4,9 +4,13 @@
 //! an integration test belongs to, and this crate has none: the binaries are
 //! `loopmix-node`, `loopmix-directory`, `loopmix-client` and the localnet
 //! tools of other packages. So [`workspace_bin`] asks cargo to build the
-//! binary with the same profile into the same target directory as the
-//! running test (a no-op when `cargo test --workspace` already built it),
-//! once per test process, and never runs a stale one.
+//! workspace's binaries with the same profile into the same target
+//! directory as the running test, once per test process, and never runs a
+//! stale one. It builds all of them (`--workspace --bins`, what
+//! `cargo build` builds) rather than the one asked for: cargo unifies
+//! dependency features over the packages it builds, so a per-binary build
+//! compiles another copy of the dependency graph, and the container
+//! testnet's `cargo build` a third.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +21,7 @@ use anyhow::{Context, anyhow, bail};
 /// The path of workspace binary `name` built with the same profile and
 /// target directory as the running test, building it first with cargo.
 pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static BUILT: Mutex<bool> = Mutex::new(false);
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test binary>
     let profile_dir = exe
@@ -34,14 +38,21 @@ pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     };
     let bin = profile_dir.join(name);
     let mut built = BUILT.lock().map_err(|_| anyhow!("poisoned"))?;
-    if !built.iter().any(|b| b == name) {
+    if !*built {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .map(|p| p.join("Cargo.toml"))
             .ok_or_else(|| anyhow!("no workspace manifest"))?;
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(cargo)
-            .args(["build", "--quiet", "--bin", name, "--profile", profile])
+            .args([
+                "build",
+                "--quiet",
+                "--workspace",
+                "--bins",
+                "--profile",
+                profile,
+            ])
             .arg("--manifest-path")
             .arg(&manifest)
             .arg("--target-dir")
@@ -50,11 +61,18 @@ pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
             .context("running cargo build")?;
         if !out.status.success() {
             bail!(
-                "cargo build --bin {name} failed:\n{}",
+                "cargo build --workspace --bins (for {name}) failed:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        built.push(name.to_string());
+        *built = true;
+    }
+    if !bin.is_file() {
+        bail!(
+            "{} is not a workspace binary (not at {})",
+            name,
+            bin.display()
+        );
     }
     Ok(bin)
 }
