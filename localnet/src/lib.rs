@@ -158,6 +158,13 @@ pub struct Options {
     /// SOCKS5 proxy then.
     #[arg(long, hide = true)]
     pub stand_in_clients: bool,
+
+    /// Test knob: keep the production defaults of `loopmix-directory init`
+    /// (rates, per-hop delay, payload size) and of `loopmix-client init`
+    /// (pull interval) in place of the preset's, to measure what the
+    /// defaults cost.
+    #[arg(long, hide = true)]
+    pub directory_defaults: bool,
 }
 
 impl Options {

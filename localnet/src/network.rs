@@ -602,9 +602,13 @@ impl Localnet {
             if crate::init::init_authority(&self.bins.directory, d, &args)? != keys[i] {
                 bail!("init --force changed the key of {}", d.display());
             }
-            let mut edits = super::directory_edits(&net, self.opts.layers);
-            // The production default keeps 48 epochs (two days of hourly
-            // epochs). With localnet's epochs of seconds that is a history
+            let mut edits = if self.opts.directory_defaults {
+                vec![("network", "layers", self.opts.layers.to_string())]
+            } else {
+                super::directory_edits(&net, self.opts.layers)
+            };
+            // The production default keeps 48 epochs (16 hours of the
+            // default 20-minute epochs). With localnet's epochs of seconds that is a history
             // nobody reads, and the authorities' memory (about 40 KB an
             // epoch here) would keep filling for half an hour: keep about
             // two minutes, never under four epochs (nodes and clients only
@@ -812,17 +816,15 @@ impl Localnet {
             None
         };
         let listen = fixed_metrics.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
-        edit_file(
-            &config,
-            &[
-                (
-                    "messages",
-                    "pull_interval",
-                    toml_str(&humantime::format_duration(self.preset.pull_interval).to_string()),
-                ),
-                ("metrics", "listen", toml_str(&listen)),
-            ],
-        )?;
+        let mut edits = vec![("metrics", "listen", toml_str(&listen))];
+        if !self.opts.directory_defaults {
+            edits.push((
+                "messages",
+                "pull_interval",
+                toml_str(&humantime::format_duration(self.preset.pull_interval).to_string()),
+            ));
+        }
+        edit_file(&config, &edits)?;
         let text = std::fs::read_to_string(&config)?;
         let table: toml::Table = toml::from_str(&text)?;
         let data_dir = table

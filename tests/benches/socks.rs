@@ -11,8 +11,10 @@
 use loopmix_client::engine::reply_fragment_size;
 use loopmix_client::stream::frame::{DATA_OVERHEAD, HEADER_LEN};
 use loopmix_core::e2e::envelope::ENVELOPE_HEADER_LEN;
+use loopmix_localnet::{PAYLOAD_SIZE as PAYLOAD, Preset};
 use loopmix_tests::http::{Framing, Origin};
-use loopmix_tests::socks::{LAMBDA_P, PAYLOAD, SocksNet, curl, file_bytes};
+use loopmix_tests::network::{Relays, TestNet};
+use loopmix_tests::socks::{curl, file_bytes};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -21,13 +23,19 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let http = Origin::start(Framing::ContentLength);
     let port = http.addr.port();
-    let net = SocksNet::launch(tmp.path(), None, &["127.0.0.1:*"]);
-    let socks = net.socks_addr;
+    let net = TestNet::start_with(
+        tmp.path(),
+        Relays::Off,
+        &["--preset", "speed", "--exit-allow", "127.0.0.1:*"],
+    )
+    .unwrap();
+    let socks = net.socks;
+    let lambda_p = Preset::Speed.params().lambda_p_per_s;
     let per_packet =
         reply_fragment_size(PAYLOAD) - ENVELOPE_HEADER_LEN - HEADER_LEN - DATA_OVERHEAD;
-    let bound = LAMBDA_P * per_packet as f64;
+    let bound = lambda_p * per_packet as f64;
     println!(
-        "preset: λ_P {LAMBDA_P}/s, payload {PAYLOAD} B, {per_packet} stream bytes per reply packet \
+        "preset speed: λ_P {lambda_p}/s, payload {PAYLOAD} B, {per_packet} stream bytes per reply packet \
          → bound {:.1} KB/s",
         bound / 1000.0
     );
@@ -60,15 +68,17 @@ fn main() {
             total,
             goodput / 1000.0,
             goodput / bound,
-            goodput / (LAMBDA_P * PAYLOAD as f64)
+            goodput / (lambda_p * PAYLOAD as f64)
         );
     }
-    let retx = net.exit.metric("loopmix_stream_retransmissions_total");
+    let retx = net
+        .metric("exit", "loopmix_stream_retransmissions_total")
+        .unwrap_or(0.0);
     let sent = net
-        .exit
-        .metric("loopmix_client_packets_sent_total{kind=\"reply\"}");
+        .labelled("exit", "loopmix_client_packets_sent_total", "kind", "reply")
+        .unwrap_or(0.0);
     let drops = net
-        .exit
-        .metric("loopmix_client_packets_sent_total{kind=\"drop\"}");
+        .labelled("exit", "loopmix_client_packets_sent_total", "kind", "drop")
+        .unwrap_or(0.0);
     println!("exit: {sent} reply packets, {retx} stream retransmissions, {drops} drop packets");
 }

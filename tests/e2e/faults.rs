@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail, ensure};
 use loopmix_localnet::faults::{Faults, LinkFaults, RelayHandle, RelayStats};
 use loopmix_localnet::network::Kind;
-use loopmix_tests::faultnet::*;
+use loopmix_tests::network::*;
 use loopmix_tests::workspace_bin;
 
 /// Epoch length: short enough that `authority_down` sees two epochs pass
@@ -49,11 +49,11 @@ const EPOCH_S: u64 = 15;
 /// and that timeline ("KiB per 5 s: ...; epoch e from t s"), so a report
 /// shows when traffic stalled and when it recovered.
 fn follow(
-    f: &Faultnet,
+    f: &TestNet,
     dl: std::thread::JoinHandle<anyhow::Result<Download>>,
     t0: Instant,
 ) -> anyhow::Result<(Download, String)> {
-    let bytes = |f: &Faultnet| {
+    let bytes = |f: &TestNet| {
         f.metric("socks5", "loopmix_stream_bytes_total")
             .unwrap_or(0.0)
     };
@@ -92,7 +92,7 @@ fn follow(
 // ---- scenarios ---------------------------------------------------------
 
 /// 20% loss in both directions on one link: the SOCKS5 client ↔ provider1.
-fn loss(f: &mut Faultnet) -> anyhow::Result<String> {
+fn loss(f: &mut TestNet) -> anyhow::Result<String> {
     let relay = f.relay("provider1")?;
     let nodes: BTreeSet<SocketAddr> = f.net.members.iter().filter_map(|m| m.quic).collect();
     // The sources that are no node: the proxy's QUIC endpoint.
@@ -160,7 +160,7 @@ fn loss(f: &mut Faultnet) -> anyhow::Result<String> {
 }
 
 /// A mix of the middle layer SIGKILLed mid-download.
-fn mix_kill(f: &mut Faultnet) -> anyhow::Result<String> {
+fn mix_kill(f: &mut TestNet) -> anyhow::Result<String> {
     let mut doc = f.current_topology()?;
     // Killed in the epoch whose layer 2 it is in.
     if ((doc.valid_from + doc.epoch_length_s) as f64 - unix_now_f64()) < 6.0 {
@@ -172,7 +172,7 @@ fn mix_kill(f: &mut Faultnet) -> anyhow::Result<String> {
         .next()
         .ok_or_else(|| anyhow!("layer 2 is empty"))?;
     let relay = f.relay(&victim)?;
-    let retx = |f: &Faultnet| {
+    let retx = |f: &TestNet| {
         f.metric("socks5", "loopmix_stream_retransmissions_total")
             .unwrap_or(0.0)
             + f.metric("exit", "loopmix_stream_retransmissions_total")
@@ -216,7 +216,7 @@ fn mix_kill(f: &mut Faultnet) -> anyhow::Result<String> {
 }
 
 /// The receiver's provider SIGKILLed and restarted.
-fn provider_restart(f: &mut Faultnet) -> anyhow::Result<String> {
+fn provider_restart(f: &mut TestNet) -> anyhow::Result<String> {
     let provider = "provider1";
     let receiver = f.net.add_client("receiver", 1)?;
     let sender = f.net.add_client("sender", 0)?;
@@ -353,7 +353,7 @@ fn provider_restart(f: &mut Faultnet) -> anyhow::Result<String> {
 }
 
 /// The whole middle layer blackholed for 10 s, then healed.
-fn partition(f: &mut Faultnet) -> anyhow::Result<String> {
+fn partition(f: &mut TestNet) -> anyhow::Result<String> {
     // The partition must fall inside one epoch (layers are dealt anew
     // every epoch): it starts just after a boundary, with a download
     // started just before it.
@@ -485,9 +485,9 @@ fn partition(f: &mut Faultnet) -> anyhow::Result<String> {
 }
 
 /// One authority of three SIGKILLed; later restarted.
-fn authority_down(f: &mut Faultnet) -> anyhow::Result<String> {
+fn authority_down(f: &mut TestNet) -> anyhow::Result<String> {
     let victim = "auth2";
-    let epoch_of = |f: &Faultnet, m: &str, name: &str| f.metric(m, name).unwrap_or(0.0);
+    let epoch_of = |f: &TestNet, m: &str, name: &str| f.metric(m, name).unwrap_or(0.0);
     let nodes: Vec<String> = f
         .names(Kind::Mix)
         .into_iter()
@@ -495,7 +495,7 @@ fn authority_down(f: &mut Faultnet) -> anyhow::Result<String> {
         .collect();
     let e0 = epoch_of(f, "provider0", "loopmix_topology_epoch");
     ensure!(e0 >= 1.0, "no epoch in force");
-    let failures = |f: &Faultnet| -> f64 {
+    let failures = |f: &TestNet| -> f64 {
         nodes
             .iter()
             .map(|n| epoch_of(f, n, "loopmix_node_registration_failures_total"))
@@ -575,7 +575,7 @@ fn authority_down(f: &mut Faultnet) -> anyhow::Result<String> {
 /// The web server resets its connection half-way through a response: the
 /// exit sees the reset, and the user must see an error too — a clean end
 /// of stream would make the half response look complete.
-fn origin_reset(f: &mut Faultnet) -> anyhow::Result<String> {
+fn origin_reset(f: &mut TestNet) -> anyhow::Result<String> {
     let n = 128 * 1024;
     let resets0 = f
         .metric("exit", "loopmix_stream_resets_total")
@@ -596,7 +596,7 @@ fn origin_reset(f: &mut Faultnet) -> anyhow::Result<String> {
     ))
 }
 
-type Scenario = fn(&mut Faultnet) -> anyhow::Result<String>;
+type Scenario = fn(&mut TestNet) -> anyhow::Result<String>;
 
 #[test]
 fn faults_cost_latency_or_a_clear_error_never_data() {
@@ -620,7 +620,7 @@ fn faults_cost_latency_or_a_clear_error_never_data() {
         workspace_bin(b).unwrap();
     }
     let t0 = Instant::now();
-    let mut f = match Faultnet::start(tmp.path(), "speed", &format!("{EPOCH_S}s")) {
+    let mut f = match TestNet::start(tmp.path(), "speed", &format!("{EPOCH_S}s")) {
         Ok(f) => f,
         Err(e) => {
             let kept = tmp.keep();

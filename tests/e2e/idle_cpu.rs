@@ -8,8 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use loopmix_tests::authorities::Authorities;
-use loopmix_tests::node::DirectoryNetwork;
+use loopmix_tests::network::{Relays, TestNet};
 use loopmix_tests::workspace_bin;
 
 fn cpu_ticks(pid: u32) -> Option<u64> {
@@ -23,47 +22,24 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 #[ignore = "measurement; prints the idle client's CPU share"]
 fn idle_client_cpu_at_default_rates() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir_bin = workspace_bin("loopmix-directory").unwrap();
-    let node_bin = workspace_bin("loopmix-node").unwrap();
     let client_bin = workspace_bin("loopmix-client").unwrap();
-    let auths = Authorities::launch(
-        &dir_bin,
-        &tmp.path().join("auth"),
-        1,
-        1,
-        "20s",
-        "5s",
-        |_| {},
+    // The production defaults of `init`, not a localnet preset.
+    let net = TestNet::start_with(
+        tmp.path(),
+        Relays::Off,
+        &[
+            "--directory-defaults",
+            "--authorities",
+            "1",
+            "--mixes-per-layer",
+            "1",
+        ],
     )
     .unwrap();
-    let net = DirectoryNetwork::launch(
-        &node_bin,
-        &tmp.path().join("nodes"),
-        &auths.node_init_args(),
-        3,
-        1,
-        |_, _| {},
-    )
-    .unwrap();
-    net.wait_listed(Duration::from_secs(120)).unwrap();
-    let dir = tmp.path().join("client");
-    let a = &auths.auths[0];
-    let out = Command::new(&client_bin)
-        .arg("init")
-        .arg("--dir")
-        .arg(&dir)
-        .args(["--provider", &net.provider_dir(0).id.to_string()])
-        .args(["--authority", &format!("{}={}", a.key, a.url)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let config = net.net.add_client("idle", 0).unwrap();
     let mut child = Command::new(&client_bin)
         .args(["receive", "--timeout", "70", "--config"])
-        .arg(dir.join("client.toml"))
+        .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -37,8 +37,8 @@ use loopmix_core::keys::NodeId;
 use loopmix_core::pki::{LivenessDocument, SignedLiveness};
 use loopmix_localnet::faults::{Faults, LinkFaults, RelayStats};
 use loopmix_localnet::network::Kind;
-use loopmix_tests::faultnet::*;
 use loopmix_tests::http::http_get;
+use loopmix_tests::network::*;
 use loopmix_tests::workspace_bin;
 
 /// How big and how long: the measurement, or a CI-sized check.
@@ -299,7 +299,7 @@ enum Fault {
 }
 
 struct Net {
-    f: Faultnet,
+    f: TestNet,
     size: Size,
     dir: PathBuf,
     sender: PathBuf,
@@ -673,7 +673,7 @@ fn a_failed_node_costs_seconds_not_epochs() {
     }
     let t0 = Instant::now();
     let setup = || -> anyhow::Result<Net> {
-        let f = Faultnet::start(tmp.path(), "balanced", "20m")?;
+        let f = TestNet::start(tmp.path(), "balanced", "20m")?;
         let receiver = f.net.add_client("receiver", 1)?;
         let sender = f.net.add_client("sender", 0)?;
         let to = f.client_address(&receiver)?;

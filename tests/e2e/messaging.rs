@@ -1,54 +1,29 @@
-//! End-to-end messaging: three real authority processes, three layers of
-//! two real mix processes, two real provider processes, and two clients
-//! (the loopmix-client library) exchanging messages through them.
+//! End-to-end messaging: a localnet (three real authority processes, three
+//! layers of two real mix processes, two real provider processes, at the
+//! balanced preset) and two clients (the loopmix-client library)
+//! exchanging messages through it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use loopmix_client::config::{CONFIG_FILE, ClientConfig};
-use loopmix_client::keys::ClientKeys;
+use loopmix_client::config::ClientConfig;
 use loopmix_client::runtime::{Client, ClientEvent};
-use loopmix_core::keys::NodeId;
 use loopmix_core::message::MessageId;
-use loopmix_core::pki::AuthorityEntry;
-use loopmix_tests::authorities::Authorities;
-use loopmix_tests::config::{self, Config, Kind};
-use loopmix_tests::node::DirectoryNetwork;
-use loopmix_tests::workspace_bin;
+use loopmix_localnet::Preset;
+use loopmix_tests::http::http_get;
+use loopmix_tests::network::{Relays, TestNet};
 use prometheus::Registry;
 use tokio::sync::mpsc;
 
-/// Network parameters for tests: fast cover and short delays so a test runs
-/// in seconds, the same shape as production.
-fn fast_network(c: &mut Config) {
-    c.set("network.mean_hop_delay_ms", 20.0)
-        .set("network.lambda_p_per_s", 20.0)
-        .set("network.lambda_l_per_s", 2.0)
-        .set("network.lambda_d_per_s", 2.0)
-        .set("network.lambda_m_per_s", 2.0)
-        .set("network.payload_size", 2048);
-}
+/// The localnet preset the test runs: production's shape, test speed.
+const PRESET: Preset = Preset::Balanced;
 
-fn client_config(dir: &Path, provider: NodeId, auths: &Authorities) -> ClientConfig {
-    std::fs::create_dir_all(dir).unwrap();
-    ClientKeys::create(dir).unwrap();
-    let entries: Vec<AuthorityEntry> = auths
-        .auths
-        .iter()
-        .map(|a| AuthorityEntry {
-            key: a.key,
-            url: a.url.clone(),
-        })
-        .collect();
-    let text = ClientConfig::template(provider, &entries, auths.k);
-    std::fs::write(dir.join(CONFIG_FILE), text).unwrap();
-    config::edit(&dir.join(CONFIG_FILE), Kind::Client, |c| {
-        c.set("messages.pull_interval", "200ms");
-    })
-    .unwrap();
-    ClientConfig::load(&dir.join(CONFIG_FILE)).unwrap()
+/// A new client of provider number `provider` (`loopmix-client init` by the
+/// launcher, the preset's pull interval), loaded as the library loads it.
+fn client_config(net: &TestNet, name: &str, provider: usize) -> ClientConfig {
+    let path = net.net.add_client(name, provider).unwrap();
+    ClientConfig::load(&path).unwrap()
 }
 
 async fn next_event(
@@ -70,8 +45,11 @@ async fn next_event(
 }
 
 /// A provider's non-zero drop, delivery, ack and request counters.
-fn provider_counters(net: &DirectoryNetwork, i: usize) -> Vec<String> {
-    let text = net.provider(i).metrics_text().unwrap_or_default();
+fn provider_counters(net: &TestNet, i: usize) -> Vec<String> {
+    let text = net
+        .addr(&format!("provider{i}"))
+        .and_then(|a| http_get(a, "/metrics"))
+        .unwrap_or_default();
     text.lines()
         .filter(|l| {
             (l.starts_with("loopmix_packets_dropped_total")
@@ -88,46 +66,37 @@ fn delivered(id: MessageId) -> impl FnMut(&ClientEvent) -> bool {
     move |ev| matches!(ev, ClientEvent::Delivered { message } if *message == id)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_replies_and_a_provider_crash() {
+#[test]
+fn messages_replies_and_a_provider_crash() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir_bin = workspace_bin("loopmix-directory").unwrap();
-    let node_bin = workspace_bin("loopmix-node").unwrap();
-    let auths = Authorities::launch(
-        &dir_bin,
-        &tmp.path().join("auth"),
-        3,
-        2,
-        "10s",
-        "3s",
-        fast_network,
+    // Short epochs (keys rotate and layers reshuffle during the test); one
+    // mix loses 10% of what it processes: loss must cost latency only.
+    let mut net = TestNet::start_with(
+        tmp.path(),
+        Relays::Off,
+        &[
+            "--preset",
+            PRESET.name(),
+            "--epoch-length",
+            "10s",
+            "--fault-drop-rate",
+            "0.1",
+        ],
     )
     .unwrap();
-    let mut net = DirectoryNetwork::launch(
-        &node_bin,
-        &tmp.path().join("nodes"),
-        &auths.node_init_args(),
-        6,
-        2,
-        // One mix loses 10% of what it processes: loss must cost latency only.
-        |i, c| {
-            if i == 0 {
-                c.set("mixing.fault_drop_rate", 0.1);
-            }
-        },
-    )
-    .unwrap();
-    net.wait_listed(Duration::from_secs(90)).unwrap();
-    let (pa, pb) = (net.provider_dir(0).id, net.provider_dir(1).id);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(exchange(&mut net));
+}
 
+async fn exchange(net: &mut TestNet) {
+    let a_cfg = client_config(net, "alice", 0);
+    let b_cfg = client_config(net, "bob", 1);
     let a_registry = Registry::new();
-    let (a, mut a_rx) = Client::start(
-        client_config(&tmp.path().join("alice"), pa, &auths),
-        &a_registry,
-    )
-    .await
-    .unwrap();
-    let b_cfg = client_config(&tmp.path().join("bob"), pb, &auths);
+    let (a, mut a_rx) = Client::start(a_cfg, &a_registry).await.unwrap();
     let (b, mut b_rx) = Client::start(b_cfg.clone(), &Registry::new())
         .await
         .unwrap();
@@ -143,7 +112,7 @@ async fn messages_replies_and_a_provider_crash() {
             Ok(None) => panic!("B stopped"),
             Err(_) => {}
         }
-        let drops = |i: usize| provider_counters(&net, i);
+        let drops = |i: usize| provider_counters(net, i);
         eprintln!(
             "waiting for the first message at {:?}:\n A {:?}\n B {:?}\n PA {:?}\n PB {:?}",
             t_first.elapsed(),
@@ -212,13 +181,20 @@ async fn messages_replies_and_a_provider_crash() {
     }
     latencies.sort();
     let mean = latencies.iter().sum::<Duration>() / 16;
+    let p = PRESET.params();
+    let model_ms = 4.0 * p.mean_hop_delay_ms
+        + 1000.0 / p.lambda_p_per_s
+        + p.pull_interval.as_secs_f64() * 1000.0;
     eprintln!(
         "latency A->B over 16 messages: mean {:?}, median {:?}, max {:?}; \
-         model: Gamma(4 delayed hops, mean 20 ms) = 80 ms + lambda_P slot wait 50 ms \
-         + pull wait 100 ms = 230 ms ({:?} total)",
+         model: Gamma(4 delayed hops, mean {} ms) + lambda_P slot wait {:.0} ms \
+         + pull wait {:?} = {model_ms:.0} ms ({:?} total)",
         mean,
         latencies[8],
         latencies[15],
+        p.mean_hop_delay_ms,
+        1000.0 / p.lambda_p_per_s,
+        p.pull_interval,
         t0.elapsed()
     );
     assert!(mean < Duration::from_secs(3), "mean latency {mean:?}");
@@ -241,15 +217,20 @@ async fn messages_replies_and_a_provider_crash() {
     let c1 = link_packets();
     tokio::time::sleep(window).await;
     let busy = link_packets() - c1;
-    // λ_P + λ_L + λ_D = 24/s: about 240 ± 16 per window. A client that added
-    // real packets on top of cover would show about 200 more.
-    let tolerance = 5.0 * (2.0 * 240.0f64).sqrt();
+    // (λ_P + λ_L + λ_D) × 10 s per window (220 at the balanced preset). A
+    // client that added real packets on top of cover would show about
+    // λ_P × 10 s more.
+    let expected = (p.lambda_p_per_s + p.lambda_l_per_s + p.lambda_d_per_s) * window.as_secs_f64();
+    let tolerance = 5.0 * (2.0 * expected).sqrt();
     eprintln!("packets on A's link per 10 s: idle {idle}, busy {busy} (tolerance {tolerance:.0})");
     assert!(
         (idle - busy).abs() < tolerance,
         "idle {idle} vs busy {busy}"
     );
-    assert!(idle > 120.0, "cover traffic missing: {idle}");
+    assert!(
+        idle > expected / 2.0,
+        "cover traffic missing: {idle} of {expected}"
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         match tokio::time::timeout(Duration::from_secs(5), a_rx.recv()).await {
@@ -266,10 +247,18 @@ async fn messages_replies_and_a_provider_crash() {
             t0.elapsed(),
             a.topology_state(),
             a.stats(),
-            net.provider(1)
-                .metric("loopmix_packets_dropped_total{reason=\"inbox_full\"}"),
-            net.provider(1)
-                .metric("loopmix_packets_dropped_total{reason=\"unknown_destination\"}"),
+            net.labelled(
+                "provider1",
+                "loopmix_packets_dropped_total",
+                "reason",
+                "inbox_full"
+            ),
+            net.labelled(
+                "provider1",
+                "loopmix_packets_dropped_total",
+                "reason",
+                "unknown_destination"
+            ),
             b.stats(),
         );
         assert!(Instant::now() < deadline, "big message not delivered");
@@ -279,10 +268,11 @@ async fn messages_replies_and_a_provider_crash() {
     // then SIGKILLed and restarted: the message survives.
     b.shutdown();
     drop(b_rx);
-    let provider_b = net.mixes + 1;
-    let stored_before = net.nodes[provider_b]
-        .metric("loopmix_provider_delivered_total")
-        .unwrap();
+    let delivered_at_b = |net: &TestNet| {
+        net.metric("provider1", "loopmix_provider_delivered_total")
+            .unwrap()
+    };
+    let stored_before = delivered_at_b(net);
     let second = a
         .send(&b.address(), b"kept across a crash".to_vec(), 0)
         .unwrap();
@@ -293,14 +283,8 @@ async fn messages_replies_and_a_provider_crash() {
         delivered(second),
     )
     .await;
-    assert!(
-        net.nodes[provider_b]
-            .metric("loopmix_provider_delivered_total")
-            .unwrap()
-            > stored_before
-    );
-    net.nodes[provider_b].kill();
-    net.restart(&node_bin, provider_b).unwrap();
+    assert!(delivered_at_b(net) > stored_before);
+    tokio::task::block_in_place(|| net.crash_and_restart("provider1")).unwrap();
     let (_b2, mut b2_rx) = Client::start(b_cfg, &Registry::new()).await.unwrap();
     let ev = next_event(&mut b2_rx, 60, "the stored message after the crash", |ev| {
         matches!(ev, ClientEvent::Received { .. })

@@ -1,7 +1,9 @@
 //! SOCKS5 through the mixnet, end to end: real `curl --socks5-hostname`
 //! against `loopmix-client socks5`, streams through 3 layers of real mix
 //! processes (one of which drops 10% of what it processes) to a real
-//! `loopmix-client exit`, which fetches from a local HTTP server.
+//! `loopmix-client exit`, which fetches from a local HTTP server. The
+//! network is the localnet's speed preset, started by the tests' one
+//! launcher.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -9,8 +11,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use loopmix_localnet::network::Kind;
 use loopmix_tests::http::{Framing, Origin};
-use loopmix_tests::socks::{SocksNet, curl, file_bytes, socks_connect_code};
+use loopmix_tests::network::{Relays, TestNet};
+use loopmix_tests::socks::{curl, file_bytes, socks_connect_code};
 use sha2::{Digest, Sha256};
 
 fn sha(b: &[u8]) -> String {
@@ -25,14 +29,33 @@ fn curl_through_the_mixnet() {
     let tmp = tempfile::tempdir().unwrap();
     let http = Origin::start(Framing::ContentLength);
     let port = http.addr.port();
-    let mut net = SocksNet::launch(tmp.path(), Some(0.1), &["localhost:*", "127.0.0.1:*"]);
-    let socks = net.socks_addr;
+    let mut net = TestNet::start_with(
+        tmp.path(),
+        Relays::Off,
+        &[
+            "--preset",
+            "speed",
+            "--fault-drop-rate",
+            "0.1",
+            "--exit-allow",
+            "localhost:*",
+            "--exit-allow",
+            "127.0.0.1:*",
+        ],
+    )
+    .unwrap();
+    let socks = net.socks;
 
     // 1 MiB by host name (resolved at the exit), same SHA-256.
     let n = 1 << 20;
     let t = Instant::now();
     let (code, body, err, ttfb, total) = curl(socks, &format!("http://localhost:{port}/{n}"), 300);
-    assert_eq!(code, 0, "curl failed: {err}\nsocks: {}", net.socks.log());
+    assert_eq!(
+        code,
+        0,
+        "curl failed: {err}\n{}",
+        net.tails(&["socks5", "exit"])
+    );
     assert_eq!(sha(&body), sha(&file_bytes(n)));
     eprintln!(
         "1 MiB in {:.1} s (first byte {ttfb:.2} s): {:.0} KB/s with 10% loss at one mix",
@@ -87,14 +110,14 @@ fn curl_through_the_mixnet() {
     let mut rep = [0u8; 4];
     s.read_exact(&mut rep).unwrap();
     assert_eq!(rep, [5, 0, 5, 8]);
-    assert!(net.socks.alive() && net.exit.alive());
+    net.all_running().unwrap();
 
     // The exit restarted mid-stream: the download fails clearly (no hang,
     // no silent truncation), and the next one works.
     let slow =
         std::thread::spawn(move || curl(socks, &format!("http://localhost:{port}/slow"), 200));
     std::thread::sleep(Duration::from_secs(8));
-    net.exit.restart();
+    net.crash_and_restart("exit").unwrap();
     let (code, _, err, _, total) = slow.join().unwrap();
     assert_ne!(code, 0, "a stream through a restarted exit must fail");
     assert!(total < 150.0, "took {total} s to notice: {err}");
@@ -103,22 +126,20 @@ fn curl_through_the_mixnet() {
     assert_eq!(body, file_bytes(5000));
 
     // Nothing left behind: every stream closed at both ends.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while net.socks.metric("loopmix_streams_open") > 0.0
-        || net.exit.metric("loopmix_streams_open") > 0.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "streams left open: socks {} exit {}",
-            net.socks.metric("loopmix_streams_open"),
-            net.exit.metric("loopmix_streams_open")
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let dropped = net.net.nodes[0]
-        .metric("loopmix_packets_dropped_total{reason=\"fault_injected\"}")
-        .unwrap_or(0.0);
+    net.streams_closed(Duration::from_secs(60)).unwrap();
+    let dropped: f64 = net
+        .names(Kind::Mix)
+        .iter()
+        .filter_map(|m| {
+            net.labelled(
+                m,
+                "loopmix_packets_dropped_total",
+                "reason",
+                "fault_injected",
+            )
+        })
+        .sum();
     eprintln!("fault-injected drops: {dropped}");
     assert!(dropped > 0.0, "the faulty mix dropped nothing");
-    assert!(net.socks.alive() && net.exit.alive());
+    net.all_running().unwrap();
 }

@@ -3,17 +3,21 @@
 //! them. Nothing here ships in a production crate.
 //!
 //! * [`bins`]: the workspace binaries the tests run (built once per run);
-//! * [`node`]: `loopmix-node` processes (fixed-topology mixnets and
-//!   directory-run networks) and [`node::Peer`], an in-process provider
-//!   that injects and receives Sphinx packets over the real transport;
-//! * [`authorities`]: `loopmix-directory` processes, k-of-n;
+//! * [`network`]: the one launcher of whole networks, [`network::TestNet`]
+//!   (a `loopmix_localnet::network::Localnet`: authorities, mixes,
+//!   providers, exit, SOCKS5 proxy; optionally behind fault relays);
+//! * [`node`]: single `loopmix-node` processes, the fixed-topology fixture
+//!   [`mixnet`] builds on (no directory at all), and [`node::Peer`], an
+//!   in-process provider that injects and receives Sphinx packets over the
+//!   real transport;
+//! * [`authorities`]: `loopmix-directory` processes alone, k-of-n, for the
+//!   authority API's own tests;
 //! * [`config`]: the validated config editor (TOML edits, checked by the
 //!   binaries' own config loaders);
 //! * [`http`]: the HTTP fixture: an origin server to fetch through the
 //!   mixnet and a GET for `/metrics`;
-//! * [`mixnet`], [`socks`], [`authority_api`], [`faultnet`]: the networks and
-//!   helpers of each family of scenarios (node, SOCKS5, authority API,
-//!   faults and liveness on a `loopmix_localnet::network::Localnet`).
+//! * [`mixnet`], [`socks`], [`authority_api`]: the helpers of each family
+//!   of scenarios (fixed-topology node tests, SOCKS5, authority API).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -21,9 +25,9 @@ pub mod authorities;
 pub mod authority_api;
 pub mod bins;
 pub mod config;
-pub mod faultnet;
 pub mod http;
 pub mod mixnet;
+pub mod network;
 pub mod node;
 pub mod socks;
 

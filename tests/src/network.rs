@@ -1,7 +1,12 @@
-//! What the end-to-end scenario tests share: a localnet of real processes
-//! with a fault relay in front of every mix and provider, an HTTP origin
-//! whose bodies end only when the connection closes, and `curl
-//! --socks5-hostname` downloads checked byte for byte.
+//! The one launcher of the end-to-end tests' networks: [`TestNet`], a
+//! [`Localnet`] of real authority, mix, provider, exit and SOCKS5 processes
+//! (the same code `loopmix-localnet` runs), optionally with a fault relay in
+//! front of every mix and provider; an HTTP origin whose bodies end only
+//! when the connection closes; and `curl --socks5-hostname` downloads
+//! checked byte for byte.
+//!
+//! The only other way the tests start nodes is the fixed-topology fixture
+//! in [`crate::mixnet`], which needs no directory at all.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -50,7 +55,7 @@ pub fn sleep_until_unix(t: f64) {
 }
 
 /// Sleeps until half a second into the next epoch; its document.
-pub fn wait_epoch_start(f: &Faultnet) -> anyhow::Result<EpochDocument> {
+pub fn wait_epoch_start(f: &TestNet) -> anyhow::Result<EpochDocument> {
     let now = f.current_topology()?;
     sleep_until_unix((now.valid_from + now.epoch_length_s) as f64 + 0.5);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -68,43 +73,71 @@ pub fn wait_epoch_start(f: &Faultnet) -> anyhow::Result<EpochDocument> {
     }
 }
 
+/// Whether a [`TestNet`] puts a fault relay in front of every mix and
+/// provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relays {
+    On,
+    Off,
+}
+
 /// The network under test. Field order matters: the localnet (its
 /// processes, then its relays) stops before the runtime the relays run on.
-pub struct Faultnet {
+pub struct TestNet {
     pub net: Localnet,
-    /// Runs the relays.
-    _rt: tokio::runtime::Runtime,
+    /// Runs the relays (with [`Relays::On`]).
+    _rt: Option<tokio::runtime::Runtime>,
     pub socks: SocketAddr,
     /// The origin downloads come from (bodies end when the connection
     /// closes: only the stream's own end-of-data completes them).
     pub origin: Origin,
 }
 
-impl Faultnet {
-    /// A localnet of `preset` with `epoch`-long epochs (`"15s"`, `"20m"`).
+impl TestNet {
+    /// A localnet of `preset` with `epoch`-long epochs (`"15s"`, `"20m"`)
+    /// behind fault relays.
     pub fn start(root: &Path, preset: &str, epoch: &str) -> anyhow::Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
+        Self::start_with(
+            root,
+            Relays::On,
+            &["--preset", preset, "--epoch-length", epoch],
+        )
+    }
+
+    /// A localnet configured by `loopmix-localnet` command-line `args`
+    /// (checked by its own parser, hidden test knobs included: e.g.
+    /// `--fault-drop-rate`, `--exit-allow`), the SOCKS5 proxy on a free
+    /// port.
+    pub fn start_with(root: &Path, relays: Relays, args: &[&str]) -> anyhow::Result<Self> {
         let bins = Binaries {
             node: workspace_bin("loopmix-node")?,
             directory: workspace_bin("loopmix-directory")?,
             client: workspace_bin("loopmix-client")?,
         };
-        let opts = Options::try_parse_from([
-            "loopmix-localnet",
-            "--socks-listen",
-            "127.0.0.1:0",
-            "--preset",
-            preset,
-            "--epoch-length",
-            epoch,
-            "--ready-timeout",
-            "200s",
-        ])?;
+        let opts = Options::try_parse_from(
+            [
+                "loopmix-localnet",
+                "--socks-listen",
+                "127.0.0.1:0",
+                "--ready-timeout",
+                "200s",
+            ]
+            .iter()
+            .chain(args),
+        )?;
+        opts.validate()?;
         let mut net = Localnet::new(opts, bins, root.to_path_buf(), Signals::default());
-        net.use_fault_relays(RelaySet::new(rt.handle().clone(), RelayConfig::default()));
+        let rt = match relays {
+            Relays::On => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                net.use_fault_relays(RelaySet::new(rt.handle().clone(), RelayConfig::default()));
+                Some(rt)
+            }
+            Relays::Off => None,
+        };
         let ready = net.start()?;
         Ok(Self {
             net,
@@ -125,6 +158,28 @@ impl Faultnet {
     pub fn metric(&self, member: &str, name: &str) -> Option<f64> {
         let text = http_get(self.addr(member).ok()?, "/metrics").ok()?;
         metrics::sum(&text, name)
+    }
+
+    /// The value of the series of `name` whose `label` is `value` at
+    /// `member`; None if unreachable or absent.
+    pub fn labelled(&self, member: &str, name: &str, label: &str, value: &str) -> Option<f64> {
+        let text = http_get(self.addr(member).ok()?, "/metrics").ok()?;
+        metrics::by_label(&text, name, label)
+            .into_iter()
+            .find(|(v, _)| v == value)
+            .map(|(_, x)| x)
+    }
+
+    /// Kills member `name` (SIGKILL) and starts it again on the same
+    /// addresses with the same keys and data; waits until it listens.
+    pub fn crash_and_restart(&mut self, name: &str) -> anyhow::Result<()> {
+        self.net.kill(name)?;
+        self.net.restart(name, Duration::from_secs(120))
+    }
+
+    /// Fails if any member exited, with its log.
+    pub fn all_running(&mut self) -> anyhow::Result<()> {
+        Ok(self.net.check()?)
     }
 
     pub fn relay(&self, name: &str) -> anyhow::Result<RelayHandle> {
@@ -332,7 +387,7 @@ pub fn describe(d: &Download, n: usize) -> String {
 
 /// Starts a download on a thread (to fault the network under it).
 pub fn download_in_background(
-    f: &Faultnet,
+    f: &TestNet,
     n: usize,
     max_secs: u64,
 ) -> std::thread::JoinHandle<anyhow::Result<Download>> {
@@ -343,7 +398,7 @@ pub fn download_in_background(
 /// Waits until the proxy has received at least `bytes` more stream bytes
 /// than `base` (the download is under way).
 pub fn wait_stream_bytes(
-    f: &Faultnet,
+    f: &TestNet,
     base: f64,
     bytes: f64,
     timeout: Duration,
