@@ -5,8 +5,9 @@
 //! when the connection closes; and `curl --socks5-hostname` downloads
 //! checked byte for byte.
 //!
-//! The only other way the tests start nodes is the fixed-topology fixture
-//! in [`crate::mixnet`], which needs no directory at all.
+//! Nodes are otherwise started one at a time: by the fixed-topology
+//! fixture in [`crate::mixnet`] (no directory at all), and by the
+//! directory tests that register single nodes with [`crate::authorities`].
 
 use std::net::SocketAddr;
 use std::path::Path;
