@@ -609,8 +609,9 @@ impl Localnet {
             };
             // The production default keeps 48 epochs (16 hours of the
             // default 20-minute epochs). With localnet's epochs of seconds
-            // that is a history nobody reads, and the authorities' memory (about 40 KB an
-            // epoch here) would keep filling for half an hour: keep about
+            // that is a history nobody reads, and the authorities' memory
+            // (about 40 KB an epoch here) would keep filling for half an
+            // hour: keep about
             // two minutes, never under four epochs (nodes and clients only
             // ever fetch the current and the next).
             let keep = (120 / e).max(4);
