@@ -98,7 +98,10 @@ enum Cmd {
         /// A target the exit may connect to, as HOST:PORTS — `*`,
         /// `*.example.org`, `example.org`, `127.0.0.1`, `[::1]`,
         /// `10.0.0.0/8`; ports `*`, `443`, `8000-8100`, `80,443`. Repeat
-        /// for more. Refused targets get SOCKS5 reply 0x02.
+        /// for more. `*` and names never reach loopback, private,
+        /// link-local, multicast or the exit host's own addresses: name
+        /// those explicitly (`127.0.0.1:8000`, `10.0.0.0/8:80`) to allow
+        /// them. Refused targets get SOCKS5 reply 0x02.
         #[arg(long = "allow", required = true)]
         allow: Vec<Rule>,
     },

@@ -3,7 +3,9 @@
 //!
 //! Only the parsing is done here, strictly and with a timeout; nothing is
 //! resolved or connected locally (a local DNS lookup would tell the local
-//! network where the user is going). Names travel to the exit as names.
+//! network where the user is going). Names travel to the exit as names,
+//! except IP literals (`ATYP 3` "127.0.0.1", as browsers send it), which
+//! travel as the address they are ([`crate::exit::normalize`]).
 //! Replies: `0x07` for BIND / UDP ASSOCIATE / unknown commands, `0x08` for
 //! unknown address types, the exit's code for failed connects, `0x01` when
 //! the mixnet cannot carry the stream. A client offering no acceptable
@@ -25,6 +27,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info};
 
 use crate::config::ClientConfig;
+use crate::exit::normalize;
 use crate::runtime::{Client, ClientEvent, write_atomic};
 use crate::stream::frame::valid_name;
 use crate::stream::io::{Down, Filler, Shared, pipe};
@@ -122,7 +125,9 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(Request::Refuse(COMMAND_NOT_SUPPORTED));
             }
             return Ok(match String::from_utf8(b) {
-                Ok(name) if valid_name(&name) => Request::Connect(Target::Name(name, port)),
+                Ok(name) if valid_name(&name) => {
+                    Request::Connect(normalize(Target::Name(name, port)))
+                }
                 _ => Request::Refuse(code::HOST_UNREACHABLE),
             });
         }
@@ -333,6 +338,35 @@ mod tests {
         assert_eq!(
             r.unwrap(),
             Request::Connect(Target::Ip("[::1]:22".parse().unwrap()))
+        );
+    }
+
+    #[tokio::test]
+    async fn ip_literal_names_are_addresses() {
+        for (name, addr) in [
+            ("127.0.0.1", "127.0.0.1:8000"),
+            ("::1", "[::1]:8000"),
+            ("[::1]", "[::1]:8000"),
+            ("::ffff:10.0.0.1", "10.0.0.1:8000"),
+        ] {
+            let mut req = vec![5, 1, 0, 5, 1, 0, 3, name.len() as u8];
+            req.extend_from_slice(name.as_bytes());
+            req.extend_from_slice(&8000u16.to_be_bytes());
+            let (r, _) = run_handshake(&req).await;
+            assert_eq!(
+                r.unwrap(),
+                Request::Connect(Target::Ip(addr.parse().unwrap())),
+                "{name}"
+            );
+        }
+        // Not a literal: still a name, resolved (and checked) at the exit.
+        let mut req = vec![5, 1, 0, 5, 1, 0, 3, 5];
+        req.extend_from_slice(b"127.1");
+        req.extend_from_slice(&80u16.to_be_bytes());
+        let (r, _) = run_handshake(&req).await;
+        assert_eq!(
+            r.unwrap(),
+            Request::Connect(Target::Name("127.1".into(), 80))
         );
     }
 

@@ -25,8 +25,8 @@ use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 
 use super::Preset;
+use super::configs::{ConfigKind, edit_file, toml_str};
 use super::network::{Binaries, run_output};
-use super::toml_edit::{edit_file, toml_str};
 
 /// Port of every authority's HTTP API (and its `/metrics`).
 pub const AUTHORITY_PORT: u16 = 8700;
@@ -179,6 +179,7 @@ pub fn generate(opts: &GenOptions) -> anyhow::Result<Vec<Service>> {
         }
         edit_file(
             &out.join(name).join(loopmix_directory::config::CONFIG_FILE),
+            ConfigKind::Directory,
             &super::directory_edits(&preset, 3),
         )?;
         services.push(Service {
@@ -231,6 +232,7 @@ pub fn generate(opts: &GenOptions) -> anyhow::Result<Vec<Service>> {
             .to_string();
         edit_file(
             &dir.join("node.toml"),
+            ConfigKind::Node,
             &[(
                 "node",
                 "public_address",
@@ -286,7 +288,7 @@ pub fn generate(opts: &GenOptions) -> anyhow::Result<Vec<Service>> {
                 toml_str(&format!("0.0.0.0:{CLIENT_METRICS_PORT}")),
             ));
         }
-        edit_file(&config, &edits)?;
+        edit_file(&config, ConfigKind::Client, &edits)?;
         let address = run_output(
             Command::new(&bins.client)
                 .arg("address")

@@ -8,6 +8,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use loopmix_core::keys::NodeId;
 use loopmix_core::topology::Role;
+pub use loopmix_node::bench::procs::init_node_raw;
 
 /// A node directory made by `loopmix-node init`.
 #[derive(Debug, Clone)]
@@ -34,31 +35,41 @@ pub fn init_authority(bin: &Path, dir: &Path, extra: &[String]) -> anyhow::Resul
     Ok(String::from_utf8(out.stdout)?.trim().parse()?)
 }
 
-/// Runs `loopmix-node init --role role` in `dir`, listening (QUIC and
-/// metrics) on port 0, with `extra` flags (for a node that registers with
-/// directory authorities: `--authority KEY=URL ... --threshold k`). Returns
-/// what `init` printed, JSON.
-pub fn init_node_raw(
+/// Inits `dirs.len()` authorities that know each other (each finds the
+/// others' HTTP address in their `data/http.addr`), signing with threshold
+/// `k`; `schedule` are further `init` flags (`--epoch-length`,
+/// `--registration-lead`, `--genesis`). Returns their keys, in `dirs` order.
+pub fn init_authorities(
     bin: &Path,
-    dir: &Path,
-    role: Role,
-    extra: &[String],
-) -> anyhow::Result<Vec<u8>> {
-    let out = Command::new(bin)
-        .args(["init", "--role", &role.to_string()])
-        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
-        .arg("--dir")
-        .arg(dir)
-        .args(extra)
-        .output()
-        .with_context(|| format!("running {} init", bin.display()))?;
-    if !out.status.success() {
-        bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+    dirs: &[PathBuf],
+    k: usize,
+    schedule: &[String],
+) -> anyhow::Result<Vec<NodeId>> {
+    // Keys first: every authority's flags name all the others' keys.
+    let keys = dirs
+        .iter()
+        .map(|d| init_authority(bin, d, &[]))
+        .collect::<anyhow::Result<Vec<NodeId>>>()?;
+    for (i, d) in dirs.iter().enumerate() {
+        let mut args: Vec<String> = vec!["--force".into(), "--threshold".into(), k.to_string()];
+        args.extend_from_slice(schedule);
+        for (j, other) in dirs.iter().enumerate() {
+            if j != i {
+                let addr_file = other
+                    .join("data")
+                    .join(loopmix_directory::config::ADDR_FILE);
+                args.push("--peer".into());
+                args.push(format!("{}=file:{}", keys[j], addr_file.display()));
+            }
+        }
+        if init_authority(bin, d, &args)? != keys[i] {
+            bail!("init --force changed the key of {}", d.display());
+        }
     }
-    Ok(out.stdout)
+    Ok(keys)
 }
 
-/// [`init_node_raw`] for a node that registers with directory authorities
+/// `loopmix-node init` on port 0 ([`init_node_raw`]) for a node that registers with directory authorities
 /// (`authority_args`: `--authority KEY=URL ... --threshold k`).
 pub fn init_node(
     bin: &Path,

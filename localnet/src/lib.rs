@@ -15,7 +15,8 @@
 //! * [`process`]: the child processes and their shutdown;
 //! * [`control`]: `ctl` and the socket the running localnet serves it on;
 //! * [`status`]: the live status line;
-//! * [`toml_edit`], [`metrics`]: editing configs, reading `/metrics`;
+//! * [`configs`]: editing configs, checked by each role's loader (`/metrics` is read with
+//!   `loopmix_net::scrape`);
 //! * [`compose`]: `loopmix-testnet-gen`, the container testnet's files;
 //! * [`faults`]: fault injection without root: a UDP relay that drops,
 //!   delays, duplicates and reorders datagrams in front of chosen nodes
@@ -33,15 +34,14 @@
 //! restarted (`tests/faults.rs`, `docs/FAULTS.md`).
 
 pub mod compose;
+pub mod configs;
 pub mod control;
 pub mod faults;
 pub mod init;
-pub mod metrics;
 pub mod network;
 pub mod process;
 pub mod soak;
 pub mod status;
-pub mod toml_edit;
 
 pub use loopmix_sim::presets::{PAYLOAD_SIZE, Preset, PresetParams, STREAM_BYTES_PER_PACKET};
 
@@ -148,8 +148,9 @@ pub struct Options {
     pub epoch_length: Duration,
 
     /// Test knob: exit policy pattern (`host:port`, `*` wildcards), passed
-    /// to the exit as `--allow`; repeatable. Default: loopback on any port,
-    /// and any host on ports 80 and 443.
+    /// to the exit as `--allow`; repeatable. Default: loopback (where the
+    /// local file server listens) on any port, named explicitly because `*`
+    /// never reaches it, and any public host on ports 80 and 443.
     #[arg(long = "exit-allow", hide = true, value_name = "PATTERN")]
     pub exit_allow: Vec<String>,
 
@@ -171,7 +172,8 @@ impl Options {
     /// The exit policy: `--exit-allow`, or the default.
     pub fn exit_policy(&self) -> Vec<String> {
         if self.exit_allow.is_empty() {
-            ["127.0.0.1:*", "localhost:*", "[::1]:*", "*:80", "*:443"]
+            // `127.0.0.0/8:*` also lets `localhost` be resolved and reached.
+            ["127.0.0.0/8:*", "[::1]:*", "*:80", "*:443"]
                 .map(String::from)
                 .to_vec()
         } else {
@@ -208,7 +210,7 @@ pub fn main(opts: Options) -> std::process::ExitCode {
 }
 
 /// The `[network]` keys of an authority's `directory.toml` that `params`
-/// sets (for [`toml_edit::edit_file`]).
+/// sets (for [`configs::edit_file`]).
 pub fn directory_edits(
     params: &PresetParams,
     layers: u8,

@@ -32,10 +32,10 @@ use loopmix_core::topology::Role;
 use loopmix_net::clock::unix_now;
 use loopmix_node::node::BoundAddresses;
 
+use super::configs::{ConfigKind, edit_file, toml_str};
 use super::control::{Action, ControlServer, RESTART_TIMEOUT, Reply, Request};
 use super::process::{Processes, STOP_GRACE, State, UnexpectedExit, log_tail};
 use super::status::{Status, Ui};
-use super::toml_edit::{edit_file, toml_str};
 use super::{Options, PresetParams};
 use crate::faults::RelaySet;
 
@@ -237,8 +237,8 @@ fn read_addr(path: &Path, need_newline: bool) -> Option<SocketAddr> {
 }
 
 fn metric(addr: Option<SocketAddr>, name: &str) -> Option<f64> {
-    let text = super::metrics::scrape(addr?).ok()?;
-    super::metrics::sum(&text, name)
+    let text = loopmix_net::scrape::scrape(addr?).ok()?;
+    loopmix_net::scrape::sum(&text, name)
 }
 
 /// A free TCP port on loopback right now (may be taken by the time it is
@@ -370,6 +370,7 @@ impl Localnet {
             Kind::Authority => {
                 edit_file(
                     &config,
+                    ConfigKind::Directory,
                     &[("authority", "listen", toml_str(&metrics.to_string()))],
                 )?;
                 Some(dir.join("data").join(loopmix_directory::config::ADDR_FILE))
@@ -380,6 +381,7 @@ impl Localnet {
                     .ok_or_else(|| anyhow!("{name}: QUIC address unknown"))?;
                 edit_file(
                     &config,
+                    ConfigKind::Node,
                     &[
                         ("node", "listen", toml_str(&quic.to_string())),
                         ("metrics", "listen", toml_str(&metrics.to_string())),
@@ -395,6 +397,7 @@ impl Localnet {
                     .ok_or_else(|| anyhow!("{name}: data directory unknown"))?;
                 edit_file(
                     &config,
+                    ConfigKind::Client,
                     &[("metrics", "listen", toml_str(&metrics.to_string()))],
                 )?;
                 if m.kind == Kind::Socks {
@@ -438,7 +441,7 @@ impl Localnet {
             }
             let listens = match &ready_file {
                 Some(f) => std::fs::metadata(f).is_ok_and(|m| m.len() > 0),
-                None => super::metrics::scrape(metrics).is_ok(),
+                None => loopmix_net::scrape::scrape(metrics).is_ok(),
             };
             if listens {
                 return Ok(());
@@ -563,10 +566,6 @@ impl Localnet {
         let dirs: Vec<PathBuf> = (0..n)
             .map(|i| self.root.join("authorities").join(format!("auth{i}")))
             .collect();
-        let keys = dirs
-            .iter()
-            .map(|d| crate::init::init_authority(&self.bins.directory, d, &[]))
-            .collect::<anyhow::Result<Vec<NodeId>>>()?;
         let e = self.opts.epoch_length.as_secs();
         // Long enough for the authorities to exchange signatures, short
         // enough not to delay the first epoch much.
@@ -578,30 +577,16 @@ impl Localnet {
         let margin = 2 + processes as u64 / 3;
         self.genesis = unix_now() + lead + margin;
         let net = self.preset;
-        for (i, d) in dirs.iter().enumerate() {
-            let mut args: Vec<String> = vec![
-                "--force".into(),
-                "--threshold".into(),
-                k.to_string(),
-                "--epoch-length".into(),
-                format!("{e}s"),
-                "--registration-lead".into(),
-                format!("{lead}s"),
-                "--genesis".into(),
-                self.genesis.to_string(),
-            ];
-            for (j, other) in dirs.iter().enumerate() {
-                if j != i {
-                    let addr_file = other
-                        .join("data")
-                        .join(loopmix_directory::config::ADDR_FILE);
-                    args.push("--peer".into());
-                    args.push(format!("{}=file:{}", keys[j], addr_file.display()));
-                }
-            }
-            if crate::init::init_authority(&self.bins.directory, d, &args)? != keys[i] {
-                bail!("init --force changed the key of {}", d.display());
-            }
+        let schedule = [
+            "--epoch-length".to_string(),
+            format!("{e}s"),
+            "--registration-lead".into(),
+            format!("{lead}s"),
+            "--genesis".into(),
+            self.genesis.to_string(),
+        ];
+        let keys = crate::init::init_authorities(&self.bins.directory, &dirs, k, &schedule)?;
+        for d in &dirs {
             let mut edits = if self.opts.directory_defaults {
                 vec![("network", "layers", self.opts.layers.to_string())]
             } else {
@@ -616,7 +601,11 @@ impl Localnet {
             // ever fetch the current and the next).
             let keep = (120 / e).max(4);
             edits.push(("limits", "keep_epochs", keep.to_string()));
-            edit_file(&d.join(loopmix_directory::config::CONFIG_FILE), &edits)?;
+            edit_file(
+                &d.join(loopmix_directory::config::CONFIG_FILE),
+                ConfigKind::Directory,
+                &edits,
+            )?;
         }
         let mut started = Vec::new();
         for (i, d) in dirs.iter().enumerate() {
@@ -691,12 +680,17 @@ impl Localnet {
             )?;
             // A localnet is thrown away when it stops: no need to forward
             // delayed packets for the default 10 s.
-            edit_file(&nd.config, &[("mixing", "shutdown_drain", toml_str("1s"))])?;
+            edit_file(
+                &nd.config,
+                ConfigKind::Node,
+                &[("mixing", "shutdown_drain", toml_str("1s"))],
+            )?;
             if i == faulty
                 && let Some(rate) = self.opts.fault_drop_rate
             {
                 edit_file(
                     &nd.config,
+                    ConfigKind::Node,
                     &[("mixing", "fault_drop_rate", format!("{rate:?}"))],
                 )?;
                 self.ui
@@ -710,6 +704,7 @@ impl Localnet {
                     let addr = r.add(&name)?;
                     edit_file(
                         &nd.config,
+                        ConfigKind::Node,
                         &[("node", "public_address", toml_str(&addr.to_string()))],
                     )?;
                     Some(addr)
@@ -825,7 +820,7 @@ impl Localnet {
                 toml_str(&humantime::format_duration(self.preset.pull_interval).to_string()),
             ));
         }
-        edit_file(&config, &edits)?;
+        edit_file(&config, ConfigKind::Client, &edits)?;
         let text = std::fs::read_to_string(&config)?;
         let table: toml::Table = toml::from_str(&text)?;
         let data_dir = table
@@ -895,7 +890,7 @@ impl Localnet {
             let addr = self.wait(
                 || format!("{name} to serve its metrics (writing {})", file.display()),
                 || match fixed {
-                    Some(a) => super::metrics::scrape(a).ok().map(|_| a),
+                    Some(a) => loopmix_net::scrape::scrape(a).ok().map(|_| a),
                     None => read_addr(&file, false),
                 },
             )?;

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::metrics::{by_label, scrape, sum};
 use super::network::{Kind, Member};
 use super::process::State;
+use loopmix_net::scrape::{by_label, scrape, sum};
 
 /// The gauge an authority exports for every node of the signed "down" list
 /// it published (1 = down), and every node process for the list it applied.

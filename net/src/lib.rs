@@ -12,6 +12,8 @@
 //!   stream, with a size limit and a timeout.
 //! * [`metrics`]: per-process Prometheus registries and the `/metrics`
 //!   endpoint.
+//! * [`scrape`]: reading a process's `/metrics` back (localnet status,
+//!   bench, tests).
 //! * [`files`]: files written whole or not at all (`write_atomic`).
 //! * [`process`]: what every binary sets up alike: logs to stderr, stop on
 //!   SIGINT or SIGTERM.
@@ -26,6 +28,7 @@ pub mod metrics;
 pub mod process;
 pub mod provider_control;
 pub mod routing;
+pub mod scrape;
 pub mod transport;
 
 /// Sleeps until `deadline` (a ticker's next event), or forever when there is

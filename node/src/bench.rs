@@ -25,7 +25,7 @@ use sphinx_packet::header::delays::Delay;
 use procs::{NodeProcess, Peer, launch_mixnet};
 
 pub mod overload;
-pub(crate) mod procs;
+pub mod procs;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -137,24 +137,6 @@ fn raw_unwrap_rate(seconds: f64) -> f64 {
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Sets the first `key = ...` line of a config text to `key = value`
-/// (`value` in TOML syntax).
-pub(crate) fn set_key(text: &str, key: &str, value: &str) -> String {
-    let mut done = false;
-    let mut out = String::with_capacity(text.len() + value.len());
-    for line in text.lines() {
-        let is_key = line.split_once('=').map(|(k, _)| k.trim()) == Some(key);
-        if !done && is_key {
-            done = true;
-            out.push_str(&format!("{key} = {value}"));
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
-}
-
 /// What [`measure_throughput`] found.
 pub(crate) struct Throughput {
     /// Packets per second between 10% and 90% of the packets coming back.
@@ -261,14 +243,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         lambda_m_per_s: 0.0,
         payload_size: PAYLOAD,
     };
-    let net = launch_mixnet(&bin, &dir, params, vec![peer.entry()?], |t| {
+    let net = launch_mixnet(&bin, &dir, params, vec![peer.entry()?], |c| {
         // Capacity, not admission, is measured here: one peer sends it all.
         // Nor shedding: a full window in flight may wait longer than
         // ingress_max_wait, and a shed packet would never come back.
-        let t = set_key(&t, "peer_rate", "0");
-        let t = set_key(&t, "ingress_max_wait", "\"0s\"");
-        t.replace("enabled = true", "enabled = false")
-            .replace("max_delay = \"10s\"", "max_delay = \"10m\"")
+        c.set("mixing.peer_rate", 0)
+            .set("mixing.ingress_max_wait", "0s")
+            .set("cover.enabled", false)
+            .set("mixing.max_delay", "10m");
     })?;
     let (node, doc) = (
         net.nodes

@@ -40,7 +40,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         lambda_m_per_s: args.mix_loop_rate,
         payload_size: 1024,
     };
-    let net = launch_mixnet(&bin, tmp.path(), params, vec![peer.entry()?], |t| t)?;
+    let net = launch_mixnet(&bin, tmp.path(), params, vec![peer.entry()?], |_| {})?;
     let (mut nodes, doc) = (net.nodes, net.doc);
     peer.adopt(&doc);
     println!(

@@ -11,7 +11,7 @@ use crate::config::{Config, Kind};
 use anyhow::{Context, bail};
 use loopmix_core::keys::NodeId;
 use loopmix_core::pki::TrustAnchors;
-use loopmix_localnet::init::init_authority as init;
+use loopmix_localnet::init::init_authorities;
 use loopmix_net::directory::{DirectoryClient, DirectoryClientConfig};
 use prometheus::Registry;
 
@@ -139,36 +139,14 @@ impl Authorities {
         edit: impl Fn(&mut Config),
     ) -> anyhow::Result<Self> {
         let dirs: Vec<PathBuf> = (0..n).map(|i| root.join(format!("auth{i}"))).collect();
-        let keys = dirs
-            .iter()
-            .map(|d| init(bin, d, &[]))
-            .collect::<anyhow::Result<Vec<NodeId>>>()?;
-        for (i, d) in dirs.iter().enumerate() {
-            let mut args: Vec<String> = vec![
-                "--force".into(),
-                "--threshold".into(),
-                k.to_string(),
-                "--epoch-length".into(),
-                epoch_length.into(),
-                "--registration-lead".into(),
-                lead.into(),
-            ];
-            for (j, other) in dirs.iter().enumerate() {
-                if j != i {
-                    args.push("--peer".into());
-                    args.push(format!(
-                        "{}=file:{}",
-                        keys[j],
-                        other
-                            .join("data")
-                            .join(loopmix_directory::config::ADDR_FILE)
-                            .display()
-                    ));
-                }
-            }
-            if init(bin, d, &args)? != keys[i] {
-                bail!("init --force changed the key of {}", d.display());
-            }
+        let schedule = [
+            "--epoch-length".to_string(),
+            epoch_length.into(),
+            "--registration-lead".into(),
+            lead.into(),
+        ];
+        let keys = init_authorities(bin, &dirs, k, &schedule)?;
+        for d in &dirs {
             let config = d.join(loopmix_directory::config::CONFIG_FILE);
             crate::config::edit(&config, Kind::Directory, &edit)?;
         }

@@ -9,22 +9,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-/// The GET the localnet tooling reads `/metrics` with: HTTP/1.1, body of a
-/// 200 response, connect within `timeout`, read within twice that.
-pub use loopmix_localnet::metrics::http_get_within;
+/// The exact-series query on a Prometheus text exposition.
+pub use loopmix_net::scrape::series as parse_metric;
 
-/// [`http_get_within`] with a 5 s timeout.
+/// The GET every loopmix tool reads a process's endpoints with
+/// (`loopmix_net::scrape`: HTTP/1.1, the body of a 200 response, 5 s to
+/// connect), with its error as the tests' `anyhow`.
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    http_get_within(addr, path, Duration::from_secs(5))
+    Ok(loopmix_net::scrape::http_get(addr, path)?)
 }
 
-/// The value of one exact series in a Prometheus text exposition, e.g.
-/// `loopmix_packets_dropped_total{reason="replay"}`.
-pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let rest = l.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
+/// [`http_get`] with its own connect timeout (reads within twice that).
+pub fn http_get_within(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
+    Ok(loopmix_net::scrape::http_get_within(addr, path, timeout)?)
 }
 
 /// `n` bytes of a fixed pseudo-random sequence: what the [`Origin`] answers

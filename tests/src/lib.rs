@@ -9,13 +9,15 @@
 //! * [`node`]: single `loopmix-node` processes, the fixed-topology fixture
 //!   [`mixnet`] builds on (no directory at all), and [`node::Peer`], an
 //!   in-process provider that injects and receives Sphinx packets over the
-//!   real transport;
+//!   real transport: the kit `loopmix-node bench` and `demo` run
+//!   (`loopmix_node::bench::procs`), not a copy of it;
 //! * [`authorities`]: `loopmix-directory` processes alone, k-of-n, for the
 //!   authority API's own tests;
 //! * [`config`]: the validated config editor (TOML edits, checked by the
-//!   binaries' own config loaders);
+//!   binaries' own config loaders), the one localnet uses;
 //! * [`http`]: the HTTP fixture: an origin server to fetch through the
-//!   mixnet and a GET for `/metrics`;
+//!   mixnet, and the GET every loopmix tool reads `/metrics` with
+//!   (`loopmix_net::scrape`);
 //! * [`mixnet`], [`socks`], [`authority_api`]: the helpers of each family
 //!   of scenarios (fixed-topology node tests, SOCKS5, authority API).
 

@@ -20,11 +20,12 @@ use anyhow::{anyhow, bail, ensure};
 use clap::Parser;
 use loopmix_core::pki::{EpochDocument, SignedTopology};
 use loopmix_core::topology::Role;
+use loopmix_localnet::Options;
 use loopmix_localnet::faults::{RelayConfig, RelayHandle, RelaySet, RelayStats};
 use loopmix_localnet::network::{Binaries, Kind, Localnet, Signals};
 use loopmix_localnet::process::log_tail;
 pub use loopmix_localnet::soak::traffic::sha256_hex as sha;
-use loopmix_localnet::{Options, metrics};
+use loopmix_net::scrape as metrics;
 
 pub use crate::http::file_bytes;
 

@@ -3,18 +3,22 @@
 //! ask for (if its [`Policy`] allows them) and answers over the reply
 //! blocks each session supplies — so it never learns who its clients are.
 
+mod own;
 pub mod policy;
+pub mod reserved;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::ClientError;
-use prometheus::Registry;
+use prometheus::{IntCounterVec, Registry};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-pub use policy::{Policy, Rule};
+pub use policy::{Policy, Rule, normalize};
 
 use crate::config::ClientConfig;
 use crate::runtime::{Client, ClientEvent};
@@ -50,13 +54,24 @@ pub async fn run(
     registry: &Registry,
 ) -> Result<(), ClientError> {
     let metrics = StreamMetrics::new(registry)?;
+    let refused = loopmix_net::metrics::counter_vec(
+        registry,
+        "loopmix_exit_policy_refusals_total",
+        "Targets the exit policy refused: reason reserved (a private, local or own address \
+         no rule names) or policy (no rule allows it)",
+        &["reason"],
+    )?;
+    // Fail closed at start: without its own addresses the exit could not
+    // keep `*` rules off them.
+    let own = own::addresses().map_err(ClientError::io("listing the exit host's addresses"))?;
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy.clone().with_own_addresses(own)));
     let shared = Shared::new(Mux::exit(exit.streams.clone(), metrics), Role::Exit);
     let (client, mut events) =
         Client::start_with(cfg, registry, Some(Arc::new(Filler(shared.clone())))).await?;
     info!(address = %client.address(), "exit service running");
     let cancel = tokio_util::sync::CancellationToken::new();
     tokio::spawn(shared.clone().housekeeping(cancel.clone()));
-    let policy = Arc::new(policy);
+    tokio::spawn(own::refresh(policy, policy_tx, cancel.clone()));
     let open = Arc::new(AtomicUsize::new(0));
     let exit = Arc::new(exit);
     while let Some(ev) = events.recv().await {
@@ -67,9 +82,14 @@ pub async fn run(
             .map(|h| client.take_reply_blocks(h))
             .unwrap_or_default();
         for (key, target) in shared.on_message(&body, blocks) {
-            let (shared, policy, open, exit) =
-                (shared.clone(), policy.clone(), open.clone(), exit.clone());
-            tokio::spawn(async move { connect(shared, policy, open, exit, key, target).await });
+            let ctx = Ctx {
+                shared: shared.clone(),
+                policy: policy_rx.borrow().clone(),
+                open: open.clone(),
+                exit: exit.clone(),
+                refused: refused.clone(),
+            };
+            tokio::spawn(connect(ctx, key, target));
         }
     }
     cancel.cancel();
@@ -84,18 +104,65 @@ impl Drop for Slot {
     }
 }
 
-async fn connect(
+/// What one connection attempt needs.
+struct Ctx {
     shared: Arc<Shared>,
     policy: Arc<Policy>,
     open: Arc<AtomicUsize>,
     exit: Arc<ExitConfig>,
-    key: StreamKey,
-    target: Target,
-) {
-    let refuse = |code: u8| shared.mux().connected(key, Err(code), Instant::now());
-    if !policy.allows_target(&target) {
-        debug!(%target, "target refused by the exit policy");
-        refuse(code::NOT_ALLOWED);
+    refused: IntCounterVec,
+}
+
+/// Why a target got no connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// By the policy; `reserved`: an address it refused is reserved or the
+    /// exit's own (someone may be probing the exit's networks).
+    Policy { reserved: bool },
+    /// Resolution or connection failed: this SOCKS5 reply code.
+    Failed(u8),
+}
+
+impl Refusal {
+    fn code(&self) -> u8 {
+        match self {
+            Refusal::Policy { .. } => code::NOT_ALLOWED,
+            Refusal::Failed(c) => *c,
+        }
+    }
+}
+
+/// Before anything is resolved: may the client ask for `target` (normalised)?
+fn admit(policy: &Policy, target: &Target) -> Result<(), Refusal> {
+    if policy.allows_target(target) {
+        return Ok(());
+    }
+    let reserved = matches!(target, Target::Ip(a) if policy.is_reserved(a.ip()));
+    Err(Refusal::Policy { reserved })
+}
+
+async fn connect(ctx: Ctx, key: StreamKey, target: Target) {
+    let Ctx {
+        shared,
+        policy,
+        open,
+        exit,
+        refused,
+    } = ctx;
+    // "127.0.0.1" sent as a name is the address 127.0.0.1, here as at the
+    // SOCKS side: the exit does not trust the client to have normalised it.
+    let target = normalize(target);
+    let refuse = |r: Refusal| {
+        if let Refusal::Policy { reserved } = r {
+            // The target is the user's destination: debug only.
+            debug!(%target, reserved, "target refused by the exit policy");
+            let reason = if reserved { "reserved" } else { "policy" };
+            refused.with_label_values(&[reason]).inc();
+        }
+        shared.mux().connected(key, Err(r.code()), Instant::now())
+    };
+    if let Err(r) = admit(&policy, &target) {
+        refuse(r);
         return;
     }
     if open.fetch_add(1, Ordering::Relaxed) >= exit.max_connections {
@@ -104,21 +171,23 @@ async fn connect(
             limit = exit.max_connections,
             "exit connection limit reached; refusing"
         );
-        refuse(code::GENERAL_FAILURE);
+        refuse(Refusal::Failed(code::GENERAL_FAILURE));
         return;
     }
     let slot = Slot(open);
     let result = tokio::time::timeout(exit.connect_timeout, dial(&policy, &target)).await;
     let sock = match result {
         Ok(Ok(s)) => s,
-        Ok(Err(c)) => {
-            debug!(%target, code = c, "connect failed");
-            refuse(c);
+        Ok(Err(r)) => {
+            if let Refusal::Failed(c) = r {
+                debug!(%target, code = c, "connect failed");
+            }
+            refuse(r);
             return;
         }
         Err(_) => {
             debug!(%target, "connect timed out");
-            refuse(code::TTL_EXPIRED);
+            refuse(Refusal::Failed(code::TTL_EXPIRED));
             return;
         }
     };
@@ -142,22 +211,38 @@ fn io_code(e: &std::io::Error) -> u8 {
 }
 
 /// Resolves (names only, here at the exit) and connects to the first
-/// allowed address that answers.
-async fn dial(policy: &Policy, target: &Target) -> Result<TcpStream, u8> {
-    let addrs: Vec<std::net::SocketAddr> = match target {
+/// address that the policy allows and that answers. `target` is
+/// normalised: an address is connected to exactly as the policy judged it.
+async fn dial(policy: &Policy, target: &Target) -> Result<TcpStream, Refusal> {
+    let addrs: Vec<SocketAddr> = match target {
         Target::Ip(a) => vec![*a],
         Target::Name(n, p) => {
-            let found = tokio::net::lookup_host((n.as_str(), *p))
-                .await
-                .map_err(|_| code::HOST_UNREACHABLE)?;
-            found
-                .filter(|a| policy.allows_resolved(n, a.ip(), *p))
-                .collect()
+            let Ok(found) = tokio::net::lookup_host((n.as_str(), *p)).await else {
+                // Only an address rule could have allowed the name: a name
+                // that does not resolve is then simply not allowed.
+                return Err(if policy.allows_name(n, *p) {
+                    Refusal::Failed(code::HOST_UNREACHABLE)
+                } else {
+                    Refusal::Policy { reserved: false }
+                });
+            };
+            // Every address is checked, and only checked ones (in the form
+            // they were checked in) are connected to.
+            let mut reserved = false;
+            let allowed: Vec<SocketAddr> = found
+                .map(|a| SocketAddr::new(reserved::canonical(a.ip()), a.port()))
+                .filter(|a| {
+                    let ok = policy.allows_resolved(n, a.ip(), *p);
+                    reserved |= !ok && policy.is_reserved(a.ip());
+                    ok
+                })
+                .collect();
+            if allowed.is_empty() {
+                return Err(Refusal::Policy { reserved });
+            }
+            allowed
         }
     };
-    if addrs.is_empty() {
-        return Err(code::NOT_ALLOWED);
-    }
     let mut last = code::HOST_UNREACHABLE;
     for a in addrs {
         match TcpStream::connect(a).await {
@@ -165,5 +250,63 @@ async fn dial(policy: &Policy, target: &Target) -> Result<TcpStream, u8> {
             Err(e) => last = io_code(&e),
         }
     }
-    Err(last)
+    Err(Refusal::Failed(last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rules: &[&str]) -> Policy {
+        Policy::new(rules.iter().map(|r| r.parse().unwrap()).collect())
+    }
+
+    async fn dial_normalized(p: &Policy, t: Target) -> Result<TcpStream, Refusal> {
+        let t = normalize(t);
+        admit(p, &t)?;
+        dial(p, &t).await
+    }
+
+    /// The issue's test, through the real resolver: `localhost` resolves to
+    /// 127.0.0.1 (and perhaps ::1); `*` does not reach it, an explicit
+    /// `127.0.0.0/8` rule does.
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_at_the_exit() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let localhost = || Target::Name("localhost".into(), port);
+
+        let any = policy(&[&format!("*:{port}")]);
+        let r = dial_normalized(&any, localhost()).await;
+        assert_eq!(r.err(), Some(Refusal::Policy { reserved: true }));
+
+        let lo = policy(&[&format!("127.0.0.0/8:{port}")]);
+        let s = dial_normalized(&lo, localhost()).await.unwrap();
+        assert_eq!(s.peer_addr().unwrap().ip().to_string(), "127.0.0.1");
+
+        // The name "127.0.0.1" fares as the address does, both ways.
+        let one = policy(&["127.0.0.1:*"]);
+        let lit = Target::Name("127.0.0.1".into(), port);
+        assert!(dial_normalized(&one, lit.clone()).await.is_ok());
+        assert!(dial_normalized(&any, lit).await.is_err());
+        let mapped = Target::Ip(format!("[::ffff:127.0.0.1]:{port}").parse().unwrap());
+        assert!(dial_normalized(&one, mapped.clone()).await.is_ok());
+        assert_eq!(
+            dial_normalized(&any, mapped).await.err(),
+            Some(Refusal::Policy { reserved: true })
+        );
+    }
+
+    #[tokio::test]
+    async fn unresolvable_names() {
+        // `.invalid` never resolves (RFC 6761).
+        let t = Target::Name("nothing.invalid".into(), 80);
+        let p = policy(&["*:80"]);
+        let r = dial_normalized(&p, t.clone()).await.err().unwrap();
+        assert_eq!(r.code(), code::HOST_UNREACHABLE);
+        // Only an address rule could have allowed it: not allowed.
+        let p = policy(&["10.0.0.0/8:80"]);
+        let r = dial_normalized(&p, t).await.err().unwrap();
+        assert_eq!(r, Refusal::Policy { reserved: false });
+    }
 }

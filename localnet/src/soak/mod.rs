@@ -233,7 +233,7 @@ fn take_sample(members: &[Member], t: f64) -> Sample {
     let metrics = members
         .iter()
         .map(|m| {
-            let text = crate::metrics::scrape(m.metrics?).ok()?;
+            let text = loopmix_net::scrape::scrape(m.metrics?).ok()?;
             Some(report::parse_watched(&text))
         })
         .collect();

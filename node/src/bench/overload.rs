@@ -35,9 +35,11 @@ use loopmix_core::sphinx::{build_packet, destination_of};
 use loopmix_core::topology::{NetworkParams, NodeEntry};
 use sphinx_packet::header::delays::Delay;
 
-use super::procs::{NodeDir, NodeProcess, Peer, edit_config, launch_mixnet, parse_metric};
-use super::{BenchArgs, EPOCH, PAYLOAD, build_many, measure_throughput, set_key, threads};
+use super::procs::{NodeDir, NodeProcess, Peer, edit_config, launch_mixnet};
+use super::{BenchArgs, EPOCH, PAYLOAD, build_many, measure_throughput, threads};
 use crate::config::{MixingSection, ReplaySection};
+use loopmix_net::config::ConfigEdit;
+use loopmix_net::scrape::series as parse_metric;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct OverloadArgs {
@@ -314,7 +316,7 @@ impl Rig {
     /// Stops the node (SIGTERM, so peers see the connection close), wipes
     /// its replay filter (the flood is sent again) and starts it on the same
     /// addresses with `edit` applied to its config.
-    async fn restart(&mut self, edit: impl FnOnce(String) -> String) -> anyhow::Result<()> {
+    async fn restart(&mut self, edit: impl FnOnce(&mut ConfigEdit)) -> anyhow::Result<()> {
         let bound = self.node.bound.clone();
         self.node.terminate()?;
         if self.node.wait_exit(Duration::from_secs(30))?.is_none() {
@@ -325,19 +327,10 @@ impl Rig {
             std::fs::remove_dir_all(&replay)
                 .with_context(|| format!("removing {}", replay.display()))?;
         }
-        edit_config(&self.dir, |t| {
-            edit(
-                t.replacen(
-                    "listen = \"127.0.0.1:0\"",
-                    &format!("listen = \"{}\"", bound.quic),
-                    1,
-                )
-                .replacen(
-                    "listen = \"127.0.0.1:0\"",
-                    &format!("listen = \"{}\"", bound.metrics),
-                    1,
-                ),
-            )
+        edit_config(&self.dir, |c| {
+            c.set("node.listen", bound.quic.to_string())
+                .set("metrics.listen", bound.metrics.to_string());
+            edit(c);
         })?;
         self.node = NodeProcess::start(&self.bin, &self.dir)?;
         self.node.wait_metric(
@@ -635,10 +628,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     // Capacity is measured as `bench` does: no admission limit and no
     // shedding (a shed packet never comes back and would stall the window).
-    let net = launch_mixnet(&bin, &dir, params, others, |t| {
-        let t = set_key(&t, "enabled", "false");
-        let t = set_key(&t, "peer_rate", "0");
-        set_key(&t, "ingress_max_wait", "\"0s\"")
+    let net = launch_mixnet(&bin, &dir, params, others, |c| {
+        c.set("cover.enabled", false)
+            .set("mixing.peer_rate", 0)
+            .set("mixing.ingress_max_wait", "0s");
     })?;
     let doc = net.doc;
     for p in [&flood, &sink].into_iter().chain(&lights) {
@@ -710,8 +703,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // 3. Phase A: no per-peer limit, the configured shedding.
     let wait_text = format!("\"{}\"", humantime::format_duration(max_wait));
-    rig.restart(|t| set_key(&t, "ingress_max_wait", &wait_text))
-        .await?;
+    rig.restart(|c| {
+        c.set_toml("mixing.ingress_max_wait", &wait_text);
+    })
+    .await?;
     let a = rig
         .phase(
             &flood_pkts,
@@ -743,9 +738,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         as u32)
         .max(1);
     let (limit_text, burst_text) = (limit.to_string(), burst.to_string());
-    rig.restart(|t| {
-        let t = set_key(&t, "peer_rate", &limit_text);
-        set_key(&t, "peer_burst", &burst_text)
+    rig.restart(|c| {
+        c.set_toml("mixing.peer_rate", &limit_text)
+            .set_toml("mixing.peer_burst", &burst_text);
     })
     .await?;
     let b = rig

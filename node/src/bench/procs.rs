@@ -2,13 +2,13 @@
 //! that injects and receives Sphinx packets over the real transport.
 //!
 //! What `loopmix-node bench` and `loopmix-node demo` run: real node
-//! processes, so they measure and show exactly what an operator runs (the
-//! end-to-end tests have their own launcher in `tests/`). Nodes listen on port 0 and
-//! report their addresses in `bound.json`; the topology file is written
-//! afterwards and picked up by the node's topology reload.
+//! processes, so they measure and show exactly what an operator runs. The
+//! end-to-end tests in `tests/` start their fixed-topology mixes and peers
+//! with this same kit. Nodes listen on port 0 and report their addresses
+//! in `bound.json`; the topology file is written afterwards and picked up by
+//! the node's topology reload.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,14 +19,18 @@ use anyhow::{Context, anyhow, bail};
 use loopmix_core::keys::{IdentityKeypair, NodeId, SphinxKeypair};
 use loopmix_core::mixing::processor::{KeyRing, KeySlot, Processed, SphinxProcessor};
 use loopmix_core::mixing::replay::ReplayCache;
+use loopmix_core::pki::{Descriptor, SignedDescriptor, VerifiedTopology};
 use loopmix_core::topology::{NodeEntry, Role, TopologyDocument};
 use loopmix_core::wire::{Frame, FrameError};
+use loopmix_net::config::ConfigEdit;
+use loopmix_net::scrape::{http_get, series};
 use loopmix_net::transport::egress::{Egress, EgressMetrics, OutPacket};
 use loopmix_net::transport::ingress::{Ingress, IngressSink};
 use loopmix_net::transport::{PeerAllowList, Transport};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::NodeConfig;
 use crate::node::BoundAddresses;
 
 /// A node directory made by `loopmix-node init`.
@@ -34,11 +38,22 @@ use crate::node::BoundAddresses;
 pub struct NodeDir {
     pub dir: PathBuf,
     pub config: PathBuf,
-    /// The node's entry (`address` is filled in once it runs).
+    pub id: NodeId,
+    /// Fixed-topology mode: the node's entry (`address` is filled in once it
+    /// runs). `None` for directory-mode nodes, whose Sphinx key is per epoch.
     pub entry: Option<NodeEntry>,
 }
 
-fn run_init(bin: &Path, dir: &Path, role: Role, extra: &[String]) -> anyhow::Result<Vec<u8>> {
+/// Runs `loopmix-node init --role role` in `dir`, listening (QUIC and
+/// metrics) on port 0, with `extra` flags (for a node that registers with
+/// directory authorities: `--authority KEY=URL ... --threshold k`). Returns
+/// what `init` printed, JSON.
+pub fn init_node_raw(
+    bin: &Path,
+    dir: &Path,
+    role: Role,
+    extra: &[String],
+) -> anyhow::Result<Vec<u8>> {
     let out = Command::new(bin)
         .args(["init", "--role", &role.to_string()])
         .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
@@ -46,7 +61,7 @@ fn run_init(bin: &Path, dir: &Path, role: Role, extra: &[String]) -> anyhow::Res
         .arg(dir)
         .args(extra)
         .output()
-        .context("running loopmix-node init")?;
+        .with_context(|| format!("running {} init", bin.display()))?;
     if !out.status.success() {
         bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -55,21 +70,25 @@ fn run_init(bin: &Path, dir: &Path, role: Role, extra: &[String]) -> anyhow::Res
 
 /// Runs `loopmix-node init` in `dir` for a mix of `layer` listening on port 0.
 pub fn init_node(bin: &Path, dir: &Path, layer: u8) -> anyhow::Result<NodeDir> {
-    let stdout = run_init(bin, dir, Role::Mix, &[])?;
+    let stdout = init_node_raw(bin, dir, Role::Mix, &[])?;
     let mut entry: NodeEntry = serde_json::from_slice(&stdout)
         .with_context(|| format!("init printed {:?}", String::from_utf8_lossy(&stdout)))?;
     entry.layer = Some(layer);
     Ok(NodeDir {
         dir: dir.to_path_buf(),
         config: dir.join("node.toml"),
+        id: entry.id,
         entry: Some(entry),
     })
 }
 
-/// Rewrites a config file's text (tests tune queues, delays, cover).
-pub fn edit_config(nd: &NodeDir, f: impl FnOnce(String) -> String) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&nd.config)?;
-    std::fs::write(&nd.config, f(text))?;
+/// Edits a node's config (benches and tests tune queues, delays, cover):
+/// TOML edits that keep the comments, refused (file unchanged) unless the
+/// node's own loader accepts the result.
+pub fn edit_config(nd: &NodeDir, f: impl FnOnce(&mut ConfigEdit)) -> anyhow::Result<()> {
+    let mut c = ConfigEdit::open(&nd.config)?;
+    f(&mut c);
+    c.save(|p| NodeConfig::load(p).map(|_| ()))?;
     Ok(())
 }
 
@@ -136,13 +155,13 @@ impl NodeProcess {
     }
 
     pub fn metrics_text(&self) -> anyhow::Result<String> {
-        http_get(self.bound.metrics, "/metrics")
+        Ok(http_get(self.bound.metrics, "/metrics")?)
     }
 
     /// Value of one series, e.g. `loopmix_packets_dropped_total{reason="replay"}`.
-    pub fn metric(&self, series: &str) -> anyhow::Result<f64> {
+    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
         let text = self.metrics_text()?;
-        parse_metric(&text, series).ok_or_else(|| anyhow!("no series {series}"))
+        series(&text, name).ok_or_else(|| anyhow!("no series {name}"))
     }
 
     /// Polls `series` until `pred` holds or `timeout` passes; returns the last value.
@@ -231,39 +250,6 @@ impl Drop for NodeProcess {
     }
 }
 
-/// A tiny HTTP/1.1 GET, enough for our own `/metrics` endpoints.
-pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    http_get_within(addr, path, Duration::from_secs(5))
-}
-
-/// [`http_get`] connecting within `timeout` and reading within twice that
-/// (a status line must not stall long on a hung process).
-pub fn http_get_within(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout * 2))?;
-    s.set_write_timeout(Some(timeout * 2))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("bad HTTP response"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_string())
-}
-
-pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let rest = l.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
-}
-
 /// A packet that reached a [`Peer`] as its final hop.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -320,6 +306,9 @@ pub struct Peer {
     pub egress: Egress,
     pub allowed: PeerAllowList,
     sink: Arc<PeerSink>,
+    /// Our key ring when processing final hops (one static key, aliased to
+    /// every epoch we adopt).
+    ring: Option<KeyRing>,
     packet_size: Arc<AtomicUsize>,
     cancel: CancellationToken,
 }
@@ -350,7 +339,9 @@ impl Peer {
         } else {
             None
         };
-        let processor = ring.map(|r| SphinxProcessor::new(r, Duration::from_secs(60)));
+        let processor = ring
+            .clone()
+            .map(|r| SphinxProcessor::new(r, Duration::from_secs(60)));
         let allowed = PeerAllowList::default();
         let transport = Transport::bind(
             "127.0.0.1:0".parse()?,
@@ -389,9 +380,37 @@ impl Peer {
             egress,
             allowed,
             sink,
+            ring,
             packet_size,
             cancel,
         })
+    }
+
+    /// Our descriptor for `epoch` (role provider, our static Sphinx key).
+    pub fn descriptor(&self, epoch: u64) -> anyhow::Result<SignedDescriptor> {
+        let d = Descriptor::new(
+            self.id(),
+            self.sphinx_public,
+            epoch,
+            self.transport.local_addr()?,
+            Role::Provider,
+            loopmix_net::clock::unix_now(),
+        );
+        Ok(d.sign(&self.identity)?)
+    }
+
+    /// Like [`adopt`](Self::adopt) for a directory document; also accepts
+    /// packets built for its epoch.
+    pub fn adopt_verified(&self, v: &VerifiedTopology) {
+        let t = v.topology();
+        self.allowed.replace(t.nodes().iter().map(|n| n.id));
+        self.packet_size
+            .store(t.params().packet_size(), Ordering::Relaxed);
+        if let Some(ring) = &self.ring
+            && let Some(slot) = ring.slots().first().cloned()
+        {
+            ring.alias(v.epoch(), slot);
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -424,6 +443,10 @@ impl Peer {
 
     pub fn frames_received(&self) -> u64 {
         self.sink.frames.load(Ordering::Relaxed)
+    }
+
+    pub fn bad_frames(&self) -> u64 {
+        self.sink.bad.load(Ordering::Relaxed)
     }
 
     pub fn deliveries(&self) -> Vec<Delivery> {
@@ -463,19 +486,20 @@ pub struct Mixnet {
 
 /// Inits and starts one mix per layer of `params` under `root`, with
 /// `others` (e.g. a [`Peer`]'s entry) also in the topology. `tweak` edits each
-/// node's config text. Returns once every node runs the final topology.
+/// node's config. Returns once every node runs the final topology.
 pub fn launch_mixnet(
     bin: &Path,
     root: &Path,
     params: loopmix_core::topology::NetworkParams,
     others: Vec<NodeEntry>,
-    tweak: impl Fn(String) -> String,
+    tweak: impl Fn(&mut ConfigEdit),
 ) -> anyhow::Result<Mixnet> {
     let mut dirs = Vec::new();
     for layer in 1..=params.layers {
         let nd = init_node(bin, &root.join(format!("mix{layer}")), layer)?;
-        edit_config(&nd, |t| {
-            tweak(t.replace("reload_interval = \"2s\"", "reload_interval = \"100ms\""))
+        edit_config(&nd, |c| {
+            c.set("topology.reload_interval", "100ms");
+            tweak(c);
         })?;
         dirs.push(nd);
     }

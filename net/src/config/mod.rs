@@ -3,8 +3,13 @@
 //! field. Each role's config module (`loopmix_node::config`,
 //! `loopmix_client::config`, `loopmix_directory::config`) adds its own
 //! validation rules on top and reports them as [`ConfigError::Invalid`].
+//! [`ConfigEdit`] is the one way tools change a config an `init` command
+//! wrote: TOML edits that keep the comments, checked by the role's loader.
 
 use std::path::{Path, PathBuf};
+
+mod edit;
+pub use edit::ConfigEdit;
 
 use serde::de::DeserializeOwned;
 
@@ -27,6 +32,12 @@ pub enum ConfigError {
     Invalid {
         path: PathBuf,
         field: String,
+        reason: String,
+    },
+    #[error("{path}: cannot set `{key}`: {reason}")]
+    Edit {
+        path: PathBuf,
+        key: String,
         reason: String,
     },
 }

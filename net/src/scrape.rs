@@ -1,38 +1,91 @@
-//! Reading the Prometheus endpoints of the processes a localnet runs.
+//! Reading a loopmix process's own Prometheus endpoint back: what the
+//! localnet status line, the soak, `loopmix-node bench` and the end-to-end
+//! tests use to see inside the processes they run. A plain HTTP/1.1 GET (the
+//! endpoint is ours and serves `Connection: close` text) and three queries
+//! on the text exposition.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+/// Why a GET of a process's endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    #[error("GET {path} from {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("GET {path} from {addr}: not an HTTP response")]
+    NotHttp { addr: SocketAddr, path: String },
+    #[error("GET {path} from {addr}: {status}")]
+    Status {
+        addr: SocketAddr,
+        path: String,
+        status: String,
+    },
+}
 
 /// GET `http://addr/metrics` with short timeouts (a hung process must not
 /// stall the status line for long).
-pub fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+pub fn scrape(addr: SocketAddr) -> Result<String, ScrapeError> {
     http_get_within(addr, "/metrics", Duration::from_secs(1))
+}
+
+/// [`http_get_within`] with a 5 s timeout.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, ScrapeError> {
+    http_get_within(addr, path, Duration::from_secs(5))
 }
 
 /// A plain HTTP/1.1 GET of `path` returning the body of a 200 response:
 /// enough for the processes' own `/metrics` and status endpoints. Connects
 /// within `timeout` and reads within twice that (a hung process must not
 /// stall the caller long).
-pub fn http_get_within(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout * 2))?;
-    s.set_write_timeout(Some(timeout * 2))?;
+pub fn http_get_within(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, ScrapeError> {
+    let io = |source| ScrapeError::Io {
+        addr,
+        path: path.to_string(),
+        source,
+    };
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    s.set_read_timeout(Some(timeout * 2)).map_err(io)?;
+    s.set_write_timeout(Some(timeout * 2)).map_err(io)?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    )
+    .map_err(io)?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("bad HTTP response"))?;
+    s.read_to_string(&mut resp).map_err(io)?;
+    let Some((head, body)) = resp.split_once("\r\n\r\n") else {
+        return Err(ScrapeError::NotHttp {
+            addr,
+            path: path.to_string(),
+        });
+    };
     if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+        return Err(ScrapeError::Status {
+            addr,
+            path: path.to_string(),
+            status: head.lines().next().unwrap_or("").to_string(),
+        });
     }
     Ok(body.to_string())
+}
+
+/// The value of one exact series, labels included as they are exposed,
+/// e.g. `loopmix_packets_dropped_total{reason="replay"}`.
+pub fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
 }
 
 /// Sum of every series of metric `name` (any labels); `None` if absent.
@@ -92,6 +145,15 @@ mod tests {
             vec![("abc".to_string(), 1.0), ("def".to_string(), 0.0)]
         );
         assert!(by_label("", "d", "node").is_empty());
+    }
+
+    #[test]
+    fn reads_one_exact_series() {
+        let t = "# HELP d x\nd{r=\"a\"} 2\nd{r=\"ab\"} 5\nd 7\n";
+        assert_eq!(series(t, "d{r=\"a\"}"), Some(2.0));
+        assert_eq!(series(t, "d{r=\"ab\"}"), Some(5.0));
+        assert_eq!(series(t, "d"), Some(7.0));
+        assert_eq!(series(t, "d{r=\"b\"}"), None);
     }
 
     #[test]
