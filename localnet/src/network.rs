@@ -982,6 +982,13 @@ impl Localnet {
             "metrics": metrics,
             "logs": logs,
             "members": members,
+            // What a client of this network pins (`loopmix-client init
+            // --authority KEY=URL ... --threshold K`).
+            "authorities": self.auths.iter().map(|a| serde_json::json!({
+                "key": a.key.to_string(),
+                "url": a.url,
+            })).collect::<Vec<_>>(),
+            "threshold": self.auths.len() / 2 + 1,
         });
         let path = self.root.join(LOCALNET_JSON);
         loopmix_net::files::write_atomic(&path, &serde_json::to_vec_pretty(&json)?)?;

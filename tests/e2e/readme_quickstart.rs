@@ -15,7 +15,7 @@
 //! that `kill $LOCALNET` stopped every process of the network.
 //!
 //! Needs `jq` (the README says so; `.ci/run` installs it, elsewhere the
-//! test skips with a message); bash, awk and the binaries otherwise.
+//! test skips with a message); bash and the binaries otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -8,15 +8,15 @@
 //! carry no content, and replies are encrypted end to end
 //! ([`super::seal::seal_reply`]).
 //!
-//! Version 260 (the crate default) would need the creator itself to be the
-//! final hop, i.e. a sixth hop behind the provider; Sphinx allows five.
-//!
 //! The cost of 259: the SURB's user holds every hop's seed and can compute
 //! the payload as each hop will see it. A user colluding with a mix on the
-//! route can therefore recognise the reply there. The user of a SURB-ACK is
-//! the recipient's provider, which learns nothing new from that; the user of
-//! a reply block is the party being replied to, which already knows the
-//! reply's content but, with a mix's help, learns where on the route it is.
+//! route can therefore recognise the reply there, and from the last mix
+//! learn the creator's provider (THREAT_MODEL.md, "Attacks it does not
+//! resist"). Version 260 (the crate default) hands out only the last hop's
+//! seed; the creator keeps the rest (`SurbReplyRecovery`). Its final hop
+//! cannot read the payload, so using it here means the provider stores the
+//! still-sealed payload and the creating client unseals it: a change to the
+//! provider's delivery rules and the client's inbox, not made yet.
 
 use sphinx_packet::SURB;
 use sphinx_packet::SURBMaterial;
