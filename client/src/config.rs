@@ -28,6 +28,37 @@ pub struct ClientConfig {
     pub messages: MessagesSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub socks: SocksSection,
+}
+
+/// The SOCKS5 proxy's stream isolation (`loopmix-client socks5`). Each
+/// SOCKS5 username/password (RFC 1929, never checked) is an isolation
+/// key with its own session at the exit; streams without credentials
+/// share one key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocksSection {
+    /// A session with no streams for this long is closed; the next stream
+    /// of its key (or of no credentials) starts a new, unlinkable one.
+    #[serde(with = "humantime_serde")]
+    pub session_idle: Duration,
+    /// Keys with a session at once; beyond it, the longest-idle session
+    /// without streams is closed, and if none is idle the stream is
+    /// refused (reply 0x01).
+    pub max_sessions: usize,
+}
+
+/// Default of `socks.max_sessions`.
+pub const DEFAULT_SOCKS_SESSIONS: usize = 64;
+
+impl Default for SocksSection {
+    fn default() -> Self {
+        Self {
+            session_idle: crate::stream::mux::DEFAULT_SESSION_IDLE,
+            max_sessions: DEFAULT_SOCKS_SESSIONS,
+        }
+    }
 }
 
 /// Prometheus metrics of the client (packets per stream, loop round trips,
@@ -83,7 +114,10 @@ impl Default for MessagesSection {
         Self {
             max_message_bytes: 1 << 20,
             send_queue: 256,
-            pull_interval: Duration::from_millis(500),
+            // With the providers' default 8 slots per answer: 32 messages/s
+            // of receive capacity, half a pull interval (125 ms) of added
+            // delay on average.
+            pull_interval: Duration::from_millis(250),
             max_attempts: 10,
         }
     }
@@ -108,6 +142,12 @@ impl ClientConfig {
         if m.pull_interval < Duration::from_millis(10) {
             return Err(invalid("messages.pull_interval", "at least 10ms".into()));
         }
+        if cfg.socks.session_idle < Duration::from_secs(1) {
+            return Err(invalid("socks.session_idle", "at least 1s".into()));
+        }
+        if !(1..=4096).contains(&cfg.socks.max_sessions) {
+            return Err(invalid("socks.max_sessions", "1 to 4096".into()));
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut cfg.client.identity_key,
@@ -124,6 +164,7 @@ impl ClientConfig {
     /// The commented default config `init` writes.
     pub fn template(provider: NodeId, authorities: &[AuthorityEntry], threshold: usize) -> String {
         let m = MessagesSection::default();
+        let so = SocksSection::default();
         let mut auth = String::new();
         for a in authorities {
             auth.push_str(&format!(
@@ -154,7 +195,11 @@ request_timeout = "10s"
 [messages]
 max_message_bytes = {mb}
 send_queue = {sq}
-# How often the inbox is pulled (each pull answer has a constant size).
+# How often the inbox is pulled, busy or idle. Every pull has the same size
+# and confirms the previous answer's messages; every answer has the
+# provider's pull_slots slots (8 by default), so this client receives at
+# most pull_slots / pull_interval messages/s (32 at the defaults), and an
+# idle client downloads pull_slots x (slot size) / pull_interval bytes/s.
 pull_interval = "{pi}"
 # Transmissions of one fragment before the message is reported failed.
 max_attempts = {ma}
@@ -163,11 +208,23 @@ max_attempts = {ma}
 # Prometheus text at GET /metrics (packets per stream, loop round trips,
 # retransmissions, loop return ratio). Off unless set; keep it on loopback.
 # listen = "127.0.0.1:9190"
+
+[socks]
+# Stream isolation of `loopmix-client socks5`: each SOCKS5 username and
+# password (any, never checked: `curl --socks5-hostname user:pass@host:port`)
+# gets its own session at the exit, which cannot link sessions; streams
+# without credentials share one. A session with no streams for this long is
+# closed, and its key's next stream gets a new one.
+session_idle = "{si}"
+# Sessions at once; beyond it the longest-idle one without streams closes.
+max_sessions = {ms}
 "#,
             mb = m.max_message_bytes,
             sq = m.send_queue,
             pi = humantime::format_duration(m.pull_interval),
             ma = m.max_attempts,
+            si = humantime::format_duration(so.session_idle),
+            ms = so.max_sessions,
         )
     }
 }
@@ -194,10 +251,18 @@ mod tests {
         assert_eq!(c.client.provider, provider);
         assert_eq!(c.directory.authorities, auths);
         assert_eq!(c.messages, MessagesSection::default());
+        assert_eq!(c.socks, SocksSection::default());
         assert_eq!(c.client.identity_key, dir.path().join(IDENTITY_FILE));
 
         std::fs::write(&p, t.replace("threshold = 2", "threshold = 5")).unwrap();
         let e = ClientConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("directory.threshold"), "{e}");
+        std::fs::write(
+            &p,
+            t.replace("session_idle = \"10m\"", "session_idle = \"0s\""),
+        )
+        .unwrap();
+        let e = ClientConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("socks.session_idle"), "{e}");
     }
 }

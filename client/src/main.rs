@@ -74,10 +74,15 @@ enum Cmd {
         #[arg(long)]
         wait_reply: Option<u64>,
     },
-    /// Run a SOCKS5 proxy (RFC 1928, CONNECT, no authentication): each
-    /// connection becomes a stream through the mixnet to an exit service.
-    /// Host names are resolved at the exit, never locally. Use
-    /// `curl --socks5-hostname` (not `--socks5`, which resolves locally).
+    /// Run a SOCKS5 proxy (RFC 1928, CONNECT): each connection becomes a
+    /// stream through the mixnet to an exit service. Host names are
+    /// resolved at the exit, never locally. Use `curl --socks5-hostname`
+    /// (not `--socks5`, which resolves locally). Any username/password
+    /// (RFC 1929, never checked) is an isolation key: streams with
+    /// different ones use different, unlinkable sessions at the exit
+    /// (`curl --socks5-hostname user:pass@127.0.0.1:1080`); see `[socks]`
+    /// in the config for the idle time after which a key's session is
+    /// replaced.
     Socks5 {
         #[arg(long)]
         config: PathBuf,
@@ -205,10 +210,11 @@ fn main() -> anyhow::Result<()> {
             exit,
         } => {
             let cfg = ClientConfig::load(&config)?;
+            let socks = SocksConfig::from_section(&cfg.socks);
             serve_logs_and_runtime()?.block_on(async move {
                 let registry = Registry::new();
                 tokio::select! {
-                    r = socks5::run(cfg, SocksConfig::default(), listen, exit, &registry) => {
+                    r = socks5::run(cfg, socks, listen, exit, &registry) => {
                         r.context("SOCKS5 proxy")
                     }
                     _ = shutdown_signal() => Ok(()),

@@ -6,7 +6,7 @@
 //! λ_L ticker ─► engine.loop_packet  ─┼─► Egress (QUIC uni stream) ─► provider
 //! λ_D ticker ─► engine.drop_packet  ─┘
 //! pull every pull_interval ◄─ provider inbox ─► engine.on_inbox ─► events ─► app
-//!                                                        confirm ─► provider
+//!   (each pull confirms the previous answer's messages)
 //! ```
 //! Every stream builds its next packet ahead of its tick on the blocking
 //! pool (Sphinx construction plus a SURB costs about a millisecond), so send
@@ -26,11 +26,13 @@ use loopmix_core::keys::NodeId;
 use loopmix_core::message::MessageId;
 use loopmix_core::pki::VerifiedTopology;
 use loopmix_core::poisson::PoissonTicker;
-use loopmix_core::provider_control::{self, Request, Response};
+use loopmix_core::provider_control::{self, MAX_RESPONSE_BODY, Request, Response, SlotLayout};
 use loopmix_core::topology::Topology;
 use loopmix_net::directory::{DirectoryClient, DirectoryClientConfig};
 use loopmix_net::metrics::{MetricError, counter, counter_vec, float_gauge, histogram};
-use loopmix_net::provider_control::request as provider_request;
+use loopmix_net::provider_control::{
+    ControlError, read_message, request as provider_request, write_message,
+};
 use loopmix_net::routing::RoutingView;
 use loopmix_net::sleep_until;
 use loopmix_net::transport::egress::{Egress, EgressMetrics, OutPacket};
@@ -103,12 +105,18 @@ impl ClientMetrics {
                 "loopmix_client_loops_lost_total",
                 "Loop packets not back in time",
             )?,
-            pulls: counter_vec(
-                r,
-                "loopmix_client_pulls_total",
-                "Inbox pulls by result",
-                &["result"],
-            )?,
+            pulls: {
+                let pulls = counter_vec(
+                    r,
+                    "loopmix_client_pulls_total",
+                    "Inbox pulls by result (ok, refused, failed, unreachable, bad_answer: a wrong-shaped answer, connection dropped)",
+                    &["result"],
+                )?;
+                for k in ["ok", "refused", "failed", "unreachable", "bad_answer"] {
+                    pulls.with_label_values(&[k]);
+                }
+                pulls
+            },
             routes_avoiding: counter(
                 r,
                 "loopmix_client_routes_avoiding_suspects_total",
@@ -155,6 +163,8 @@ pub struct Client {
     /// The pull loop, awaited by [`Client::close`] so that the inbox items
     /// already handed to the application are confirmed before it exits.
     pull: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The local UDP address of the QUIC endpoint (packets and pulls).
+    link: Option<SocketAddr>,
     pub metrics: ClientMetrics,
 }
 
@@ -168,6 +178,12 @@ fn lock(e: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
 impl Client {
     pub fn address(&self) -> ClientAddress {
         self.address
+    }
+
+    /// The local UDP address both provider connections leave from (what
+    /// the provider, or a relay in front of it, sees as the source).
+    pub fn link_addr(&self) -> Option<SocketAddr> {
+        self.link
     }
 
     /// Queues `body` for `to`; it leaves in the next λ_P slots.
@@ -283,6 +299,7 @@ impl Client {
         // Nobody dials a client: the allow-list stays empty.
         let transport =
             Transport::bind(bind, identity, PeerAllowList::default(), Arc::new(|_| {}))?;
+        let link = transport.local_addr().ok();
         let egress = Egress::new(
             transport.clone(),
             1024,
@@ -350,6 +367,7 @@ impl Client {
                 address,
                 cancel,
                 pull: Mutex::new(Some(pull)),
+                link,
                 metrics,
             },
             events_rx,
@@ -367,6 +385,78 @@ pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 /// reader never sees half a file.
 pub fn write_atomic(path: &std::path::Path, text: &str) -> Result<(), ClientError> {
     loopmix_net::files::write_atomic(path, text.as_bytes()).map_err(ClientError::writing(path))
+}
+
+/// What a pull's outcome means to the pull loop.
+#[derive(Debug)]
+enum Answer {
+    /// A well-formed answer of the connection's shape.
+    Messages {
+        slots: Vec<provider_control::Slot>,
+        layout: SlotLayout,
+    },
+    /// An error answer (rate limited, busy, not registered).
+    Refused(Response),
+    /// Broken shape or codec: the provider is at fault.
+    Bad(String),
+    /// The exchange failed (timeout, connection).
+    Failed(ControlError),
+}
+
+/// Sorts a pull's outcome; `shape` is the layout of the connection's
+/// earlier answers (None before the first).
+fn judge(
+    outcome: Result<(Response, Option<SlotLayout>), ControlError>,
+    shape: Option<SlotLayout>,
+) -> Answer {
+    match outcome {
+        Ok((Response::Messages { slots }, Some(layout))) => match shape {
+            Some(s) if s != layout => {
+                Answer::Bad(format!("answer layout changed from {s:?} to {layout:?}"))
+            }
+            _ => Answer::Messages { slots, layout },
+        },
+        // Unreachable for an answer that decoded; refused all the same.
+        Ok((Response::Messages { .. }, None)) => Answer::Bad("answer without a layout".into()),
+        Ok((Response::Ok, _)) => Answer::Bad("a pull answered with ok".into()),
+        Ok((refused @ Response::Error { .. }, _)) => Answer::Refused(refused),
+        Err(ControlError::Codec(e)) => Answer::Bad(format!("malformed answer: {e}")),
+        Err(e) => Answer::Failed(e),
+    }
+}
+
+/// QUIC close code for a provider whose pull answer had the wrong shape.
+const BAD_ANSWER: u32 = 17;
+
+/// One pull on a fresh bidirectional stream of `conn`, confirming
+/// `confirm` (the first [`provider_control::CONFIRM_SLOTS`]): the answer and
+/// the layout it declares, which the caller compares with earlier answers.
+/// Bounded by `timeout`.
+async fn pull(
+    conn: &quinn::Connection,
+    confirm: &[u64],
+    timeout: Duration,
+) -> Result<(Response, Option<SlotLayout>), ControlError> {
+    let confirm = confirm
+        .iter()
+        .copied()
+        .take(provider_control::CONFIRM_SLOTS)
+        .collect();
+    let bytes = Request::Pull { confirm }.encode()?;
+    let exchange = async {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| ControlError::Connection(e.to_string()))?;
+        write_message(&mut send, &bytes, timeout).await?;
+        let answer = read_message(&mut recv, MAX_RESPONSE_BODY, timeout).await?;
+        let response = Response::decode(&answer, MAX_RESPONSE_BODY)?;
+        Ok((response, SlotLayout::of_answer(&answer)))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(ControlError::Timeout),
+    }
 }
 
 fn provider_address(t: &Topology, provider: NodeId) -> Result<SocketAddr, ClientError> {
@@ -633,33 +723,44 @@ impl Shell {
         true
     }
 
-    /// Keeps a control connection to the provider, registers, pulls.
+    /// Keeps a control connection to the provider, registers, and pulls
+    /// once every `pull_interval`, whether mail comes or not. Each pull
+    /// carries the confirmations of what the previous answer brought (once
+    /// the application has it): no separate confirm, no extra pull after a
+    /// full answer, so every request on the link has the same size and the
+    /// same schedule (`docs/PROTOCOL.md` §6.6). An answer of another shape
+    /// than the connection's first (or not a pull answer at all) drops the
+    /// connection, is counted as `bad_answer`, and the next tick reconnects.
     async fn pull_loop(self: Arc<Self>) {
         let timeout = Duration::from_secs(10);
         let mut conn: Option<quinn::Connection> = None;
+        // The shape of this connection's answers, from its first answer.
+        let mut shape: Option<SlotLayout> = None;
         let mut every = tokio::time::interval(self.pull_interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut warned = false;
+        // Seqs the application has and the provider has not yet been told
+        // of. A pull that is answered confirms them all, so this holds one
+        // answer's slots at most (≤ CONFIRM_SLOTS); after a failed pull the
+        // same seqs go again.
         let mut unconfirmed: Vec<u64> = Vec::new();
         loop {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
                     // Items the application already has must not come
-                    // again: one last confirm (bounded by `timeout`).
+                    // again: one more regular pull carries their
+                    // confirmation (bounded by `timeout`). What it brings
+                    // stays at the provider for next time.
                     if let (Some(c), false) = (conn.as_ref(), unconfirmed.is_empty()) {
-                        let batch: Vec<u64> = unconfirmed
-                            .iter()
-                            .copied()
-                            .take(provider_control::MAX_CONFIRM)
-                            .collect();
-                        let _ = provider_request(c, &Request::Confirm(batch), timeout).await;
+                        let _ = pull(c, &unconfirmed, timeout).await;
                     }
                     return;
                 }
                 _ = every.tick() => {}
             }
             if conn.as_ref().is_none_or(|c| c.close_reason().is_some()) {
+                shape = None;
                 conn = match self.connect_and_register(timeout).await {
                     Ok(c) => {
                         warned = false;
@@ -676,10 +777,14 @@ impl Shell {
                 };
             }
             let Some(c) = conn.clone() else { continue };
-            match provider_request(&c, &Request::Pull, timeout).await {
-                Ok(Response::Messages { slots }) => {
+            let bad = match judge(pull(&c, &unconfirmed, timeout).await, shape) {
+                Answer::Bad(why) => Some(why),
+                Answer::Messages { slots, layout } => {
+                    shape = Some(layout);
                     self.metrics.pulls.with_label_values(&["ok"]).inc();
-                    if slots.is_empty() && unconfirmed.is_empty() {
+                    // The provider deletes what this pull confirmed.
+                    unconfirmed.clear();
+                    if slots.is_empty() {
                         continue;
                     }
                     let mut events = Vec::new();
@@ -687,47 +792,25 @@ impl Shell {
                         let mut e = lock(&self.engine);
                         let now = Instant::now();
                         for s in &slots {
-                            // Items seen before (their confirm was lost) are
-                            // duplicates to the engine; confirm them again.
+                            // Items seen before (a confirmation was
+                            // lost) are duplicates to the engine;
+                            // confirm them again.
                             events.extend(e.on_inbox(s.identifier, &s.data, now));
-                            if !unconfirmed.contains(&s.seq) {
+                            if !unconfirmed.contains(&s.seq)
+                                && unconfirmed.len() < provider_control::CONFIRM_SLOTS
+                            {
                                 unconfirmed.push(s.seq);
                             }
                         }
                     }
+                    // Confirmed by the next pull only: by then the
+                    // events are with the application.
                     if !self.forward(events).await {
                         return;
                     }
-                    // Confirmed only now: the events are with the application.
-                    // Until the provider says ok, the seqs are kept and sent
-                    // again: an unconfirmed item blocks the inbox head.
-                    let batch: Vec<u64> = unconfirmed
-                        .iter()
-                        .copied()
-                        .take(provider_control::MAX_CONFIRM)
-                        .collect();
-                    match provider_request(&c, &Request::Confirm(batch.clone()), timeout).await {
-                        Ok(Response::Ok) => {
-                            unconfirmed.retain(|s| !batch.contains(s));
-                            // More may be waiting: pull again at once.
-                            if !slots.is_empty() {
-                                every.reset_immediately();
-                            }
-                        }
-                        Ok(other) => {
-                            self.metrics
-                                .pulls
-                                .with_label_values(&["confirm_refused"])
-                                .inc();
-                            debug!(answer = ?other, "confirm refused; retrying with the next pull");
-                        }
-                        Err(e) => {
-                            self.metrics.pulls.with_label_values(&["failed"]).inc();
-                            debug!(error = %e, "confirm failed; retrying with the next pull");
-                        }
-                    }
+                    None
                 }
-                Ok(other) => {
+                Answer::Refused(other) => {
                     // Refused (rate limited, busy): keep the connection and
                     // try again at the next tick; re-register if the
                     // provider no longer knows us.
@@ -737,12 +820,22 @@ impl Shell {
                     {
                         conn = None;
                     }
+                    None
                 }
-                Err(e) => {
+                Answer::Failed(e) => {
                     self.metrics.pulls.with_label_values(&["failed"]).inc();
                     debug!(error = %e, "pull failed");
                     conn = None;
+                    None
                 }
+            };
+            if let Some(why) = bad {
+                // A provider that breaks the constant shape (or the codec)
+                // is not talked to on that connection again.
+                self.metrics.pulls.with_label_values(&["bad_answer"]).inc();
+                warn!(reason = %why, "provider sent a wrong-shaped answer; disconnecting");
+                c.close(BAD_ANSWER.into(), b"wrong-shaped answer");
+                conn = None;
             }
         }
     }
@@ -757,5 +850,69 @@ impl Shell {
             Response::Ok => Ok(conn),
             other => bail!("registration refused: {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loopmix_core::provider_control::{CodecError, Slot};
+
+    fn layout(slots: usize) -> SlotLayout {
+        SlotLayout::new(slots, 32).unwrap()
+    }
+
+    fn messages(n: u64) -> Response {
+        Response::Messages {
+            slots: (0..n)
+                .map(|seq| Slot {
+                    seq,
+                    identifier: [0; 16],
+                    data: vec![1],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn answers_of_another_shape_or_kind_are_bad() {
+        // The first answer sets the shape; the same shape is fine.
+        assert!(matches!(
+            judge(Ok((messages(2), Some(layout(8)))), None),
+            Answer::Messages { slots, layout: l } if slots.len() == 2 && l == layout(8)
+        ));
+        assert!(matches!(
+            judge(Ok((messages(0), Some(layout(8)))), Some(layout(8))),
+            Answer::Messages { .. }
+        ));
+        // Another layout on the same connection: a provider that could
+        // signal something through the size.
+        assert!(matches!(
+            judge(Ok((messages(1), Some(layout(9)))), Some(layout(8))),
+            Answer::Bad(_)
+        ));
+        assert!(matches!(
+            judge(Ok((Response::Ok, None)), Some(layout(8))),
+            Answer::Bad(_)
+        ));
+        assert!(matches!(
+            judge(
+                Err(ControlError::Codec(CodecError::NonZeroPadding)),
+                Some(layout(8))
+            ),
+            Answer::Bad(_)
+        ));
+        // Error answers and broken exchanges are not the provider's shape.
+        assert!(matches!(
+            judge(
+                Ok((Response::error(provider_control::code::BUSY, "busy"), None)),
+                Some(layout(8))
+            ),
+            Answer::Refused(_)
+        ));
+        assert!(matches!(
+            judge(Err(ControlError::Timeout), None),
+            Answer::Failed(_)
+        ));
     }
 }

@@ -12,6 +12,18 @@
 //! method gets `0xFF`; a SOCKS4 request gets a SOCKS4 rejection. Anything
 //! else is closed. (A hand-written parser: the crates' server helpers
 //! resolve and connect locally, which is exactly what must not happen.)
+//!
+//! Stream isolation, as Tor's `IsolateSOCKSAuth`: username/password
+//! authentication (RFC 1929, method `0x02`) is preferred when offered, and
+//! any username and password are accepted, never checked: they are the
+//! [`IsolationKey`] that chooses the stream's session with the exit, so
+//! streams of different credentials cannot be linked there. No
+//! authentication (`0x00`) and an empty username with an empty password
+//! share one key. The sub-negotiation answers `01 00`; a wrong
+//! sub-negotiation version or a request cut short gets `01 01` (failure)
+//! and is closed. Credentials are never logged. (RFC 1929 asks for 1 to
+//! 255 bytes each; the length byte bounds them at 255, and empty ones are
+//! accepted as Tor and curl's `user:@` need.)
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -26,20 +38,25 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info};
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, SocksSection};
 use crate::exit::normalize;
 use crate::runtime::{Client, ClientEvent, write_atomic};
 use crate::stream::frame::valid_name;
 use crate::stream::io::{Down, Filler, Shared, pipe};
 use crate::stream::mux::Role;
-use crate::stream::{Mux, StreamConfig, StreamMetrics, Target, code};
+use crate::stream::{IsolationKey, Mux, StreamConfig, StreamMetrics, Target, code};
 
 /// Where the proxy writes its bound address (in the client's data dir).
 pub const SOCKS_ADDR_FILE: &str = "socks5.addr";
 
 const VERSION: u8 = 5;
 const NO_AUTH: u8 = 0x00;
+const USER_PASS: u8 = 0x02;
 const NO_ACCEPTABLE: u8 = 0xFF;
+/// RFC 1929: the sub-negotiation's version, and its status bytes.
+const AUTH_VERSION: u8 = 0x01;
+const AUTH_OK: u8 = 0x00;
+const AUTH_FAILED: u8 = 0x01;
 const CMD_CONNECT: u8 = 0x01;
 pub const COMMAND_NOT_SUPPORTED: u8 = 0x07;
 pub const ADDRESS_NOT_SUPPORTED: u8 = 0x08;
@@ -60,6 +77,10 @@ pub enum HandshakeError {
     Version(u8),
     #[error("no acceptable authentication method offered")]
     NoMethod,
+    #[error("username/password sub-negotiation version {0:#04x}, not 0x01")]
+    AuthVersion(u8),
+    #[error("username/password sub-negotiation cut short")]
+    AuthTruncated,
     #[error("malformed request")]
     Malformed,
 }
@@ -71,16 +92,19 @@ impl HandshakeError {
             Self::Version(4) => "socks4",
             Self::Version(_) => "version",
             Self::NoMethod => "no_method",
+            Self::AuthVersion(_) => "auth_version",
+            Self::AuthTruncated => "auth_truncated",
             Self::Malformed => "malformed",
         }
     }
 }
 
-/// Reads the method negotiation and the request, answering the
-/// negotiation. The caller sends the final reply.
+/// Reads the method negotiation, the username/password sub-negotiation if
+/// chosen, and the request, answering all but the request: the caller
+/// sends the final reply. The isolation key comes with the request.
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
-) -> Result<Request, HandshakeError> {
+) -> Result<(IsolationKey, Request), HandshakeError> {
     let ver = s.read_u8().await?;
     if ver != VERSION {
         if ver == 4 {
@@ -92,11 +116,56 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let n = s.read_u8().await?;
     let mut methods = vec![0u8; usize::from(n)];
     s.read_exact(&mut methods).await?;
-    if !methods.contains(&NO_AUTH) {
+    // Username/password first, as Tor: it is what isolates.
+    let key = if methods.contains(&USER_PASS) {
+        s.write_all(&[VERSION, USER_PASS]).await?;
+        credentials(s).await?
+    } else if methods.contains(&NO_AUTH) {
+        s.write_all(&[VERSION, NO_AUTH]).await?;
+        IsolationKey::NONE
+    } else {
         s.write_all(&[VERSION, NO_ACCEPTABLE]).await?;
         return Err(HandshakeError::NoMethod);
+    };
+    Ok((key, request(s).await?))
+}
+
+/// The RFC 1929 sub-negotiation: `01 ULEN UNAME PLEN PASSWD`. Every
+/// complete one succeeds; the credentials become the isolation key.
+async fn credentials<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+) -> Result<IsolationKey, HandshakeError> {
+    let ver = s.read_u8().await?;
+    if ver != AUTH_VERSION {
+        let _ = s.write_all(&[AUTH_VERSION, AUTH_FAILED]).await;
+        return Err(HandshakeError::AuthVersion(ver));
     }
-    s.write_all(&[VERSION, NO_AUTH]).await?;
+    async fn field<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
+        let len = s.read_u8().await?;
+        let mut b = vec![0u8; usize::from(len)];
+        s.read_exact(&mut b).await?;
+        Ok(b)
+    }
+    let user = field(s).await;
+    let pass = match &user {
+        Ok(_) => field(s).await,
+        Err(_) => Ok(Vec::new()),
+    };
+    let (user, pass) = match (user, pass) {
+        (Ok(u), Ok(p)) => (u, p),
+        // A length that promises more than arrives (an over-long name
+        // cut at the end of the input), or nothing at all.
+        _ => {
+            let _ = s.write_all(&[AUTH_VERSION, AUTH_FAILED]).await;
+            return Err(HandshakeError::AuthTruncated);
+        }
+    };
+    s.write_all(&[AUTH_VERSION, AUTH_OK]).await?;
+    Ok(IsolationKey::credentials(user, pass))
+}
+
+/// The request after the method (and sub-)negotiation.
+async fn request<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<Request, HandshakeError> {
     let mut head = [0u8; 4];
     s.read_exact(&mut head).await?;
     let [ver, cmd, rsv, atyp] = head;
@@ -162,8 +231,19 @@ pub struct SocksConfig {
 
 impl Default for SocksConfig {
     fn default() -> Self {
+        Self::from_section(&SocksSection::default())
+    }
+}
+
+impl SocksConfig {
+    /// The defaults, with the config file's `[socks]` section.
+    pub fn from_section(section: &SocksSection) -> Self {
         Self {
-            streams: StreamConfig::default(),
+            streams: StreamConfig {
+                session_idle: section.session_idle,
+                max_sessions: section.max_sessions,
+                ..StreamConfig::default()
+            },
             max_connections: 256,
             handshake_timeout: Duration::from_secs(10),
         }
@@ -193,13 +273,7 @@ pub async fn run(
         &["result"],
     )?;
     let shared = Shared::new(
-        Mux::client(
-            exit,
-            socks.streams.clone(),
-            metrics,
-            &mut rand::rng(),
-            Instant::now(),
-        ),
+        Mux::client(exit, socks.streams.clone(), metrics, &mut rand::rng()),
         Role::Client,
     );
     let (client, mut events) =
@@ -253,20 +327,23 @@ async fn serve(
     mut sock: TcpStream,
 ) {
     let count = |r: &str| handshakes.with_label_values(&[r]).inc();
-    let target = match tokio::time::timeout(timeout, handshake(&mut sock)).await {
+    // The key is never logged: it is someone's username and password.
+    let (isolation, target) = match tokio::time::timeout(timeout, handshake(&mut sock)).await {
         Err(_) => return count("timeout"),
         Ok(Err(e)) => {
             debug!(error = %e, "SOCKS5 handshake failed");
             return count(e.label());
         }
-        Ok(Ok(Request::Refuse(c))) => {
+        Ok(Ok((_, Request::Refuse(c)))) => {
             let _ = reply(&mut sock, c).await;
             return count("unsupported");
         }
-        Ok(Ok(Request::Connect(t))) => t,
+        Ok(Ok((k, Request::Connect(t)))) => (k, t),
     };
     let _ = sock.set_nodelay(true);
-    let opened = shared.mux().open(target.clone(), Instant::now());
+    let opened = shared
+        .mux()
+        .open(&isolation, target.clone(), Instant::now());
     let key = match opened {
         Ok(k) => k,
         Err(why) => {
@@ -302,7 +379,8 @@ async fn serve(
 mod tests {
     use super::*;
 
-    async fn run_handshake(input: &[u8]) -> (Result<Request, HandshakeError>, Vec<u8>) {
+    /// The handshake's result and everything it wrote back.
+    async fn run_keyed(input: &[u8]) -> (Result<(IsolationKey, Request), HandshakeError>, Vec<u8>) {
         let (mut a, mut b) = tokio::io::duplex(1024);
         a.write_all(input).await.unwrap();
         a.shutdown().await.unwrap();
@@ -311,6 +389,103 @@ mod tests {
         let mut out = Vec::new();
         a.read_to_end(&mut out).await.unwrap();
         (r, out)
+    }
+
+    async fn run_handshake(input: &[u8]) -> (Result<Request, HandshakeError>, Vec<u8>) {
+        let (r, out) = run_keyed(input).await;
+        (r.map(|(_, req)| req), out)
+    }
+
+    /// Methods `methods`, then the RFC 1929 sub-negotiation for
+    /// `user`/`pass`, then a CONNECT to 10.0.0.1:80.
+    fn with_credentials(methods: &[u8], user: &[u8], pass: &[u8]) -> Vec<u8> {
+        let mut v = vec![5, methods.len() as u8];
+        v.extend_from_slice(methods);
+        v.extend_from_slice(&[1, user.len() as u8]);
+        v.extend_from_slice(user);
+        v.push(pass.len() as u8);
+        v.extend_from_slice(pass);
+        v.extend_from_slice(&[5, 1, 0, 1, 10, 0, 0, 1, 0, 80]);
+        v
+    }
+
+    #[tokio::test]
+    async fn credentials_are_the_isolation_key() {
+        let (r, out) = run_keyed(&with_credentials(&[0, 2], b"alice", b"x")).await;
+        let (key, req) = r.unwrap();
+        assert_eq!(
+            key,
+            IsolationKey::credentials(b"alice".to_vec(), b"x".to_vec())
+        );
+        assert_eq!(
+            req,
+            Request::Connect(Target::Ip("10.0.0.1:80".parse().unwrap()))
+        );
+        // Method 0x02 chosen over 0x00, then success (01 00).
+        assert_eq!(out, [5, 2, 1, 0]);
+        // Any credentials are accepted; they only tell sessions apart.
+        let (r, _) = run_keyed(&with_credentials(&[2], b"bob", b"")).await;
+        let bob = r.unwrap().0;
+        assert_ne!(bob, IsolationKey::NONE);
+        assert_ne!(
+            bob,
+            IsolationKey::credentials(b"alice".to_vec(), b"x".to_vec())
+        );
+        // The longest fields RFC 1929 can carry (255 bytes each).
+        let long = vec![b'u'; 255];
+        let (r, out) = run_keyed(&with_credentials(&[2], &long, &long)).await;
+        assert!(r.is_ok());
+        assert_eq!(out, [5, 2, 1, 0]);
+        // Empty credentials and no authentication share a key (as Tor).
+        let (r, _) = run_keyed(&with_credentials(&[2], b"", b"")).await;
+        assert_eq!(r.unwrap().0, IsolationKey::NONE);
+        let (r, out) = run_keyed(&[5, 1, 0, 5, 1, 0, 1, 10, 0, 0, 1, 0, 80]).await;
+        assert_eq!(r.unwrap().0, IsolationKey::NONE);
+        assert_eq!(out, [5, 0]);
+        // Never printed.
+        let shown = format!(
+            "{:?}",
+            IsolationKey::credentials(b"alice".to_vec(), b"x".to_vec())
+        );
+        assert!(!shown.contains("alice"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn bad_authentication_gets_the_rfc_codes() {
+        // No acceptable method (GSSAPI only, unknown methods, none at
+        // all): 05 FF, RFC 1928.
+        for methods in [&[1u8][..], &[3, 0x80, 0xFE], &[]] {
+            let mut v = vec![5, methods.len() as u8];
+            v.extend_from_slice(methods);
+            let (r, out) = run_keyed(&v).await;
+            assert!(matches!(r, Err(HandshakeError::NoMethod)), "{methods:?}");
+            assert_eq!(out, [5, 0xFF], "{methods:?}");
+        }
+        // A sub-negotiation version other than 0x01 (here a confused
+        // client sending 0x05): failure status 01 01, closed.
+        let mut v = with_credentials(&[2], b"alice", b"x");
+        v[3] = 5;
+        let (r, out) = run_keyed(&v).await;
+        assert_eq!(r.unwrap_err().label(), "auth_version");
+        assert_eq!(out, [5, 2, 1, 1]);
+        // A username longer than what arrives (the length byte says 255,
+        // 3 bytes follow): failure, never a panic.
+        let (r, out) = run_keyed(&[5, 1, 2, 1, 255, b'a', b'b', b'c']).await;
+        assert_eq!(r.unwrap_err().label(), "auth_truncated");
+        assert_eq!(out, [5, 2, 1, 1]);
+        // Garbage in place of the sub-negotiation; cut anywhere.
+        let (r, out) = run_keyed(&[5, 1, 2, 0xde, 0xad, 0xbe, 0xef]).await;
+        assert!(r.is_err());
+        assert_eq!(out, [5, 2, 1, 1]);
+        let full = with_credentials(&[2], b"alice", b"secret");
+        for cut in 0..full.len() {
+            let (r, out) = run_keyed(&full[..cut]).await;
+            assert!(r.is_err(), "cut {cut}");
+            // Once the sub-negotiation has begun, a cut gets 01 01.
+            if (4..=16).contains(&cut) {
+                assert_eq!(out, [5, 2, 1, 1], "cut {cut}");
+            }
+        }
     }
 
     #[tokio::test]
@@ -325,7 +500,7 @@ mod tests {
         );
         assert_eq!(out, [5, 0]);
 
-        let (r, _) = run_handshake(&[5, 2, 2, 0, 5, 1, 0, 1, 127, 0, 0, 1, 0, 80]).await;
+        let (r, _) = run_handshake(&[5, 2, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, 0, 80]).await;
         assert_eq!(
             r.unwrap(),
             Request::Connect(Target::Ip("127.0.0.1:80".parse().unwrap()))
@@ -379,8 +554,8 @@ mod tests {
         }
         let (r, _) = run_handshake(&[5, 1, 0, 5, 1, 0, 9]).await;
         assert_eq!(r.unwrap(), Request::Refuse(ADDRESS_NOT_SUPPORTED));
-        // Only username/password offered: 0xFF.
-        let (r, out) = run_handshake(&[5, 1, 2]).await;
+        // Only GSSAPI offered: 0xFF.
+        let (r, out) = run_handshake(&[5, 1, 1]).await;
         assert!(matches!(r, Err(HandshakeError::NoMethod)));
         assert_eq!(out, [5, 0xFF]);
         // SOCKS4 gets a SOCKS4 rejection; HTTP is just closed.

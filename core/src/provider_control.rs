@@ -7,15 +7,25 @@
 //!
 //! ```text
 //! message  = type:u8 length:u32be body[length]
-//! 0x10 register   ()                         -> 0x11 ok
-//! 0x12 pull       ()                         -> 0x13 messages
-//! 0x14 confirm    n:u16 n × seq:u64          -> 0x11 ok
-//! any failure                                -> 0x1f error code:u16 message:utf-8
+//! 0x10 register   ()                          -> 0x11 ok
+//! 0x12 pull       n:u16 32 × seq:u64          -> 0x13 messages
+//! any failure                                 -> 0x1f error code:u16 message:utf-8
 //!
 //! messages = count:u16 slots:u16 slot-len:u16 slots × slot
 //! slot     = seq:u64 identifier[16] len:u16 data[len] zero[slot-len − len]
 //! ```
-//! The first `count` slots are real, the rest are dummies and entirely zero.
+//! A `pull` confirms the first `n` sequence numbers (messages of earlier
+//! answers the client now holds; the provider deletes them) and asks for
+//! the oldest messages left. The other `32 − n` entries are zero. Every pull
+//! is [`PULL_REQUEST_LEN`] bytes, however much the client confirms, and
+//! there is no other request after `register`: an observer of the link sees
+//! the same request at the same times whether mail arrives or not. (Until
+//! issue 17 a separate `0x14 confirm` of 7 + 8n bytes followed every pull
+//! that returned something, and the client pulled again at once; that type
+//! is gone, and `0x14` is now an unknown type.)
+//!
+//! The first `count` slots of an answer are real, the rest are dummies and
+//! entirely zero.
 //! A provider always answers a pull with the same `slots` and `slot-len`, so
 //! the answer's size never says how much mail there was. `slots` and
 //! `slot-len` are on the wire (an addition to the first draft of §6.6, which
@@ -31,15 +41,22 @@ pub const TYPE_REGISTER: u8 = 0x10;
 pub const TYPE_OK: u8 = 0x11;
 pub const TYPE_PULL: u8 = 0x12;
 pub const TYPE_MESSAGES: u8 = 0x13;
-pub const TYPE_CONFIRM: u8 = 0x14;
 pub const TYPE_ERROR: u8 = 0x1f;
 
 /// `type` and `length`.
 pub const HEADER_LEN: usize = 5;
-/// Most sequence numbers one `confirm` may carry.
-pub const MAX_CONFIRM: usize = 1024;
-/// Largest request body (a maximal `confirm`).
-pub const MAX_REQUEST_BODY: usize = 2 + 8 * MAX_CONFIRM;
+/// Confirmation entries in every `pull` (used or zero). A client never has
+/// more to confirm than the slots of one answer (it confirms each answer
+/// in the next pull), so answers have at most this many slots.
+pub const CONFIRM_SLOTS: usize = 32;
+/// Most slots a pull answer may have (see [`CONFIRM_SLOTS`]).
+pub const MAX_PULL_SLOTS: usize = CONFIRM_SLOTS;
+/// Body of every `pull`: `n` and the confirmation entries.
+pub const PULL_BODY_LEN: usize = 2 + 8 * CONFIRM_SLOTS;
+/// Bytes of every `pull` on the wire (263).
+pub const PULL_REQUEST_LEN: usize = HEADER_LEN + PULL_BODY_LEN;
+/// Largest request body (a `pull`).
+pub const MAX_REQUEST_BODY: usize = PULL_BODY_LEN;
 /// Largest response body a client accepts, and a provider may produce.
 pub const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
 /// Longest error message in bytes; longer ones are cut when encoding.
@@ -48,8 +65,10 @@ pub const MAX_ERROR_MESSAGE: usize = 1024;
 pub const MESSAGES_HEADER_LEN: usize = 6;
 /// `seq`, `identifier`, `len`.
 pub const SLOT_HEADER_LEN: usize = 8 + 16 + 2;
-/// Default number of slots in a pull answer.
-pub const DEFAULT_PULL_SLOTS: usize = 16;
+/// Default number of slots in a pull answer. With the client's default
+/// pull interval (250 ms) that is 32 messages/s of receive capacity, the
+/// same as the 16 slots every 500 ms before, at half the added delay.
+pub const DEFAULT_PULL_SLOTS: usize = 8;
 
 /// Error codes of `0x1f error` answers. Unknown codes are still decoded.
 pub mod code {
@@ -59,7 +78,7 @@ pub mod code {
     pub const NOT_CLIENT: u16 = 2;
     /// Too many requests from this client; try again later.
     pub const RATE_LIMITED: u16 = 3;
-    /// `pull`/`confirm` before `register`.
+    /// `pull` before `register`.
     pub const NOT_REGISTERED: u16 = 4;
     /// The provider serves the maximum number of clients.
     pub const TOO_MANY_CLIENTS: u16 = 5;
@@ -87,10 +106,10 @@ pub mod code {
 pub enum Request {
     /// Create this client's inbox (idempotent).
     Register,
-    /// Hand out the oldest messages (they stay until confirmed).
-    Pull,
-    /// Delete these messages (by `seq`); unknown ones are ignored.
-    Confirm(Vec<u64>),
+    /// Delete the `confirm`ed messages (by `seq`, at most
+    /// [`CONFIRM_SLOTS`]; unknown ones are ignored), then hand out the
+    /// oldest ones left (they stay until a later pull confirms them).
+    Pull { confirm: Vec<u64> },
 }
 
 impl Request {
@@ -98,8 +117,7 @@ impl Request {
     pub fn label(&self) -> &'static str {
         match self {
             Request::Register => "register",
-            Request::Pull => "pull",
-            Request::Confirm(_) => "confirm",
+            Request::Pull { .. } => "pull",
         }
     }
 }
@@ -107,7 +125,7 @@ impl Request {
 /// One message in a pull answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
-    /// The provider's sequence number, what `confirm` takes.
+    /// The provider's sequence number, what a pull's `confirm` takes.
     pub seq: u64,
     /// The 16-byte Sphinx identifier the message arrived with.
     pub identifier: [u8; 16],
@@ -135,14 +153,14 @@ pub struct SlotLayout {
 }
 
 impl SlotLayout {
-    /// Checks that `slots` ≥ 1 and `data_len` fit the wire format and the
-    /// whole answer fits [`MAX_RESPONSE_BODY`].
+    /// Checks that 1 ≤ `slots` ≤ [`MAX_PULL_SLOTS`], `data_len` fits the
+    /// wire format and the whole answer fits [`MAX_RESPONSE_BODY`].
     pub fn new(slots: usize, data_len: usize) -> Result<Self, CodecError> {
         let invalid = CodecError::InvalidLayout { slots, data_len };
         let (Ok(s), Ok(d)) = (u16::try_from(slots), u16::try_from(data_len)) else {
             return Err(invalid);
         };
-        if s == 0 {
+        if s == 0 || slots > MAX_PULL_SLOTS {
             return Err(invalid);
         }
         let layout = Self {
@@ -172,6 +190,20 @@ impl SlotLayout {
     pub fn wire_len(&self) -> usize {
         HEADER_LEN + self.body_len()
     }
+
+    /// The layout an encoded `messages` answer declares (None for other
+    /// types or too few bytes). Of an answer that decoded, it is the shape
+    /// its size follows: a client compares it with the answers before.
+    pub fn of_answer(bytes: &[u8]) -> Option<SlotLayout> {
+        match bytes {
+            [TYPE_MESSAGES, _, _, _, _, _, _, s0, s1, d0, d1, ..] => SlotLayout::new(
+                u16::from_be_bytes([*s0, *s1]) as usize,
+                u16::from_be_bytes([*d0, *d1]) as usize,
+            )
+            .ok(),
+            _ => None,
+        }
+    }
 }
 
 /// Why bytes were not a valid message, or a value could not be encoded.
@@ -189,9 +221,9 @@ pub enum CodecError {
     UnknownType(u8),
     #[error("message type {ty:#04x} has a body of {len} bytes, expected none")]
     UnexpectedBody { ty: u8, len: usize },
-    #[error("confirm body of {len} bytes does not hold {n} sequence numbers")]
-    BadConfirm { n: usize, len: usize },
-    #[error("{n} sequence numbers in one confirm, at most {MAX_CONFIRM}")]
+    #[error("pull body of {len} bytes, every pull has {PULL_BODY_LEN}")]
+    BadPullLength { len: usize },
+    #[error("{n} sequence numbers in one pull, at most {CONFIRM_SLOTS}")]
     TooManySeqs { n: usize },
     #[error("answer layout of {slots} slots × {data_len} bytes is not allowed")]
     InvalidLayout { slots: usize, data_len: usize },
@@ -215,7 +247,7 @@ impl CodecError {
             CodecError::TooLong { .. } => "too_long",
             CodecError::UnknownType(_) => "unknown_type",
             CodecError::UnexpectedBody { .. } => "unexpected_body",
-            CodecError::BadConfirm { .. } => "bad_confirm",
+            CodecError::BadPullLength { .. } => "bad_pull_length",
             CodecError::TooManySeqs { .. } => "too_many_seqs",
             CodecError::InvalidLayout { .. } => "invalid_layout",
             CodecError::CountOverSlots { .. } => "count_over_slots",
@@ -240,17 +272,18 @@ impl Request {
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
         Ok(match self {
             Request::Register => with_header(TYPE_REGISTER, 0),
-            Request::Pull => with_header(TYPE_PULL, 0),
-            Request::Confirm(seqs) => {
-                if seqs.len() > MAX_CONFIRM {
-                    return Err(CodecError::TooManySeqs { n: seqs.len() });
+            Request::Pull { confirm } => {
+                if confirm.len() > CONFIRM_SLOTS {
+                    return Err(CodecError::TooManySeqs { n: confirm.len() });
                 }
-                let mut out = with_header(TYPE_CONFIRM, 2 + 8 * seqs.len());
-                // ≤ MAX_CONFIRM, checked above.
-                out.extend_from_slice(&(seqs.len() as u16).to_be_bytes());
-                for s in seqs {
+                let mut out = with_header(TYPE_PULL, PULL_BODY_LEN);
+                // ≤ CONFIRM_SLOTS, checked above.
+                out.extend_from_slice(&(confirm.len() as u16).to_be_bytes());
+                for s in confirm {
                     out.extend_from_slice(&s.to_be_bytes());
                 }
+                // The unused entries: every pull has the same size.
+                out.resize(PULL_REQUEST_LEN, 0);
                 out
             }
         })
@@ -261,21 +294,23 @@ impl Request {
         let (ty, body) = split(bytes, MAX_REQUEST_BODY)?;
         match ty {
             TYPE_REGISTER => empty(ty, body).map(|()| Request::Register),
-            TYPE_PULL => empty(ty, body).map(|()| Request::Pull),
-            TYPE_CONFIRM => {
+            TYPE_PULL => {
+                if body.len() != PULL_BODY_LEN {
+                    return Err(CodecError::BadPullLength { len: body.len() });
+                }
                 let mut r = Reader(body);
                 let n = r.u16()? as usize;
-                if n > MAX_CONFIRM {
+                if n > CONFIRM_SLOTS {
                     return Err(CodecError::TooManySeqs { n });
                 }
-                if r.0.len() != 8 * n {
-                    return Err(CodecError::BadConfirm { n, len: body.len() });
-                }
-                let mut seqs = Vec::with_capacity(n);
+                let mut confirm = Vec::with_capacity(n);
                 for _ in 0..n {
-                    seqs.push(r.u64()?);
+                    confirm.push(r.u64()?);
                 }
-                Ok(Request::Confirm(seqs))
+                if !all_zero(r.0) {
+                    return Err(CodecError::NonZeroPadding);
+                }
+                Ok(Request::Pull { confirm })
             }
             other => Err(CodecError::UnknownType(other)),
         }
@@ -517,22 +552,46 @@ mod tests {
     #[test]
     fn requests_have_the_documented_bytes() {
         assert_eq!(Request::Register.encode().unwrap(), [0x10, 0, 0, 0, 0]);
-        assert_eq!(Request::Pull.encode().unwrap(), [0x12, 0, 0, 0, 0]);
+        let empty = Request::Pull { confirm: vec![] }.encode().unwrap();
+        assert_eq!(&empty[..7], [0x12, 0, 0, 1, 2, 0, 0]);
+        assert!(empty[7..].iter().all(|&b| b == 0));
+        let two = Request::Pull {
+            confirm: vec![1, 0x0102],
+        }
+        .encode()
+        .unwrap();
         assert_eq!(
-            Request::Confirm(vec![1, 0x0102]).encode().unwrap(),
+            &two[..23],
             [
-                0x14, 0, 0, 0, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2
+                0x12, 0, 0, 1, 2, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2
             ]
         );
+        assert!(two[23..].iter().all(|&b| b == 0));
+        let full = Request::Pull {
+            confirm: vec![7; CONFIRM_SLOTS],
+        }
+        .encode()
+        .unwrap();
+        // One size whatever is confirmed: the point of the format.
+        for r in [&empty, &two, &full] {
+            assert_eq!(r.len(), PULL_REQUEST_LEN);
+        }
+        assert_eq!(PULL_REQUEST_LEN, 263);
+        assert_eq!(full.len(), HEADER_LEN + MAX_REQUEST_BODY);
         assert_eq!(
-            Request::Confirm(vec![0; MAX_CONFIRM + 1]).encode(),
-            Err(CodecError::TooManySeqs { n: MAX_CONFIRM + 1 })
+            Request::decode(&full).unwrap(),
+            Request::Pull {
+                confirm: vec![7; CONFIRM_SLOTS]
+            }
         );
-        let max = Request::Confirm(vec![7; MAX_CONFIRM]).encode().unwrap();
-        assert_eq!(max.len(), HEADER_LEN + MAX_REQUEST_BODY);
         assert_eq!(
-            Request::decode(&max).unwrap(),
-            Request::Confirm(vec![7; MAX_CONFIRM])
+            Request::Pull {
+                confirm: vec![0; CONFIRM_SLOTS + 1]
+            }
+            .encode(),
+            Err(CodecError::TooManySeqs {
+                n: CONFIRM_SLOTS + 1
+            })
         );
     }
 
@@ -588,6 +647,25 @@ mod tests {
             "over MAX_RESPONSE_BODY"
         );
         assert!(SlotLayout::new(16, 65_535).is_ok());
+        assert!(SlotLayout::new(MAX_PULL_SLOTS, 10).is_ok());
+        assert!(
+            SlotLayout::new(MAX_PULL_SLOTS + 1, 10).is_err(),
+            "more slots than a pull can confirm"
+        );
+    }
+
+    #[test]
+    fn of_answer_reads_the_declared_layout() {
+        let l = layout();
+        let bytes = Response::Messages {
+            slots: vec![slot(1, b"x")],
+        }
+        .encode(&l)
+        .unwrap();
+        assert_eq!(SlotLayout::of_answer(&bytes), Some(l));
+        assert_eq!(SlotLayout::of_answer(&bytes[..10]), None);
+        let ok = Response::Ok.encode(&l).unwrap();
+        assert_eq!(SlotLayout::of_answer(&ok), None);
     }
 
     #[test]
@@ -624,9 +702,19 @@ mod tests {
             (vec![0x10, 0, 0, 0, 1, 0], "unexpected_body"),
             (vec![0x42, 0, 0, 0, 0], "unknown_type"),
             (vec![0x11, 0, 0, 0, 0], "unknown_type"),
-            (vec![0x14, 0xff, 0xff, 0xff, 0xff], "too_long"),
-            (vec![0x14, 0, 0, 0, 3, 0, 1, 0], "bad_confirm"),
-            (vec![0x14, 0, 0, 0, 2, 0x04, 0x01], "too_many_seqs"),
+            // The old separate confirm is gone.
+            (vec![0x14, 0, 0, 0, 2, 0, 0], "unknown_type"),
+            (vec![0x12, 0xff, 0xff, 0xff, 0xff], "too_long"),
+            (vec![0x12, 0, 0, 0, 0], "bad_pull_length"),
+            (
+                vec![0x12, 0, 0, 0, 10, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+                "bad_pull_length",
+            ),
+            (pull_with(&[0, 33]), "too_many_seqs"),
+            (
+                pull_with(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 9]),
+                "non_zero_padding",
+            ),
         ];
         for (bytes, label) in cases {
             let e = Request::decode(&bytes).unwrap_err();
@@ -669,11 +757,18 @@ mod tests {
         );
     }
 
+    /// A pull whose body starts with `head` (zero after it).
+    fn pull_with(head: &[u8]) -> Vec<u8> {
+        let mut v = Request::Pull { confirm: vec![] }.encode().unwrap();
+        v[HEADER_LEN..HEADER_LEN + head.len()].copy_from_slice(head);
+        v
+    }
+
     fn arb_request() -> impl Strategy<Value = Request> {
         prop_oneof![
             Just(Request::Register),
-            Just(Request::Pull),
-            prop::collection::vec(any::<u64>(), 0..=MAX_CONFIRM).prop_map(Request::Confirm),
+            prop::collection::vec(any::<u64>(), 0..=CONFIRM_SLOTS)
+                .prop_map(|confirm| Request::Pull { confirm }),
         ]
     }
 
@@ -705,7 +800,28 @@ mod tests {
         #[test]
         fn requests_round_trip(req in arb_request()) {
             let bytes = req.encode().unwrap();
+            if matches!(req, Request::Pull { .. }) {
+                prop_assert_eq!(bytes.len(), PULL_REQUEST_LEN);
+            }
             prop_assert_eq!(Request::decode(&bytes).unwrap(), req);
+        }
+
+        #[test]
+        fn structured_pulls_never_panic(
+            n in 0u16..40,
+            // Mostly the right length, so the entry checks run.
+            rest in prop_oneof![
+                3 => prop::collection::vec(prop_oneof![4 => Just(0u8), 1 => any::<u8>()], 8 * CONFIRM_SLOTS),
+                1 => prop::collection::vec(any::<u8>(), 0..300),
+            ],
+        ) {
+            let mut bytes = vec![TYPE_PULL];
+            bytes.extend_from_slice(&((2 + rest.len()) as u32).to_be_bytes());
+            bytes.extend_from_slice(&n.to_be_bytes());
+            bytes.extend_from_slice(&rest);
+            if let Ok(req) = Request::decode(&bytes) {
+                prop_assert_eq!(req.encode().unwrap(), bytes);
+            }
         }
 
         #[test]

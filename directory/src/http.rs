@@ -2,8 +2,9 @@
 //! docs/PROTOCOL-directory.md.
 //!
 //! Every request has a timeout (408) and a body limit (413); registrations
-//! are rate limited per client IP and overall (429). Behind a reverse proxy
-//! the per-IP limit sees the proxy's address: put the limit in the proxy.
+//! and views of the status page (`/`, [`crate::status`]) are rate limited
+//! per client IP and overall (429). Behind a reverse proxy the per-IP
+//! limits see the proxy's address: put the limits in the proxy.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -12,8 +13,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
+use axum::http::HeaderValue;
 use axum::http::StatusCode;
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, RETRY_AFTER,
+    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -26,6 +31,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::authority::registration::Registered;
 use crate::authority::{Authority, DocumentError, RegisterError, now_ms};
 use crate::liveness::Liveness;
+use crate::status::{self, StatusPage};
 
 /// A refusal, rendered as an `ErrorBody` with this status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +95,7 @@ pub struct AppState {
     liveness: Option<Arc<Liveness>>,
     per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     global: Arc<DefaultDirectRateLimiter>,
+    status: Arc<StatusPage>,
 }
 
 impl AppState {
@@ -104,12 +111,19 @@ impl AppState {
             l.registration_burst_per_ip,
         ));
         let global = RateLimiter::direct(quota(l.registrations_per_s, l.registration_burst));
+        let status = StatusPage::new(authority.config().network.clone());
         Self {
             authority,
             liveness: None,
             per_ip: Arc::new(per_ip),
             global: Arc::new(global),
+            status: Arc::new(status),
         }
+    }
+
+    /// The status page's limits, cache and prediction.
+    pub fn status(&self) -> &StatusPage {
+        &self.status
     }
 
     /// Serves the liveness endpoints from `liveness` (404 `liveness_disabled`
@@ -124,12 +138,14 @@ impl AppState {
     pub fn shrink(&self) {
         self.per_ip.retain_recent();
         self.per_ip.shrink_to_fit();
+        self.status.shrink();
     }
 }
 
 pub fn router(state: AppState) -> Router {
     let limits = state.authority.config().limits.clone();
     Router::new()
+        .route("/", get(status_page))
         .route("/v1/descriptors", post(register))
         .route("/v1/descriptors/{epoch}", get(descriptors))
         .route("/v1/topology/current", get(current))
@@ -343,6 +359,54 @@ async fn metrics(State(s): State<AppState>) -> Response {
     ([(CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response()
 }
 
+/// The status page (`crate::status`): HTML that may hold node-supplied
+/// text (escaped), so it goes out with a CSP that allows no script at all.
+async fn status_page(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let views = &s.authority.metrics.status_page;
+    if !s.status.admit(peer.ip()) {
+        views.with_label_values(&["rate_limited"]).inc();
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many page views; retry later",
+        )
+        .into_response();
+    }
+    let (page, authority, liveness) = (s.status.clone(), s.authority.clone(), s.liveness.clone());
+    match tokio::task::spawn_blocking(move || page.page(&authority, liveness.as_deref(), now_ms()))
+        .await
+    {
+        Ok(body) => {
+            views.with_label_values(&["served"]).inc();
+            (
+                [
+                    (
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/html; charset=utf-8"),
+                    ),
+                    (
+                        CONTENT_SECURITY_POLICY,
+                        HeaderValue::from_static(status::CONTENT_SECURITY_POLICY),
+                    ),
+                    (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+                    (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+                    (REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+                    (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            views.with_label_values(&["error"]).inc();
+            ApiError::internal(&e).into_response()
+        }
+    }
+}
+
 async fn not_found() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response()
 }
@@ -355,6 +419,42 @@ mod tests {
     use loopmix_core::pki::DescriptorError;
 
     use super::*;
+
+    /// `/` is HTML under a CSP that allows no script, rate limited per IP
+    /// (429 beyond the burst), and the API next to it still answers JSON.
+    #[tokio::test]
+    async fn status_page_is_strict_html_and_rate_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Arc::new(crate::status::tests::authority(dir.path()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(AppState::new(a)).into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let c = reqwest::Client::builder().no_proxy().build().unwrap();
+        let get = |path: &str| c.get(format!("http://{addr}{path}")).send();
+
+        let r = get("/").await.unwrap();
+        assert_eq!(r.status(), 200);
+        let h = r.headers().clone();
+        assert_eq!(h[CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(h[CONTENT_SECURITY_POLICY], status::CONTENT_SECURITY_POLICY);
+        assert!(status::CONTENT_SECURITY_POLICY.starts_with("default-src 'none';"));
+        assert_eq!(h[X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("loopmix network status") && !body.contains("<script"));
+
+        let r = get("/v1/epoch").await.unwrap();
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+
+        let mut statuses = Vec::new();
+        for _ in 0..status::VIEW_BURST_PER_IP + 2 {
+            statuses.push(get("/").await.unwrap().status().as_u16());
+        }
+        assert!(statuses.contains(&429), "{statuses:?}");
+        let r = get("/").await.unwrap();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+    }
 
     /// The wire contract of docs/PROTOCOL.md (directory API): status and
     /// `error` code of every refusal the authority's logic returns.

@@ -16,11 +16,14 @@
 //!   signed liveness ("down") list every few seconds.
 //! * [`http`]: the axum API with body limits, timeouts and rate limits; maps
 //!   the authority's typed refusals to status codes and error bodies.
+//! * [`status`]: the network status page at `/` (server-rendered HTML,
+//!   escaped, rate limited) with the simulator's ε and latency prediction.
 
 pub mod authority;
 pub mod config;
 pub mod http;
 pub mod liveness;
+pub mod status;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -73,6 +76,9 @@ pub async fn run(cfg: DirectoryConfig, shutdown: CancellationToken) -> Result<()
         .clone()
         .map(|l| tokio::spawn(l.run(shutdown.clone())));
     let state = http::AppState::new(authority.clone()).with_liveness(liveness);
+    // ε and latency for the status page: one bounded simulation, on its
+    // own thread; the page says "computing" until it is done.
+    state.status().prediction().start();
     let shrinker = {
         let state = state.clone();
         let cancel = shutdown.clone();

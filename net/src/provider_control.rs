@@ -144,7 +144,11 @@ mod tests {
     #[tokio::test]
     async fn read_message_checks_length_before_reading_and_expects_the_end() {
         let t = Duration::from_secs(5);
-        let msg = Request::Confirm(vec![1, 2]).encode().unwrap();
+        let msg = Request::Pull {
+            confirm: vec![1, 2],
+        }
+        .encode()
+        .unwrap();
         let (mut a, mut b) = tokio::io::duplex(1024);
         write_message(&mut a, &msg, t).await.unwrap();
         assert_eq!(

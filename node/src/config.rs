@@ -69,7 +69,7 @@ impl Default for ProviderSection {
             inbox_max_messages: 10_000,
             inbox_max_bytes: 64 * 1024 * 1024,
             inbox_max_age: Duration::from_secs(7 * 24 * 3600),
-            pull_slots: 16,
+            pull_slots: loopmix_core::provider_control::DEFAULT_PULL_SLOTS,
             delivery_queue: 4096,
             // A client sends lambda_P + lambda_L + lambda_D packets/s in all
             // (4 at the directory's defaults, 54 in the fastest localnet
@@ -327,6 +327,14 @@ impl NodeConfig {
                 return Err(invalid(field, "must be > 0".into()));
             }
         }
+        // A pull confirms at most this many messages, one answer's worth.
+        let max_slots = loopmix_core::provider_control::MAX_PULL_SLOTS;
+        if cfg.provider.pull_slots > max_slots {
+            return Err(invalid(
+                "provider.pull_slots",
+                format!("at most {max_slots}"),
+            ));
+        }
         match (&cfg.directory, &cfg.topology) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -459,7 +467,8 @@ inbox_max_messages = {mm}
 inbox_max_bytes = {mb}
 inbox_max_age = "{age}"
 # Each pull answer holds exactly this many messages (dummies pad it), so its
-# size does not tell how much mail there was.
+# size does not tell how much mail there was (at most 32). A client pulling
+# every pull_interval receives at most pull_slots / pull_interval messages/s.
 pull_slots = {ps}
 delivery_queue = {dq}
 # Per-client packet limit (token bucket per client key), applied before any

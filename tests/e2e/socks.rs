@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use loopmix_localnet::network::Kind;
 use loopmix_tests::http::{Framing, Origin};
 use loopmix_tests::network::{Relays, TestNet};
-use loopmix_tests::socks::{curl, file_bytes, socks_connect_code};
+use loopmix_tests::socks::{curl, curl_as, file_bytes, socks_answer, socks_connect_code};
 use sha2::{Digest, Sha256};
 
 fn sha(b: &[u8]) -> String {
@@ -79,6 +79,40 @@ fn curl_through_the_mixnet() {
         assert_eq!(sha(&body), sha(&file_bytes(n)), "download of {n}");
     }
 
+    // Stream isolation (RFC 1929 credentials as the key, as Tor's
+    // IsolateSOCKSAuth): two credentials reach the exit in two sessions,
+    // and one credential's second fetch reuses its session.
+    let opened = |member: &str| {
+        net.metric(member, "loopmix_stream_sessions_opened_total")
+            .unwrap()
+    };
+    let fetch_as = |user: &str| {
+        let (code, body, err) = curl_as(
+            socks,
+            user,
+            "pw",
+            &format!("http://localhost:{port}/4000"),
+            200,
+        );
+        assert_eq!(code, 0, "curl as {user} failed: {err}");
+        assert_eq!(body, file_bytes(4000), "fetch as {user}");
+    };
+    let before = opened("exit");
+    fetch_as("alice");
+    let alice = opened("exit") - before;
+    fetch_as("bob");
+    let bob = opened("exit") - before - alice;
+    fetch_as("alice");
+    let alice_again = opened("exit") - before - alice - bob;
+    eprintln!(
+        "isolation: new exit sessions for alice {alice}, bob {bob}, alice again {alice_again}; \
+         proxy sessions now {:?}",
+        net.metric("socks5", "loopmix_socks_sessions")
+    );
+    assert_eq!((alice, bob, alice_again), (1.0, 1.0, 0.0));
+    // No credentials, alice and bob: three sessions at the proxy.
+    assert_eq!(net.metric("socks5", "loopmix_socks_sessions"), Some(3.0));
+
     // A target the policy refuses: reply 0x02, and curl says so.
     assert_eq!(socks_connect_code(socks, "example.org", 80), 0x02);
     let (code, _, err, _, _) = curl(socks, "http://example.org/", 120);
@@ -110,6 +144,17 @@ fn curl_through_the_mixnet() {
     let mut rep = [0u8; 4];
     s.read_exact(&mut rep).unwrap();
     assert_eq!(rep, [5, 0, 5, 8]);
+    // Authentication garbage gets the RFC answers: no acceptable method
+    // (05 FF, RFC 1928); a wrong sub-negotiation version or a username
+    // longer than what arrives: status 01 01 (RFC 1929), then closed.
+    assert_eq!(socks_answer(socks, &[5, 2, 0x01, 0x80], 16), [5, 0xFF]);
+    assert_eq!(
+        socks_answer(socks, &[5, 1, 2, 5, 1, b'a', 1, b'b'], 16),
+        [5, 2, 1, 1]
+    );
+    let mut long = vec![5, 1, 2, 1, 255];
+    long.extend_from_slice(&[b'u'; 200]);
+    assert_eq!(socks_answer(socks, &long, 16), [5, 2, 1, 1], "cut short");
     net.all_running().unwrap();
 
     // The exit restarted mid-stream: the download fails clearly (no hang,

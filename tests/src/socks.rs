@@ -14,6 +14,40 @@ pub fn curl(socks: SocketAddr, url: &str, max_secs: u64) -> (i32, Vec<u8>, Strin
     (f.code, f.body, f.stderr, f.ttfb, f.total)
 }
 
+/// `curl --socks5-hostname user:pass@proxy` for `url`, as a user who wants
+/// this stream isolated under that username and password (RFC 1929); (exit
+/// code, body, stderr).
+pub fn curl_as(
+    socks: SocketAddr,
+    user: &str,
+    pass: &str,
+    url: &str,
+    max_secs: u64,
+) -> (i32, Vec<u8>, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", &max_secs.to_string()])
+        .arg("--socks5-hostname")
+        .arg(format!("{user}:{pass}@{socks}"))
+        .arg(url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), out.stdout, err)
+}
+
+/// Sends `bytes` to the proxy, then nothing more (the write half is shut),
+/// and reads until it closes (at most `max` bytes, 30 s): what a client
+/// sending garbage is answered.
+pub fn socks_answer(socks: SocketAddr, bytes: &[u8], max: usize) -> Vec<u8> {
+    let mut s = TcpStream::connect(socks).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(bytes).unwrap();
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut buf = Vec::new();
+    let _ = s.take(max as u64).read_to_end(&mut buf);
+    buf
+}
+
 /// A raw SOCKS5 CONNECT to `host:port` (an IPv4 address as such, else by
 /// name); the reply code.
 pub fn socks_connect_code(socks: SocketAddr, host: &str, port: u16) -> u8 {

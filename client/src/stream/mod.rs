@@ -16,4 +16,4 @@ pub mod recv;
 pub mod send;
 
 pub use frame::Target;
-pub use mux::{Mux, MuxEvent, StreamConfig, StreamKey, StreamMetrics, code};
+pub use mux::{IsolationKey, Mux, MuxEvent, StreamConfig, StreamKey, StreamMetrics, code};

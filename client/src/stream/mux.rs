@@ -1,11 +1,12 @@
 //! Streams over one-packet messages, sans-IO (PROTOCOL.md 7).
 //!
-//! One [`Mux`] runs in the SOCKS5 client (role [`Role::Client`], one session
-//! to one exit) and one in the exit service (role [`Role::Exit`], one
-//! session per client). The I/O shells call in with bytes, frames and the
-//! time, and take [`MuxEvent`]s out; the runtime calls [`Mux::fill_client`]
-//! / [`Mux::fill_exit`] when a λ_P slot has nothing queued, so a packet
-//! carries the freshest acknowledgements and every stream gets its turn.
+//! One [`Mux`] runs in the SOCKS5 client (role [`Role::Client`], sessions
+//! with one exit, one per [`IsolationKey`]) and one in the exit service
+//! (role [`Role::Exit`], one session per client session). The I/O shells
+//! call in with bytes, frames and the time, and take [`MuxEvent`]s out;
+//! the runtime calls [`Mux::fill_client`] / [`Mux::fill_exit`] when a λ_P
+//! slot has nothing queued, so a packet carries the freshest
+//! acknowledgements and every stream gets its turn.
 //!
 //! * Client → exit messages are ordinary messages to the exit's address
 //!   (acknowledged hop by hop by the engine's SURB-ACKs) that also carry
@@ -18,13 +19,20 @@
 //!   it holds and how many it would like; the client keeps
 //!   `held + in flight ≥ want + margin` (at least a small reserve while
 //!   streams are open, and a keep-alive grant if the exit falls silent).
+//! * Stream isolation (Tor's `IsolateSOCKSAuth`): each isolation key (the
+//!   SOCKS5 username and password) gets its own session: its own random
+//!   [`SessionId`], its own reply blocks, its own revocations. Nothing in
+//!   one session's messages names another, so the exit cannot link them.
+//!   A session with no streams for [`StreamConfig::session_idle`] is
+//!   closed; the next stream of its key starts a new one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use loopmix_core::e2e::{ClientAddress, MAX_REPLY_BLOCKS, ReplyBlock};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
-use rand::RngExt;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 
 use super::frame::{
     ACK_LEN, BlockTag, DATA_OVERHEAD, Frame, HEADER_LEN, MAX_OPEN_LEN, MAX_REVOKE_TAGS, Message,
@@ -68,13 +76,17 @@ pub struct StreamConfig {
     pub open_timeout: Duration,
     /// Streams per session at most.
     pub max_streams: usize,
-    /// Exit: sessions at most, and reply blocks held per session at most.
+    /// Sessions at most (exit: of all clients; client: isolation keys with
+    /// a session at once), and reply blocks held per session at most.
     pub max_sessions: usize,
     pub max_blocks: usize,
     /// Exit: a session not heard from for this long is dropped.
     pub session_timeout: Duration,
     /// Client: reply blocks kept at the exit while streams are open.
     pub reserve_blocks: usize,
+    /// Client: a session without streams for this long is closed; its
+    /// key's next stream starts a new session (new id, new reply blocks).
+    pub session_idle: Duration,
 }
 
 impl Default for StreamConfig {
@@ -92,9 +104,48 @@ impl Default for StreamConfig {
             max_blocks: 256,
             session_timeout: Duration::from_secs(180),
             reserve_blocks: 4,
+            session_idle: DEFAULT_SESSION_IDLE,
         }
     }
 }
+
+/// Client: how long a session may stay without streams before its key's
+/// next stream gets a new one (Tor's `MaxCircuitDirtiness` is also ten
+/// minutes).
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(600);
+
+/// What separates a SOCKS5 client's streams into sessions: the RFC 1929
+/// username and password, taken as they are (never checked, never
+/// logged: `Debug` does not show them). No credentials and an empty
+/// username with an empty password are the same key, as in Tor.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct IsolationKey(Option<(Vec<u8>, Vec<u8>)>);
+
+impl IsolationKey {
+    /// The key of streams without credentials.
+    pub const NONE: Self = Self(None);
+
+    pub fn credentials(username: Vec<u8>, password: Vec<u8>) -> Self {
+        if username.is_empty() && password.is_empty() {
+            Self::NONE
+        } else {
+            Self(Some((username, password)))
+        }
+    }
+}
+
+impl std::fmt::Debug for IsolationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("IsolationKey(none)"),
+            Some(_) => f.write_str("IsolationKey(credentials)"),
+        }
+    }
+}
+
+/// Client: tags of the reply blocks granted per session that are
+/// remembered for revocations (more than a pool holds, by far).
+const MAX_GRANTED_TAGS: usize = 1024;
 
 /// One stream, named by its session and number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -204,6 +255,11 @@ struct Session {
     last_reply: Option<Instant>,
     last_grant: Option<Instant>,
     refill_turn: bool,
+    /// Client: tags of the reply blocks granted in this session, newest
+    /// last, so a revocation goes to the session holding the block.
+    granted: VecDeque<BlockTag>,
+    /// Client: the last time the session had streams (or was opened).
+    busy_at: Instant,
 }
 
 /// How a stream ended.
@@ -238,6 +294,8 @@ impl Session {
             last_reply: None,
             last_grant: None,
             refill_turn: false,
+            granted: VecDeque::new(),
+            busy_at: now,
         }
     }
 
@@ -354,6 +412,11 @@ pub struct StreamMetrics {
     pub retransmissions: IntCounter,
     pub bad: IntCounterVec,
     pub sessions: IntGauge,
+    /// Sessions started: at the exit, a session id it was not holding; at
+    /// the client, a new session for an isolation key.
+    pub sessions_opened: IntCounter,
+    /// Client: sessions (isolation keys in use) now.
+    pub client_sessions: IntGauge,
     pub blocks: IntGauge,
     /// Reply blocks revoked because their routes cross a mix listed down:
     /// `sent` by the client, `dropped` from the exit's pool.
@@ -401,6 +464,16 @@ impl StreamMetrics {
                 &["reason"],
             )?,
             sessions: gauge(r, "loopmix_exit_sessions", "Client sessions at this exit")?,
+            sessions_opened: counter(
+                r,
+                "loopmix_stream_sessions_opened_total",
+                "Stream sessions started (exit: a session id it did not hold; SOCKS5 proxy: a new session for an isolation key)",
+            )?,
+            client_sessions: gauge(
+                r,
+                "loopmix_socks_sessions",
+                "SOCKS5 proxy: sessions with the exit now (one per isolation key in use)",
+            )?,
             blocks: gauge(
                 r,
                 "loopmix_exit_reply_blocks",
@@ -416,8 +489,11 @@ pub struct Mux {
     sessions: HashMap<SessionId, Session>,
     /// Exit: sessions in round-robin order for reply slots.
     order: VecDeque<SessionId>,
-    /// Client: our session and the exit.
-    own: Option<(SessionId, ClientAddress)>,
+    /// Client: the exit; the session of each isolation key; where new
+    /// session ids come from.
+    exit: Option<ClientAddress>,
+    isolation: HashMap<IsolationKey, SessionId>,
+    rng: StdRng,
     next_stream: u32,
     events: Vec<MuxEvent>,
     metrics: StreamMetrics,
@@ -427,34 +503,34 @@ pub struct Mux {
 const CONTROL_ROOM: usize = 2 * ACK_LEN;
 
 impl Mux {
-    /// The SOCKS5 side: one session with `exit`, its id drawn from `rng`,
-    /// opened at `now` (the caller's clock and randomness, so tests can
+    /// The SOCKS5 side: sessions with `exit`, their ids drawn from a
+    /// generator seeded from `rng` (the caller's randomness, so tests can
     /// replay a run exactly).
     pub fn client<R: rand::Rng + ?Sized>(
         exit: ClientAddress,
         cfg: StreamConfig,
         metrics: StreamMetrics,
         rng: &mut R,
-        now: Instant,
     ) -> Self {
-        let id: SessionId = rng.random();
-        let mut m = Self::new(Role::Client, cfg, metrics);
-        m.sessions.insert(id, Session::new(id, now));
-        m.own = Some((id, exit));
+        let mut m = Self::new(Role::Client, cfg, metrics, StdRng::from_seed(rng.random()));
+        m.exit = Some(exit);
         m
     }
 
     pub fn exit(cfg: StreamConfig, metrics: StreamMetrics) -> Self {
-        Self::new(Role::Exit, cfg, metrics)
+        // The exit draws nothing at random.
+        Self::new(Role::Exit, cfg, metrics, StdRng::seed_from_u64(0))
     }
 
-    fn new(role: Role, cfg: StreamConfig, metrics: StreamMetrics) -> Self {
+    fn new(role: Role, cfg: StreamConfig, metrics: StreamMetrics, rng: StdRng) -> Self {
         Self {
             role,
             cfg,
             sessions: HashMap::new(),
             order: VecDeque::new(),
-            own: None,
+            exit: None,
+            isolation: HashMap::new(),
+            rng,
             next_stream: 1,
             events: Vec::new(),
             metrics,
@@ -476,7 +552,47 @@ impl Mux {
             self.metrics.sessions.set(self.sessions.len() as i64);
             let blocks: usize = self.sessions.values().map(|s| s.pool.len()).sum();
             self.metrics.blocks.set(blocks as i64);
+        } else {
+            self.metrics.client_sessions.set(self.sessions.len() as i64);
         }
+    }
+
+    /// Client: the session of `key`'s streams, started if it has none.
+    /// When `max_sessions` keys have one, the longest-idle session without
+    /// streams is closed to make room; if every one has streams: `None`.
+    pub fn session_for(&mut self, key: &IsolationKey, now: Instant) -> Option<SessionId> {
+        if let Some(id) = self.isolation.get(key)
+            && self.sessions.contains_key(id)
+        {
+            return Some(*id);
+        }
+        if self.sessions.len() >= self.cfg.max_sessions {
+            let victim = self
+                .sessions
+                .values()
+                .filter(|s| s.streams.is_empty())
+                .min_by_key(|s| s.busy_at)
+                .map(|s| s.id)?;
+            self.drop_session(victim);
+        }
+        let id = loop {
+            let id: SessionId = self.rng.random();
+            if !self.sessions.contains_key(&id) {
+                break id;
+            }
+        };
+        self.sessions.insert(id, Session::new(id, now));
+        self.order.push_back(id);
+        self.isolation.insert(key.clone(), id);
+        self.metrics.sessions_opened.inc();
+        self.update_gauges();
+        Some(id)
+    }
+
+    fn drop_session(&mut self, id: SessionId) {
+        self.sessions.remove(&id);
+        self.order.retain(|x| *x != id);
+        self.isolation.retain(|_, s| *s != id);
     }
 
     pub fn streams_open(&self) -> usize {
@@ -492,15 +608,25 @@ impl Mux {
 
     // ---- the application side ----
 
-    /// Client: opens a stream to `target`; its OPEN leaves in the next slot.
-    pub fn open(&mut self, target: Target, now: Instant) -> Result<StreamKey, &'static str> {
-        let (id, _) = self.own.ok_or("not a client")?;
+    /// Client: opens a stream to `target` in `key`'s session; its OPEN
+    /// leaves in the next slot.
+    pub fn open(
+        &mut self,
+        key: &IsolationKey,
+        target: Target,
+        now: Instant,
+    ) -> Result<StreamKey, &'static str> {
+        if self.exit.is_none() {
+            return Err("not a client");
+        }
+        let id = self.session_for(key, now).ok_or("too many sessions")?;
         let cfg = self.cfg.clone();
         let stream = self.next_stream;
         let session = self.sessions.get_mut(&id).ok_or("no session")?;
         if session.streams.len() >= cfg.max_streams {
             return Err("too many streams");
         }
+        session.busy_at = now;
         self.next_stream = self.next_stream.wrapping_add(1).max(1);
         let state = State::Opening {
             target,
@@ -604,7 +730,7 @@ impl Mux {
         };
         match self.role {
             Role::Client => {
-                if self.own.map(|(id, _)| id) != Some(msg.session) {
+                if !self.sessions.contains_key(&msg.session) {
                     self.bad("unknown_session");
                     return;
                 }
@@ -716,6 +842,7 @@ impl Mux {
         }
         self.sessions.insert(id, Session::new(id, now));
         self.order.push_back(id);
+        self.metrics.sessions_opened.inc();
         true
     }
 
@@ -835,7 +962,8 @@ impl Mux {
 
     // ---- timers ----
 
-    /// Timeouts: failed or idle streams, unanswered OPENs, silent sessions.
+    /// Timeouts: failed or idle streams, unanswered OPENs, silent sessions
+    /// (exit), sessions idle too long (client).
     pub fn tick(&mut self, now: Instant) {
         let cfg = self.cfg.clone();
         let mut resets: Vec<(StreamKey, u8, &'static str)> = Vec::new();
@@ -847,6 +975,17 @@ impl Mux {
             {
                 dead_sessions.push(session.id);
                 continue;
+            }
+            if self.role == Role::Client {
+                if !session.streams.is_empty() {
+                    session.busy_at = now;
+                } else if now.saturating_duration_since(session.busy_at) >= cfg.session_idle {
+                    // No streams to reset: the next stream of its key
+                    // starts a new session. The exit forgets this one
+                    // after its own timeout.
+                    dead_sessions.push(session.id);
+                    continue;
+                }
             }
             let mut gone = Vec::new();
             for (id, s) in &session.streams {
@@ -901,7 +1040,7 @@ impl Mux {
                     ));
                 }
             }
-            self.order.retain(|x| *x != id);
+            self.drop_session(id);
         }
         self.update_gauges();
     }
@@ -988,7 +1127,7 @@ impl Mux {
 
     /// Client: fills one λ_P slot (see [`crate::runtime::SlotFiller`]).
     pub fn fill_client(&mut self, engine: &mut Engine, now: Instant) {
-        let Some((_, exit)) = self.own else { return };
+        let Some(exit) = self.exit else { return };
         let tags = engine.take_revocations(&exit.identity, MAX_REVOKE_TAGS);
         if !tags.is_empty() {
             self.revoke(tags, now);
@@ -998,8 +1137,8 @@ impl Mux {
         let Some(out) = self.client_message(cap0, block_len, now) else {
             return;
         };
-        match engine.send(&exit, out.body, out.blocks, now) {
-            Ok(_) => self.client_sent(out.grants, out.blocks, now),
+        match engine.send_tagged(&exit, out.body, out.blocks, now) {
+            Ok((_, tags)) => self.client_sent(out.session, out.grants, tags, now),
             Err(e) => self.bad(e.label()),
         }
     }
@@ -1019,36 +1158,62 @@ impl Mux {
     }
 
     /// Client: tells the exit not to use the reply blocks named by `tags`
-    /// (their routes cross a mix now listed down). Our estimate of what it
-    /// holds drops at once, so fresh blocks are granted without waiting
-    /// for its next report.
+    /// (their routes cross a mix now listed down), each tag in the session
+    /// it was granted in only: a tag in another session's REVOKE would
+    /// link the two. Tags of closed sessions are dropped. Our estimate of
+    /// what the exit holds drops at once, so fresh blocks are granted
+    /// without waiting for its next report.
     pub(crate) fn revoke(&mut self, tags: Vec<BlockTag>, now: Instant) {
-        let Some((id, _)) = self.own else { return };
-        let Some(session) = self.sessions.get_mut(&id) else {
-            return;
-        };
-        let n = u16::try_from(tags.len()).unwrap_or(u16::MAX);
-        session.reported_held = session.reported_held.saturating_sub(n);
-        self.metrics
-            .blocks_revoked
-            .with_label_values(&["sent"])
-            .inc_by(u64::from(n));
-        session.queue_control(Frame::Revoke { tags });
-        // What we sent recently may have crossed the node too.
-        for s in session.streams.values_mut() {
-            s.sender.reroute(now);
+        for session in self.sessions.values_mut() {
+            let mine: Vec<BlockTag> = tags
+                .iter()
+                .filter(|t| session.granted.contains(t))
+                .copied()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let n = u16::try_from(mine.len()).unwrap_or(u16::MAX);
+            session.reported_held = session.reported_held.saturating_sub(n);
+            self.metrics
+                .blocks_revoked
+                .with_label_values(&["sent"])
+                .inc_by(u64::from(n));
+            session.queue_control(Frame::Revoke { tags: mine });
+            // What we sent recently may have crossed the node too.
+            for s in session.streams.values_mut() {
+                s.sender.reroute(now);
+            }
         }
     }
 
     /// Client: the next message, for packets whose body holds `cap0` bytes
     /// without reply blocks and `block_len` bytes less per block.
+    /// Sessions take turns (round robin), like the exit's.
     pub(crate) fn client_message(
         &mut self,
         cap0: usize,
         block_len: usize,
         now: Instant,
     ) -> Option<ClientOut> {
-        let (id, _) = self.own?;
+        self.exit?;
+        for _ in 0..self.order.len() {
+            let id = self.order.pop_front()?;
+            self.order.push_back(id);
+            if let Some(out) = self.session_message(id, cap0, block_len, now) {
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    fn session_message(
+        &mut self,
+        id: SessionId,
+        cap0: usize,
+        block_len: usize,
+        now: Instant,
+    ) -> Option<ClientOut> {
         let cfg = self.cfg.clone();
         let retx = self.metrics.retransmissions.clone();
         let session = self.sessions.get_mut(&id)?;
@@ -1105,6 +1270,7 @@ impl Mux {
         };
         match msg.encode() {
             Ok(body) => Some(ClientOut {
+                session: id,
                 body,
                 blocks,
                 grants,
@@ -1116,13 +1282,25 @@ impl Mux {
         }
     }
 
-    /// Client: the message from [`Mux::client_message`] left.
-    pub(crate) fn client_sent(&mut self, grants: u32, blocks: usize, now: Instant) {
-        let Some((id, _)) = self.own else { return };
-        if let Some(session) = self.sessions.get_mut(&id) {
+    /// Client: the message from [`Mux::client_message`] left, with reply
+    /// blocks of these tags.
+    pub(crate) fn client_sent(
+        &mut self,
+        session: SessionId,
+        grants: u32,
+        tags: Vec<BlockTag>,
+        now: Instant,
+    ) {
+        if let Some(session) = self.sessions.get_mut(&session) {
             session.grants_sent = grants;
-            if blocks > 0 {
+            if !tags.is_empty() {
                 session.last_grant = Some(now);
+            }
+            for t in tags {
+                if session.granted.len() >= MAX_GRANTED_TAGS {
+                    session.granted.pop_front();
+                }
+                session.granted.push_back(t);
             }
         }
     }
@@ -1181,6 +1359,7 @@ impl Mux {
 /// One client message: its body, the reply blocks to attach, and the
 /// grant count it announces.
 pub(crate) struct ClientOut {
+    pub session: SessionId,
     pub body: Vec<u8>,
     pub blocks: usize,
     pub grants: u32,

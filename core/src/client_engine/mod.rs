@@ -538,6 +538,21 @@ impl Engine {
         reply_blocks: usize,
         now: Instant,
     ) -> Result<MessageId, SendError> {
+        self.send_tagged(to, body, reply_blocks, now)
+            .map(|(id, _)| id)
+    }
+
+    /// [`Engine::send`], also returning the tags of the reply blocks
+    /// attached: a holder with several sessions of ours (the exit, one per
+    /// SOCKS isolation key) must be told of a revoked block only in the
+    /// session that holds it, or the revocation would link the sessions.
+    pub fn send_tagged(
+        &mut self,
+        to: &ClientAddress,
+        body: Vec<u8>,
+        reply_blocks: usize,
+        now: Instant,
+    ) -> Result<(MessageId, Vec<BlockTag>), SendError> {
         let t = self.topology_or_err()?;
         let max = self.cfg.max_message_bytes;
         if body.len() > max {
@@ -585,11 +600,12 @@ impl Engine {
         let id = self.fresh_message_id();
         let fragments = Self::fragments(&envelope, id, size, max)?;
         self.check_room(fragments.iter().map(Vec::len).sum())?;
+        let tags = keys.iter().map(|(_, k)| block_tag(&k.key)).collect();
         for (rid, key) in keys {
             self.reply_keys.insert(rid, key, now);
         }
         self.outbox.push(id, Target::Data(*to), fragments);
-        Ok(id)
+        Ok((id, tags))
     }
 
     /// Reply blocks left behind `handle` that a reply could use now.

@@ -13,6 +13,8 @@ pub struct AuthorityMetrics {
     pub mirrored: IntCounter,
     pub published_epoch: IntGauge,
     pub signatures: IntGauge,
+    /// Status page (`/`) views by result: served, rate_limited, error.
+    pub status_page: IntCounterVec,
 }
 
 impl AuthorityMetrics {
@@ -60,6 +62,12 @@ impl AuthorityMetrics {
                 r,
                 "loopmix_authority_document_signatures",
                 "Valid signatures on the newest document this authority holds",
+            )?,
+            status_page: m::counter_vec(
+                r,
+                "loopmix_authority_status_page_views_total",
+                "Status page (/) requests by result: served, rate_limited, error",
+                &["result"],
             )?,
         })
     }

@@ -227,6 +227,21 @@ impl Authority {
         Ok((status, r))
     }
 
+    /// The verified descriptors registered here for `epoch`, by node id
+    /// (the status page; bounded by `limits.max_descriptors_per_epoch`).
+    pub fn registered(&self, epoch: u64) -> BTreeMap<NodeId, Descriptor> {
+        self.state()
+            .regs
+            .get(&epoch)
+            .map(|r| {
+                r.by_id
+                    .iter()
+                    .map(|(id, v)| (*id, v.descriptor.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn descriptor_list(&self, epoch: u64) -> DescriptorList {
         let st = self.state();
         DescriptorList {

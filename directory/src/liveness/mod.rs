@@ -745,4 +745,19 @@ impl Liveness {
     pub fn listed(&self) -> HashMap<NodeId, SocketAddr> {
         lock(&self.listed).iter().map(|(k, v)| (*k, *v)).collect()
     }
+
+    /// The newest published list while valid at `now_ms`: its round, end
+    /// of validity (Unix s) and the nodes it lists down.
+    pub fn published_down(&self, now_ms: u64) -> Option<(u64, u64, BTreeSet<NodeId>)> {
+        lock(&self.book)
+            .current(now_ms / 1000)
+            .map(|p| (p.round, p.valid_until, p.down.clone()))
+    }
+
+    /// This authority's own observation of each of `ids` (the status page;
+    /// `None` for a node it does not probe).
+    pub fn observed(&self, ids: &[NodeId]) -> Vec<Option<prober::Observed>> {
+        let t = lock(&self.table);
+        ids.iter().map(|id| t.observed(id)).collect()
+    }
 }

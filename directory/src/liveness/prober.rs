@@ -73,6 +73,16 @@ struct NodeState {
     downs: VecDeque<u64>,
 }
 
+/// One node as this authority's probes see it (the status page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Answering (or not yet failed enough times to be observed down).
+    Up,
+    Down,
+    /// Never answered, still within [`NEW_NODE_GRACE_MS`] or its failures.
+    NeverAnswered,
+}
+
 /// Per-node probe state, bounded by the nodes of the published topologies.
 #[derive(Debug)]
 pub struct ProbeTable {
@@ -165,6 +175,19 @@ impl ProbeTable {
             .collect();
         v.sort();
         v
+    }
+
+    /// What the probes say about `id` now (`None`: not probed).
+    pub fn observed(&self, id: &NodeId) -> Option<Observed> {
+        self.nodes.get(id).map(|s| {
+            if s.down {
+                Observed::Down
+            } else if s.ever_up {
+                Observed::Up
+            } else {
+                Observed::NeverAnswered
+            }
+        })
     }
 
     /// Successes a down node needs now to come back up.

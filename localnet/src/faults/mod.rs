@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 
 pub use relay::{
     Direction, DirectionStats, FaultRelay, Faults, LinkFaults, RelayConfig, RelayError,
-    RelayHandle, RelayStats,
+    RelayHandle, RelayStats, SIZE_BUCKET, SIZE_BUCKETS, size_bucket,
 };
 
 /// Relays in front of named nodes, all running on one tokio runtime.

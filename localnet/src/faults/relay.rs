@@ -206,9 +206,25 @@ pub enum RelayError {
     },
 }
 
+/// Width of a datagram-size bucket in [`DirectionStats::sizes`].
+pub const SIZE_BUCKET: usize = 64;
+/// Buckets of [`DirectionStats::sizes`]: `[64·i, 64·(i+1))` bytes, the last
+/// one everything from 64·24 = 1536 bytes up (above any QUIC datagram on
+/// loopback). Fixed, so counting costs no memory per datagram.
+pub const SIZE_BUCKETS: usize = 25;
+
+/// The bucket of a datagram of `len` bytes.
+pub fn size_bucket(len: usize) -> usize {
+    (len / SIZE_BUCKET).min(SIZE_BUCKETS - 1)
+}
+
 /// Counters of one direction.
 #[derive(Debug, Default)]
 struct DirCounters {
+    /// Bytes of the datagrams that arrived (UDP payload).
+    bytes: AtomicU64,
+    /// Datagrams that arrived, by [`size_bucket`].
+    sizes: [AtomicU64; SIZE_BUCKETS],
     received: AtomicU64,
     forwarded: AtomicU64,
     dropped: AtomicU64,
@@ -231,7 +247,15 @@ impl DirCounters {
             reordered: g(&self.reordered),
             overflow: g(&self.overflow),
             send_errors: g(&self.send_errors),
+            bytes: g(&self.bytes),
+            sizes: std::array::from_fn(|i| g(&self.sizes[i])),
         }
+    }
+
+    /// Counts an arriving datagram's size (before any fault applies).
+    fn size(&self, len: usize) {
+        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.sizes[size_bucket(len)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -269,6 +293,12 @@ pub struct DirectionStats {
     pub overflow: u64,
     /// Sending failed (e.g. the node is down).
     pub send_errors: u64,
+    /// Bytes (UDP payloads) of the datagrams that arrived, overflow
+    /// excepted: what an observer of this link would count.
+    pub bytes: u64,
+    /// Datagrams that arrived by size, in [`SIZE_BUCKET`]-byte buckets
+    /// ([`size_bucket`]), overflow excepted.
+    pub sizes: [u64; SIZE_BUCKETS],
 }
 
 impl std::ops::Add for DirectionStats {
@@ -283,6 +313,8 @@ impl std::ops::Add for DirectionStats {
             reordered: self.reordered + o.reordered,
             overflow: self.overflow + o.overflow,
             send_errors: self.send_errors + o.send_errors,
+            bytes: self.bytes + o.bytes,
+            sizes: std::array::from_fn(|i| self.sizes[i] + o.sizes[i]),
         }
     }
 }
@@ -299,6 +331,8 @@ impl std::ops::Sub for DirectionStats {
             reordered: self.reordered.saturating_sub(o.reordered),
             overflow: self.overflow.saturating_sub(o.overflow),
             send_errors: self.send_errors.saturating_sub(o.send_errors),
+            bytes: self.bytes.saturating_sub(o.bytes),
+            sizes: std::array::from_fn(|i| self.sizes[i].saturating_sub(o.sizes[i])),
         }
     }
 }
@@ -836,6 +870,7 @@ impl Link {
                     let Some(d) = m else { return };
                     idle.as_mut().reset(Instant::now() + self.cfg.idle_timeout);
                     let f = self.shared.faults(self.src, Direction::Inbound);
+                    self.sized(Direction::Inbound, d.len());
                     let fate = inbound.offer(d, &f, Instant::now(), &mut self.rng, &mut to_node);
                     self.count(Direction::Inbound, &fate);
                 }
@@ -848,6 +883,7 @@ impl Link {
                     }
                     idle.as_mut().reset(Instant::now() + self.cfg.idle_timeout);
                     let f = self.shared.faults(self.src, Direction::Outbound);
+                    self.sized(Direction::Outbound, n);
                     let fate = outbound.offer(buf[..n].to_vec(), &f, Instant::now(), &mut self.rng, &mut to_src);
                     self.count(Direction::Outbound, &fate);
                 }
@@ -890,6 +926,12 @@ impl Link {
             c.reordered
                 .fetch_add(u64::from(fate.reordered), Ordering::Relaxed);
             c.overflow.fetch_add(fate.overflow, Ordering::Relaxed);
+        }
+    }
+
+    fn sized(&self, dir: Direction, len: usize) {
+        for c in self.both(dir) {
+            c.size(len);
         }
     }
 

@@ -1,6 +1,6 @@
 //! The provider's end of the client control protocol (`docs/PROTOCOL.md`
-//! §6.6, codec in [`loopmix_core::provider_control`]): `register`, `pull` and
-//! `confirm` on the client's bidirectional streams, answered from the
+//! §6.6, codec in [`loopmix_core::provider_control`]): `register` and
+//! `pull` on the client's bidirectional streams, answered from the
 //! [`InboxStore`].
 //!
 //! * Only clients may use it; a topology node gets `not_client` (it cannot
@@ -8,7 +8,10 @@
 //!   client connections).
 //! * A `pull` answer always has [`ControlConfig::pull_slots`] slots of
 //!   [`ControlConfig::slot_data_len`] bytes, so its size says nothing about
-//!   how much mail was waiting.
+//!   how much mail was waiting. A pull carries the client's confirmations
+//!   of earlier answers; the answer leaves those out and goes back before
+//!   they are deleted, so answering takes the same time (a read) whether
+//!   the client confirmed something or not.
 //! * Each client has a request budget (token bucket); beyond it, requests
 //!   get `rate_limited` before touching the database.
 //! * Database calls run on the blocking pool, at most
@@ -42,13 +45,15 @@ pub const STREAM_ABANDONED: u32 = 3;
 /// Settings of the control service. Defaults in brackets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlConfig {
-    /// Slots in every pull answer \[16\].
+    /// Slots in every pull answer \[8\], at most
+    /// [`loopmix_core::provider_control::MAX_PULL_SLOTS`].
     pub pull_slots: usize,
     /// Data bytes per slot \[4096\]. Must be at least the inbox's
     /// `max_message_bytes`, so every stored message fits a slot.
     pub slot_data_len: usize,
-    /// Sustained requests per second per client \[50\]: a busy client pulls
-    /// and confirms back to back (two requests per 16 messages).
+    /// Sustained requests per second per client \[50\]: a client pulls once
+    /// per pull interval (4/s at the client's default, 20/s at the fastest
+    /// localnet preset), busy or not.
     pub requests_per_second: u32,
     /// Requests a client may make at once after being idle \[100\].
     pub request_burst: u32,
@@ -86,11 +91,11 @@ pub enum ControlSetupError {
 }
 
 /// Request kinds and outcomes, pre-registered so dashboards show zeros.
-const REQUEST_TYPES: &[&str] = &["register", "pull", "confirm", "invalid"];
+const REQUEST_TYPES: &[&str] = &["register", "pull", "invalid"];
 
 #[derive(Clone)]
 struct ControlMetrics {
-    /// `type` (register/pull/confirm/invalid) × `result` (ok, an error
+    /// `type` (register/pull/invalid) × `result` (ok, an error
     /// code's label, or timeout/stream for abandoned streams).
     requests: IntCounterVec,
     /// `slot` = real/dummy.
@@ -233,22 +238,69 @@ impl ProviderControl {
                 Ok(_) => Response::Ok,
                 Err(e) => e,
             },
-            Request::Pull => {
-                let n = self.layout.slots();
-                match self.db(move |inbox| inbox.fetch(&peer, n)).await {
-                    Ok(messages) => self.pull_answer(peer, messages),
-                    Err(e) => e,
+            Request::Pull { confirm } => match self.pull(peer, confirm.clone()).await {
+                Ok(messages) => self.pull_answer(peer, messages),
+                Err(e) => e,
+            },
+        }
+    }
+
+    /// The oldest `slots` messages of `peer` that are not in `confirm`;
+    /// the confirmed ones are deleted after the answer is handed back, in
+    /// the same blocking call (so under the same database permit).
+    /// Deleting costs a durable commit: done first, it would make answers
+    /// to a client that confirmed something measurably slower, and an
+    /// observer of the link could time that. A deletion that fails leaves
+    /// the messages stored: they come again and the client confirms them
+    /// again (durability first).
+    async fn pull(
+        &self,
+        peer: NodeId,
+        confirm: Vec<u64>,
+    ) -> Result<Vec<super::inbox::StoredMessage>, Response> {
+        let n = self.layout.slots();
+        let permit = match tokio::time::timeout(self.timeout, self.db.clone().acquire_owned()).await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(Response::error(
+                    code::BUSY,
+                    "provider busy; try again later",
+                ));
+            }
+        };
+        let inbox = self.inbox.clone();
+        let confirmed = self.metrics.confirmed.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Detached: the deletion finishes after the answer has gone.
+        drop(tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let fresh = inbox.fetch(&peer, n + confirm.len()).map(|all| {
+                all.into_iter()
+                    .filter(|m| !confirm.contains(&m.seq))
+                    .take(n)
+                    .collect::<Vec<_>>()
+            });
+            let fetched = fresh.is_ok();
+            // The receiver is gone only if the request was abandoned; the
+            // deletion is still due.
+            let _ = tx.send(fresh);
+            if fetched && !confirm.is_empty() {
+                match inbox.confirm(&peer, &confirm) {
+                    Ok(deleted) => confirmed.inc_by(deleted as u64),
+                    Err(e) => {
+                        warn!(client = %peer.short(), error = %e,
+                            "confirmed messages not deleted; they come again");
+                    }
                 }
             }
-            Request::Confirm(seqs) => {
-                let seqs = seqs.clone();
-                match self.db(move |inbox| inbox.confirm(&peer, &seqs)).await {
-                    Ok(deleted) => {
-                        self.metrics.confirmed.inc_by(deleted as u64);
-                        Response::Ok
-                    }
-                    Err(e) => e,
-                }
+        }));
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(inbox_error(e)),
+            Err(_) => {
+                warn!("inbox task failed");
+                Err(Response::error(code::INTERNAL, "internal error"))
             }
         }
     }
@@ -515,14 +567,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn register_pull_confirm_over_quic() {
+    async fn register_and_pulls_that_confirm_over_quic() {
         let p = start_provider(true, small_config(), ClientPolicy::default());
         let c = client();
         let me = c.node_id();
         let conn = c.connect(p.transport.node_id(), p.addr()).await.unwrap();
 
         // Pull before register: a typed error, and the connection lives on.
-        match req(&conn, Request::Pull).await {
+        let pull = |confirm: Vec<u64>| Request::Pull { confirm };
+        match req(&conn, pull(vec![])).await {
             Response::Error { code: c, .. } => assert_eq!(c, code::NOT_REGISTERED),
             other => panic!("{other:?}"),
         }
@@ -534,8 +587,7 @@ mod tests {
         );
         assert!(p.inbox.is_registered(&me));
 
-        let pull = Request::Pull.encode().unwrap();
-        let empty = raw_exchange(&conn, &pull).await;
+        let empty = raw_exchange(&conn, &pull(vec![]).encode().unwrap()).await;
         let wire_len = SlotLayout::new(4, 64).unwrap().wire_len();
         assert_eq!(empty.len(), wire_len);
         assert_eq!(empty[0], TYPE_MESSAGES);
@@ -545,7 +597,7 @@ mod tests {
                 .store(&me, [n; 16], &vec![n; 10 + n as usize], 0)
                 .unwrap();
         }
-        let three = raw_exchange(&conn, &pull).await;
+        let three = raw_exchange(&conn, &pull(vec![]).encode().unwrap()).await;
         assert_eq!(three.len(), wire_len, "same size with 0 and 3 messages");
         let Response::Messages { slots } = Response::decode(&three, MAX_RESPONSE_BODY).unwrap()
         else {
@@ -557,20 +609,36 @@ mod tests {
             assert_eq!(s.data, vec![n as u8; 10 + n]);
         }
 
+        // The next pull confirms two: the answer already leaves them out.
         let first_two = vec![slots[0].seq, slots[1].seq];
-        assert_eq!(req(&conn, Request::Confirm(first_two)).await, Response::Ok);
-        let Response::Messages { slots: left } = req(&conn, Request::Pull).await else {
+        let Response::Messages { slots: left } = req(&conn, pull(first_two.clone())).await else {
             panic!("not messages");
         };
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].identifier, [2; 16]);
+        // The deletion follows the answer; then they are gone for good.
+        let mut gone = false;
+        for _ in 0..100 {
+            if p.inbox.inbox_len(&me).unwrap().0 == 1 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "confirmed messages deleted");
+        // Unconfirmed, the third comes again; confirming unknown seqs is fine.
+        let Response::Messages { slots: again } = req(&conn, pull(first_two)).await else {
+            panic!("not messages");
+        };
+        assert_eq!(again, left);
 
-        assert!(p.metric(r#"loopmix_provider_pull_slots_total{slot="real"} 4"#));
-        assert!(p.metric(r#"loopmix_provider_pull_slots_total{slot="dummy"} 8"#));
+        assert!(p.metric(r#"loopmix_provider_pull_slots_total{slot="real"} 5"#));
+        assert!(p.metric(r#"loopmix_provider_pull_slots_total{slot="dummy"} 11"#));
         assert!(
             p.metric(r#"loopmix_provider_requests_total{result="not_registered",type="pull"} 1"#)
         );
         assert!(p.metric(r#"loopmix_provider_requests_total{result="ok",type="register"} 2"#));
+        assert!(p.metric(r#"loopmix_provider_requests_total{result="ok",type="pull"} 4"#));
         assert!(p.metric("loopmix_provider_confirmed_total 2"));
     }
 
@@ -579,10 +647,12 @@ mod tests {
         let p = start_provider(true, small_config(), ClientPolicy::default());
         let c = client();
         let conn = c.connect(p.transport.node_id(), p.addr()).await.unwrap();
-        let garbage: [&[u8]; 4] = [
+        let garbage: [&[u8]; 5] = [
             b"GET / HTTP/1.1\r\n\r\n",
             &[0x12, 0, 0, 0, 1, 0],
             &[0x14, 0xff, 0xff, 0xff, 0xff],
+            // The old separate confirm, gone with issue 17.
+            &[0x14, 0, 0, 0, 2, 0, 0],
             &[],
         ];
         for g in garbage {
@@ -605,7 +675,7 @@ mod tests {
             assert_eq!(req(&conn, Request::Register).await, Response::Ok);
         }
         assert!(
-            p.metric(r#"loopmix_provider_requests_total{result="bad_request",type="invalid"} 4"#)
+            p.metric(r#"loopmix_provider_requests_total{result="bad_request",type="invalid"} 5"#)
         );
     }
 
@@ -708,22 +778,22 @@ mod tests {
             err_code(c.answer(b, PeerKind::Client, Request::Register).await),
             code::TOO_MANY_CLIENTS
         );
+        let pull = |confirm: Vec<u64>| Request::Pull { confirm };
         assert!(matches!(
-            c.answer(a, PeerKind::Client, Request::Pull).await,
+            c.answer(a, PeerKind::Client, pull(vec![])).await,
+            Response::Messages { .. }
+        ));
+        assert!(matches!(
+            c.answer(a, PeerKind::Client, pull(vec![42])).await,
             Response::Messages { .. }
         ));
         assert_eq!(
-            c.answer(a, PeerKind::Client, Request::Confirm(vec![42]))
-                .await,
-            Response::Ok
-        );
-        assert_eq!(
-            err_code(c.answer(a, PeerKind::Client, Request::Pull).await),
+            err_code(c.answer(a, PeerKind::Client, pull(vec![])).await),
             code::RATE_LIMITED
         );
         // Another client has its own budget.
         assert_eq!(
-            err_code(c.answer(b, PeerKind::Client, Request::Pull).await),
+            err_code(c.answer(b, PeerKind::Client, pull(vec![])).await),
             code::NOT_REGISTERED
         );
     }
@@ -753,7 +823,15 @@ mod tests {
             ProviderControl::new(inbox.clone(), &none, &r),
             Err(ControlSetupError::Layout(_))
         ));
-        let c = ProviderControl::new(inbox, &ControlConfig::default(), &r).unwrap();
-        assert_eq!(c.layout().wire_len(), 5 + 6 + 16 * (26 + 4096));
+        let c = ProviderControl::new(inbox.clone(), &ControlConfig::default(), &r).unwrap();
+        assert_eq!(c.layout().wire_len(), 5 + 6 + 8 * (26 + 4096));
+        let many = ControlConfig {
+            pull_slots: loopmix_core::provider_control::MAX_PULL_SLOTS + 1,
+            ..ControlConfig::default()
+        };
+        assert!(matches!(
+            ProviderControl::new(inbox, &many, &r),
+            Err(ControlSetupError::Layout(_))
+        ));
     }
 }

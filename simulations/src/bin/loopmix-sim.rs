@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use loopmix_sim::sim::frontier::{Budget, Frontier, Grid, run_frontier};
 use loopmix_sim::sim::liveness::{EstimatorStudy, ExclusionStudy, Study, run_liveness};
 use loopmix_sim::sim::scenario::Scenario;
 use loopmix_sim::sim::sweep::{PRESETS, Param, Sweep, preset};
@@ -62,6 +63,42 @@ enum Command {
         /// File stem of the outputs of a --param sweep.
         #[arg(long, default_value = "sweep")]
         name: String,
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Search a grid of (mu, lambda_P, cover, lambda_M) for one network and
+    /// report the frontier of epsilon, latency and client bandwidth: the
+    /// parameter sets no other set beats on all three. With a budget
+    /// (--target-epsilon and --max-latency-s and/or --max-bandwidth-kbps) it
+    /// recommends one. The network comes from the scenario flags (--clients,
+    /// --layers, --mixes-per-layer, ...); the window defaults to 300 s.
+    Frontier {
+        /// mu values to try (per second; mean hop delay 1/mu s).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,5,10,20")]
+        grid_mu: Vec<f64>,
+        /// lambda_P values to try (per second).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,5,10,20")]
+        grid_lambda_p: Vec<f64>,
+        /// Client cover as a multiple of lambda_P: lambda_L = lambda_D = this x lambda_P.
+        #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,1")]
+        grid_cover: Vec<f64>,
+        /// lambda_M values to try (per mix, per second).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        grid_lambda_m: Vec<f64>,
+        /// Sphinx payload bytes (the network's payload_size); a packet is 348 more.
+        #[arg(long, default_value_t = 1024)]
+        payload_size: usize,
+        /// Recommend only sets whose mean epsilon is at most this.
+        #[arg(long)]
+        target_epsilon: Option<f64>,
+        /// Recommend only sets whose p95 latency (delayed hops) is at most this, seconds.
+        #[arg(long)]
+        max_latency_s: Option<f64>,
+        /// Recommend only sets whose client bandwidth is at most this, KB/s.
+        #[arg(long)]
+        max_bandwidth_kbps: Option<f64>,
         #[command(flatten)]
         scenario: ScenarioArgs,
         #[command(flatten)]
@@ -345,6 +382,42 @@ fn real_main(cli: Cli) -> Result<(), SimError> {
                 let _ = writeln!(std::io::stdout());
             }
             Ok(())
+        }
+        Command::Frontier {
+            grid_mu,
+            grid_lambda_p,
+            grid_cover,
+            grid_lambda_m,
+            payload_size,
+            target_epsilon,
+            max_latency_s,
+            max_bandwidth_kbps,
+            scenario,
+            out,
+        } => {
+            let base = scenario.resolve(Scenario {
+                duration_s: 300.0,
+                ..Scenario::default()
+            })?;
+            let f = Frontier {
+                base,
+                grid: Grid {
+                    mu: grid_mu,
+                    lambda_p: grid_lambda_p,
+                    cover: grid_cover,
+                    lambda_m: grid_lambda_m,
+                },
+                payload_size,
+                budget: Budget {
+                    target_epsilon,
+                    max_latency_s,
+                    max_bandwidth: max_bandwidth_kbps.map(|k| k * 1000.0),
+                },
+            };
+            for s in f.scenarios()? {
+                warn_if_long(&s);
+            }
+            execute(&out, |p| run_frontier(&f, p))
         }
         Command::Liveness {
             study,

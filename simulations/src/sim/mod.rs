@@ -7,6 +7,9 @@
 //! * [`stats`], [`report`]: Gamma/KS, per-repetition rows, aggregates,
 //!   CSV and the text summary.
 //! * [`sweep`]: one parameter varied; presets for Loopix Fig. 5 and 6.
+//! * [`frontier`]: a grid of rates and delays, the privacy / latency /
+//!   bandwidth frontier, and a recommendation for a budget
+//!   (`loopmix-sim frontier`).
 //! * [`plot`]: SVG charts.
 //! * [`liveness`]: the liveness estimator's thresholds, and what an
 //!   adversary who gets honest mixes listed down gains (`loopmix-sim liveness`).
@@ -15,6 +18,7 @@
 //! the binary writes them and the tests compare them byte for byte.
 
 pub mod engine;
+pub mod frontier;
 pub mod liveness;
 pub mod plot;
 pub mod report;

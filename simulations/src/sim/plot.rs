@@ -202,3 +202,65 @@ pub fn sweep_svg(title: &str, x_label: &str, points: &[SweepPoint]) -> Result<St
     }
     Ok(svg)
 }
+
+/// One parameter set of a frontier chart.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FrontierPoint {
+    pub latency_s: f64,
+    pub epsilon: f64,
+    pub on_frontier: bool,
+}
+
+/// ε against median latency for every simulated parameter set; the
+/// frontier's points in red, joined in latency order, the rest grey.
+pub fn frontier_svg(title: &str, points: &[FrontierPoint]) -> Result<String, PlotError> {
+    let e = err("frontier chart");
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (860, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(&e)?;
+        let root = root.titled(title, ("sans-serif", 20)).map_err(&e)?;
+        let x_max = points.iter().map(|p| p.latency_s).fold(0.1, f64::max) * 1.1;
+        let y_max = points.iter().map(|p| p.epsilon).fold(0.05, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(65)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+            .map_err(&e)?;
+        chart
+            .configure_mesh()
+            .x_desc("median end-to-end latency of the delayed hops, s")
+            .y_desc("epsilon = |ln(p0/p1)|, mean")
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 16))
+            .draw()
+            .map_err(&e)?;
+        chart
+            .draw_series(points.iter().filter(|p| !p.on_frontier).map(|p| {
+                Circle::new(
+                    (p.latency_s, p.epsilon),
+                    3,
+                    RGBColor(160, 160, 160).filled(),
+                )
+            }))
+            .map_err(&e)?;
+        let mut front: Vec<&FrontierPoint> = points.iter().filter(|p| p.on_frontier).collect();
+        front.sort_by(|a, b| a.latency_s.total_cmp(&b.latency_s));
+        chart
+            .draw_series(LineSeries::new(
+                front.iter().map(|p| (p.latency_s, p.epsilon)),
+                RED.stroke_width(1),
+            ))
+            .map_err(&e)?;
+        chart
+            .draw_series(
+                front
+                    .iter()
+                    .map(|p| Circle::new((p.latency_s, p.epsilon), 4, RED.filled())),
+            )
+            .map_err(&e)?;
+        root.present().map_err(&e)?;
+    }
+    Ok(svg)
+}

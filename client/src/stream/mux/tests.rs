@@ -69,7 +69,6 @@ fn run(seed: u64, loss: f64, n: usize, download: &[u8], upload: &[u8], deny: boo
         cfg.clone(),
         StreamMetrics::new(&r).unwrap(),
         &mut rand::rng(),
-        Instant::now(),
     );
     let r2 = Registry::new();
     let mut exit = Mux::exit(cfg, StreamMetrics::new(&r2).unwrap());
@@ -86,7 +85,11 @@ fn run(seed: u64, loss: f64, n: usize, download: &[u8], upload: &[u8], deny: boo
     for _ in 0..n {
         keys.push(
             client
-                .open(Target::Name("example.org".into(), 80), at(0))
+                .open(
+                    &IsolationKey::NONE,
+                    Target::Name("example.org".into(), 80),
+                    at(0),
+                )
                 .unwrap(),
         );
     }
@@ -168,7 +171,7 @@ fn run(seed: u64, loss: f64, n: usize, download: &[u8], upload: &[u8], deny: boo
         if ms.is_multiple_of(50) {
             if let Some(out) = client.client_message(CAP0, BLOCK, now) {
                 assert!(out.body.len() + out.blocks * BLOCK <= CAP0);
-                client.client_sent(out.grants, out.blocks, now);
+                client.client_sent(out.session, out.grants, vec![[0; 8]; out.blocks], now);
                 net.send(ms, true, out.body, out.blocks);
             }
             if let Some((body, _)) = exit.exit_message(REPLY_CAP, 5, now) {
@@ -320,14 +323,17 @@ fn revoked_reply_blocks_leave_the_exit_pool() {
         StreamConfig::default(),
         cm.clone(),
         &mut rand::rng(),
-        Instant::now(),
     );
     let r2 = Registry::new();
     let em = StreamMetrics::new(&r2).unwrap();
     let mut exit = Mux::exit(StreamConfig::default(), em.clone());
     let t0 = Instant::now();
-    client
-        .open(Target::Name("example.org".into(), 80), t0)
+    let ck = client
+        .open(
+            &IsolationKey::NONE,
+            Target::Name("example.org".into(), 80),
+            t0,
+        )
         .unwrap();
     // Four blocks with distinct keys reach the exit with the OPEN.
     let keyed = |k: u8| {
@@ -336,10 +342,12 @@ fn revoked_reply_blocks_leave_the_exit_pool() {
         b
     };
     let out = client.client_message(CAP0, BLOCK, t0).unwrap();
-    client.client_sent(out.grants, out.blocks, t0);
+    let tags = (1..=4).map(|k| block_tag(&[k; 32])).collect();
+    client.client_sent(out.session, out.grants, tags, t0);
     exit.on_message(&out.body, (1..=4).map(keyed).collect(), t0);
     assert_eq!(em.blocks.get(), 4);
-    // Blocks 2 and 4 cross a mix now listed down; one unknown tag too.
+    // Blocks 2 and 4 cross a mix now listed down; one tag no session was
+    // granted (dropped: it names no block of ours at this exit).
     client.revoke(vec![block_tag(&[2; 32]), block_tag(&[4; 32]), [9; 8]], t0);
     let t1 = t0 + Duration::from_millis(10);
     let out = client.client_message(CAP0, BLOCK, t1).unwrap();
@@ -347,7 +355,7 @@ fn revoked_reply_blocks_leave_the_exit_pool() {
     assert!(
         msg.frames
             .iter()
-            .any(|f| matches!(f, Frame::Revoke { tags } if tags.len() == 3))
+            .any(|f| matches!(f, Frame::Revoke { tags } if tags.len() == 2))
     );
     exit.on_message(&out.body, Vec::new(), t1);
     assert_eq!(
@@ -355,7 +363,7 @@ fn revoked_reply_blocks_leave_the_exit_pool() {
         2,
         "exactly the named blocks are dropped"
     );
-    assert_eq!(cm.blocks_revoked.with_label_values(&["sent"]).get(), 3);
+    assert_eq!(cm.blocks_revoked.with_label_values(&["sent"]).get(), 2);
     // The survivors are the ones used next.
     let key = match exit.take_events().as_slice() {
         [MuxEvent::Connect(k, _)] => *k,
@@ -365,8 +373,143 @@ fn revoked_reply_blocks_leave_the_exit_pool() {
     let (_, b) = exit.exit_message(REPLY_CAP, 5, t1).unwrap();
     assert!(b.key == [1; 32] || b.key == [3; 32]);
     // A REVOKE sent to a client is refused and counted, not obeyed.
-    let mut m = Message::new(client.own.unwrap().0);
+    let mut m = Message::new(ck.session);
     m.frames.push(Frame::Revoke { tags: vec![[1; 8]] });
     client.on_message(&m.encode().unwrap(), Vec::new(), t1);
     assert_eq!(cm.bad.with_label_values(&["unexpected_revoke"]).get(), 1);
+}
+
+fn target() -> Target {
+    Target::Name("example.org".into(), 80)
+}
+
+fn creds(user: &str) -> IsolationKey {
+    IsolationKey::credentials(user.as_bytes().to_vec(), b"pw".to_vec())
+}
+
+#[test]
+fn isolation_keys_get_sessions_of_their_own() {
+    let r = Registry::new();
+    let m = StreamMetrics::new(&r).unwrap();
+    let cfg = StreamConfig {
+        max_sessions: 3,
+        session_idle: Duration::from_secs(60),
+        // Streams stay until the test ends them.
+        open_timeout: Duration::from_secs(10_000),
+        ..StreamConfig::default()
+    };
+    let mut c = Mux::client(exit_address(), cfg, m.clone(), &mut rand::rng());
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let (alice, bob) = (creds("alice"), creds("bob"));
+    let a1 = c.open(&alice, target(), t0).unwrap();
+    let b1 = c.open(&bob, target(), t0).unwrap();
+    let a2 = c.open(&alice, target(), t0).unwrap();
+    let n1 = c.open(&IsolationKey::NONE, target(), t0).unwrap();
+    let n2 = c
+        .open(
+            &IsolationKey::credentials(Vec::new(), Vec::new()),
+            target(),
+            t0,
+        )
+        .unwrap();
+    // Two keys, two sessions; one key, one session; empty = none.
+    assert_ne!(a1.session, b1.session);
+    assert_eq!(a1.session, a2.session);
+    assert_ne!(a1.stream, a2.stream);
+    assert_eq!(n1.session, n2.session);
+    assert!(n1.session != a1.session && n1.session != b1.session);
+    assert_eq!((m.client_sessions.get(), m.sessions_opened.get()), (3, 3));
+    // Every session speaks for itself: three messages, three session ids,
+    // each carrying only its own OPENs.
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let out = c.client_message(CAP0, BLOCK, t0).unwrap();
+        let msg = Message::decode(&out.body).unwrap();
+        assert_eq!(msg.session, out.session);
+        let opens: Vec<u32> = msg.frames.iter().map(|f| f.stream()).collect();
+        seen.insert(msg.session, opens);
+    }
+    assert_eq!(seen[&a1.session], vec![a1.stream, a2.stream]);
+    assert_eq!(seen[&b1.session], vec![b1.stream]);
+    assert_eq!(seen[&n1.session], vec![n1.stream, n2.stream]);
+    // The bound: a fourth key while every session has streams is refused.
+    assert_eq!(
+        c.open(&creds("carol"), target(), t0),
+        Err("too many sessions")
+    );
+
+    // Idle expiry: alice's streams end; her session stays for the idle
+    // time, then her next stream gets a new one. Bob's (busy) stays.
+    c.abort(&a1, code::GENERAL_FAILURE, "test");
+    c.abort(&a2, code::GENERAL_FAILURE, "test");
+    c.tick(t0 + s(30));
+    let again = c.open(&alice, target(), t0 + s(30)).unwrap();
+    assert_eq!(again.session, a1.session);
+    c.abort(&again, code::GENERAL_FAILURE, "test");
+    c.tick(t0 + s(89));
+    assert_eq!(m.client_sessions.get(), 3, "idle only 59 s");
+    c.tick(t0 + s(91));
+    assert_eq!(m.client_sessions.get(), 2);
+    let a3 = c.open(&alice, target(), t0 + s(91)).unwrap();
+    assert!(a3.session != a1.session && a3.session != b1.session);
+    assert_eq!(
+        c.open(&bob, target(), t0 + s(91)).unwrap().session,
+        b1.session
+    );
+    // A late answer to the closed session is counted, not obeyed.
+    let mut late = Message::new(a1.session);
+    late.frames.push(Frame::Opened { stream: a1.stream });
+    c.on_message(&late.encode().unwrap(), Vec::new(), t0 + s(91));
+    assert_eq!(m.bad.with_label_values(&["unknown_session"]).get(), 1);
+
+    // Streams without credentials are replaced the same way.
+    c.abort(&n1, code::GENERAL_FAILURE, "test");
+    c.abort(&n2, code::GENERAL_FAILURE, "test");
+    c.tick(t0 + s(200));
+    let n3 = c.open(&IsolationKey::NONE, target(), t0 + s(200)).unwrap();
+    assert_ne!(n3.session, n1.session);
+    assert_eq!(m.sessions_opened.get(), 5);
+
+    // Full again (alice, bob, none, all busy) until one is idle: then a
+    // new key takes the place of the longest-idle session.
+    assert!(c.open(&creds("carol"), target(), t0 + s(200)).is_err());
+    c.abort(&n3, code::GENERAL_FAILURE, "test");
+    let carol = c.open(&creds("carol"), target(), t0 + s(201)).unwrap();
+    assert_eq!(m.client_sessions.get(), 3);
+    assert!(![a3.session, b1.session, n3.session].contains(&carol.session));
+}
+
+#[test]
+fn revocations_stay_in_their_session() {
+    let r = Registry::new();
+    let m = StreamMetrics::new(&r).unwrap();
+    let mut c = Mux::client(exit_address(), StreamConfig::default(), m, &mut rand::rng());
+    let t0 = Instant::now();
+    c.open(&creds("alice"), target(), t0).unwrap();
+    c.open(&creds("bob"), target(), t0).unwrap();
+    let mut granted = std::collections::BTreeMap::new();
+    for k in [1u8, 2] {
+        let out = c.client_message(CAP0, BLOCK, t0).unwrap();
+        let tag = block_tag(&[k; 32]);
+        c.client_sent(out.session, out.grants, vec![tag], t0);
+        granted.insert(out.session, tag);
+    }
+    assert_eq!(granted.len(), 2, "one grant in each session");
+    // Both blocks cross a mix now listed down: each session is told of
+    // its own block only (one REVOKE naming both would link them).
+    c.revoke(vec![block_tag(&[1; 32]), block_tag(&[2; 32]), [9; 8]], t0);
+    let mut revoked = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let out = c.client_message(CAP0, BLOCK, t0).unwrap();
+        let msg = Message::decode(&out.body).unwrap();
+        for f in msg.frames {
+            if let Frame::Revoke { tags } = f {
+                revoked.insert(msg.session, tags);
+            }
+        }
+    }
+    for (session, tag) in &granted {
+        assert_eq!(revoked.get(session), Some(&vec![*tag]), "{revoked:?}");
+    }
 }
