@@ -375,10 +375,10 @@ impl Client {
     }
 }
 
-/// Where a client with a metrics endpoint writes its bound address.
 /// How long [`Client::close`] waits for the last confirmation.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Where a client with a metrics endpoint writes its bound address.
 pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 
 /// Writes `text` to `path` through a temporary file and a rename, so a

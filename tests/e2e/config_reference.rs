@@ -63,15 +63,10 @@ fn doc_tables(text: &str) -> BTreeMap<String, Table> {
     out
 }
 
-/// Every key of a loaded config, dotted (`mixing.peer_rate`). Arrays (of
+/// Every leaf of `v` by its dotted key (`mixing.peer_rate`). Arrays (of
 /// authorities, of peers) are one key each: their entries are documented in
 /// the key's row.
-fn struct_keys(
-    v: &serde_json::Value,
-    prefix: &str,
-    out: &mut BTreeSet<String>,
-    null: &mut BTreeSet<String>,
-) {
+fn leaves(v: &serde_json::Value, prefix: &str, out: &mut BTreeMap<String, serde_json::Value>) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, x) in m {
@@ -80,47 +75,38 @@ fn struct_keys(
                 } else {
                     format!("{prefix}.{k}")
                 };
-                struct_keys(x, &key, out, null);
+                leaves(x, &key, out);
             }
         }
         other => {
-            if other.is_null() {
-                null.insert(prefix.to_string());
-            }
-            out.insert(prefix.to_string());
+            out.insert(prefix.to_string(), other.clone());
         }
     }
 }
 
-/// The keys (and the null ones) of a loaded config.
+/// The keys of a loaded config, and those whose value is null (an
+/// optional field or section left out).
 fn keys_of(cfg: serde_json::Value) -> (BTreeSet<String>, BTreeSet<String>) {
-    let (mut keys, mut null) = (BTreeSet::new(), BTreeSet::new());
-    struct_keys(&cfg, "", &mut keys, &mut null);
-    (keys, null)
+    let mut all = BTreeMap::new();
+    leaves(&cfg, "", &mut all);
+    let null = all
+        .iter()
+        .filter(|(_, v)| v.is_null())
+        .map(|(k, _)| k.clone())
+        .collect();
+    (all.into_keys().collect(), null)
 }
 
-/// What `init` wrote for each key (leaf values only).
-fn written(path: &Path) -> BTreeMap<String, toml::Value> {
-    fn walk(v: &toml::Value, prefix: &str, out: &mut BTreeMap<String, toml::Value>) {
-        match v {
-            toml::Value::Table(t) => {
-                for (k, x) in t {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(x, &key, out);
-                }
-            }
-            other => {
-                out.insert(prefix.to_string(), other.clone());
-            }
-        }
-    }
+/// A TOML value as JSON, the form both sides are compared in.
+fn json(v: &toml::Value) -> serde_json::Value {
+    serde_json::to_value(v).unwrap()
+}
+
+/// What `init` wrote for each key.
+fn written(path: &Path) -> BTreeMap<String, serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut out = BTreeMap::new();
-    walk(&toml::from_str(&text).unwrap(), "", &mut out);
+    leaves(&json(&toml::from_str(&text).unwrap()), "", &mut out);
     out
 }
 
@@ -140,7 +126,7 @@ struct Inited {
     keys: BTreeSet<String>,
     /// Keys whose value is null (an optional field or section left out).
     null: BTreeSet<String>,
-    written: BTreeMap<String, toml::Value>,
+    written: BTreeMap<String, serde_json::Value>,
 }
 
 fn init_all(root: &Path) -> Vec<Inited> {
@@ -248,7 +234,7 @@ fn the_configuration_reference_names_every_key_with_its_default() {
                 continue;
             };
             checked_defaults += 1;
-            if doc_value.get("v") != Some(w) {
+            if doc_value.get("v").map(json).as_ref() != Some(w) {
                 problems.insert(format!(
                     "{}: `{k}`: the table says {cell}, init writes {w}",
                     i.file

@@ -1,6 +1,6 @@
 //! Measurement, not a CI test (ignored): CPU used by an idle client process
 //! at the default network rates (λ_P = 2, λ_L = 1, λ_D = 1 per second,
-//! pull every 500 ms). Run with
+//! pull every 250 ms). Run with
 //! `cargo test --release -p loopmix-tests --test idle_cpu -- --ignored --nocapture`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -129,7 +129,9 @@ pub struct EngineConfig {
     /// reported failed. Overrides `retransmit.max_attempts`. Default 10.
     pub max_attempts: u32,
     /// How often the shell pulls the inbox; added to every ack timeout,
-    /// because an ack waits in the inbox until the next pull. Default 500 ms.
+    /// because an ack waits in the inbox until the next pull. The runtime
+    /// sets it from the client config (`messages.pull_interval`, 250 ms by
+    /// default); 500 ms here only for engines built without one (tests).
     pub pull_interval: Duration,
     /// Ack timeout rule and outstanding limit ([`RetransmitConfig`]).
     pub retransmit: RetransmitConfig,
