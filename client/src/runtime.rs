@@ -739,6 +739,9 @@ impl Shell {
         let mut every = tokio::time::interval(self.pull_interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut warned = false;
+        // A provider that keeps answering wrongly is logged once, until it
+        // answers well again (the metric counts every time).
+        let mut warned_bad = false;
         // Seqs the application has and the provider has not yet been told
         // of. A pull that is answered confirms them all, so this holds one
         // answer's slots at most (≤ CONFIRM_SLOTS); after a failed pull the
@@ -781,6 +784,7 @@ impl Shell {
                 Answer::Bad(why) => Some(why),
                 Answer::Messages { slots, layout } => {
                     shape = Some(layout);
+                    warned_bad = false;
                     self.metrics.pulls.with_label_values(&["ok"]).inc();
                     // The provider deletes what this pull confirmed.
                     unconfirmed.clear();
@@ -833,7 +837,10 @@ impl Shell {
                 // A provider that breaks the constant shape (or the codec)
                 // is not talked to on that connection again.
                 self.metrics.pulls.with_label_values(&["bad_answer"]).inc();
-                warn!(reason = %why, "provider sent a wrong-shaped answer; disconnecting");
+                if !warned_bad {
+                    warn!(reason = %why, "provider sent a wrong-shaped answer; disconnecting");
+                    warned_bad = true;
+                }
                 c.close(BAD_ANSWER.into(), b"wrong-shaped answer");
                 conn = None;
             }
