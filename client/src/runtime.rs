@@ -30,9 +30,7 @@ use loopmix_core::provider_control::{self, MAX_RESPONSE_BODY, Request, Response,
 use loopmix_core::topology::Topology;
 use loopmix_net::directory::{DirectoryClient, DirectoryClientConfig};
 use loopmix_net::metrics::{MetricError, counter, counter_vec, float_gauge, histogram};
-use loopmix_net::provider_control::{
-    ControlError, read_message, request as provider_request, write_message,
-};
+use loopmix_net::provider_control::{ControlError, request as provider_request};
 use loopmix_net::routing::RoutingView;
 use loopmix_net::sleep_until;
 use loopmix_net::transport::egress::{Egress, EgressMetrics, OutPacket};
@@ -442,21 +440,10 @@ async fn pull(
         .copied()
         .take(provider_control::CONFIRM_SLOTS)
         .collect();
-    let bytes = Request::Pull { confirm }.encode()?;
-    let exchange = async {
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| ControlError::Connection(e.to_string()))?;
-        write_message(&mut send, &bytes, timeout).await?;
-        let answer = read_message(&mut recv, MAX_RESPONSE_BODY, timeout).await?;
-        let response = Response::decode(&answer, MAX_RESPONSE_BODY)?;
-        Ok((response, SlotLayout::of_answer(&answer)))
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(r) => r,
-        Err(_) => Err(ControlError::Timeout),
-    }
+    let answer =
+        loopmix_net::provider_control::exchange(conn, &Request::Pull { confirm }, timeout).await?;
+    let response = Response::decode(&answer, MAX_RESPONSE_BODY)?;
+    Ok((response, SlotLayout::of_answer(&answer)))
 }
 
 fn provider_address(t: &Topology, provider: NodeId) -> Result<SocketAddr, ClientError> {

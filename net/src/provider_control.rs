@@ -120,6 +120,18 @@ pub async fn request(
     req: &Request,
     timeout: Duration,
 ) -> Result<Response, ControlError> {
+    let answer = exchange(conn, req, timeout).await?;
+    Ok(Response::decode(&answer, MAX_RESPONSE_BODY)?)
+}
+
+/// [`request`] returning the answer's bytes undecoded (at most
+/// [`MAX_RESPONSE_BODY`] of body), for a caller that checks more than the
+/// decoded value (the pull loop compares answers' layouts).
+pub async fn exchange(
+    conn: &quinn::Connection,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Vec<u8>, ControlError> {
     let bytes = req.encode()?;
     let exchange = async {
         let (mut send, mut recv) = conn
@@ -127,8 +139,7 @@ pub async fn request(
             .await
             .map_err(|e| ControlError::Connection(e.to_string()))?;
         write_message(&mut send, &bytes, timeout).await?;
-        let answer = read_message(&mut recv, MAX_RESPONSE_BODY, timeout).await?;
-        Ok::<_, ControlError>(Response::decode(&answer, MAX_RESPONSE_BODY)?)
+        read_message(&mut recv, MAX_RESPONSE_BODY, timeout).await
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(res) => res,
