@@ -80,9 +80,11 @@ fn substituted(block: &str, bin_dir: &Path, tmp: &Path) -> String {
             "the README's quick start no longer contains {needed:?}: update this test with it"
         );
     }
+    // `/tmp/` first: the binaries' directory may itself be under /tmp
+    // (CARGO_TARGET_DIR=/tmp/...), and must not be rewritten.
     block
-        .replace("$PWD/target/release", &bin_dir.display().to_string())
         .replace("/tmp/", &format!("{}/", tmp.display()))
+        .replace("$PWD/target/release", &bin_dir.display().to_string())
 }
 
 /// bash running the script in its own process group; on drop (a failed
@@ -284,4 +286,11 @@ fn the_block_is_found_and_only_places_change() {
             .replace("/t/x/", "/tmp/"),
         block
     );
+    // A target directory under /tmp (CI) is left as it is.
+    let s = substituted(block, Path::new("/tmp/ci-target/debug"), Path::new("/t/x"));
+    assert!(
+        s.starts_with("export PATH=\"/tmp/ci-target/debug:$PATH\"\n"),
+        "{s}"
+    );
+    assert!(s.contains("--dir /t/x/lm &"), "{s}");
 }
