@@ -129,6 +129,20 @@ struct Inited {
     written: BTreeMap<String, serde_json::Value>,
 }
 
+impl Inited {
+    /// `file` as `init` wrote it at `path`, and `loaded`, what the binary's
+    /// loader made of it (serialized).
+    fn new(file: &'static str, path: &Path, loaded: serde_json::Value) -> Self {
+        let (keys, null) = keys_of(loaded);
+        Self {
+            file,
+            keys,
+            null,
+            written: written(path),
+        }
+    }
+}
+
 fn init_all(root: &Path) -> Vec<Inited> {
     let node = workspace_bin("loopmix-node").unwrap();
     let directory = workspace_bin("loopmix-directory").unwrap();
@@ -139,13 +153,7 @@ fn init_all(root: &Path) -> Vec<Inited> {
     let node_cfg = |dir: &Path| {
         let path = dir.join("node.toml");
         let cfg = loopmix_node::config::NodeConfig::load(&path).unwrap();
-        let (keys, null) = keys_of(serde_json::to_value(&cfg).unwrap());
-        Inited {
-            file: "node.toml",
-            keys,
-            null,
-            written: written(&path),
-        }
+        Inited::new("node.toml", &path, serde_json::to_value(&cfg).unwrap())
     };
     // A fixed-topology mix, a directory-mode mix and a directory-mode
     // provider: between them every section a node config can have.
@@ -168,13 +176,11 @@ fn init_all(root: &Path) -> Vec<Inited> {
     run(Command::new(&directory).arg("init").arg("--dir").arg(&a));
     let path = a.join(loopmix_directory::config::CONFIG_FILE);
     let cfg = loopmix_directory::config::DirectoryConfig::load(&path).unwrap();
-    let (keys, null) = keys_of(serde_json::to_value(&cfg).unwrap());
-    out.push(Inited {
-        file: "directory.toml",
-        keys,
-        null,
-        written: written(&path),
-    });
+    out.push(Inited::new(
+        "directory.toml",
+        &path,
+        serde_json::to_value(&cfg).unwrap(),
+    ));
 
     let c = root.join("client");
     run(Command::new(&client)
@@ -189,13 +195,11 @@ fn init_all(root: &Path) -> Vec<Inited> {
         .arg(&c));
     let path = c.join("client.toml");
     let cfg = loopmix_client::config::ClientConfig::load(&path).unwrap();
-    let (keys, null) = keys_of(serde_json::to_value(&cfg).unwrap());
-    out.push(Inited {
-        file: "client.toml",
-        keys,
-        null,
-        written: written(&path),
-    });
+    out.push(Inited::new(
+        "client.toml",
+        &path,
+        serde_json::to_value(&cfg).unwrap(),
+    ));
     out
 }
 
