@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use loopmix_core::e2e::payload_plaintext_len;
 use loopmix_core::keys::{IdentityKeypair, SphinxKeypair};
 use loopmix_core::mixing::loops::LoopTracker;
 use loopmix_core::mixing::processor::SphinxProcessor;
@@ -92,8 +91,9 @@ fn start_provider(
     stop: &Arc<AtomicBool>,
 ) -> Result<ProviderParts, NodeError> {
     let p = &cfg.provider;
-    // Inbox entries are whole payload plaintexts, so a pull slot fits one.
-    let message_len = payload_plaintext_len(shared.topology().params().payload_size);
+    // Inbox entries are at most a whole sealed payload (a SURB's use, kept
+    // as it came), so a pull slot fits one.
+    let message_len = shared.topology().params().payload_size;
     let limits = InboxLimits {
         max_messages_per_inbox: p.inbox_max_messages,
         max_bytes_per_inbox: p.inbox_max_bytes,

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use loopmix_core::keys::NodeId;
-use loopmix_core::mixing::delivery::FinalPacket;
+use loopmix_core::mixing::delivery::{FinalPacket, FinalPayload};
 use loopmix_core::mixing::entropy::EntropyWindow;
 use loopmix_core::mixing::final_hop::{FinalHop, OwnLoops};
 use loopmix_core::mixing::loops::LoopTracker;
@@ -478,15 +478,13 @@ fn worker(
                     shared.drop_packet("unexpected_final_hop");
                     continue;
                 };
-                let Ok(plaintext) = payload.recover_plaintext() else {
-                    shared.drop_packet("malformed");
-                    continue;
-                };
+                // Sealed payloads (SURB uses) go to the delivery rules too:
+                // they are stored for the client to open.
                 let offered = queue.offer(FinalPacket {
                     destination,
                     identifier,
                     key_epoch: job.frame.key_epoch,
-                    plaintext,
+                    payload: FinalPayload::of(payload),
                 });
                 if !offered {
                     shared.drop_packet("overload");

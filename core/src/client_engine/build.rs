@@ -11,8 +11,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::e2e::{
-    ClientAddress, KIND_DATA, Payload, REPLY_KEY_LEN, ReplyBlock, data_sealed_len, make_surb,
-    payload_plaintext_len, reply_ciphertext_len, seal, seal_reply, surb_hops, use_surb,
+    ClientAddress, KIND_DATA, Payload, REPLY_KEY_LEN, ReplyBlock, ReplyRecovery, SURB_LEN,
+    data_sealed_len, make_surb, payload_plaintext_len, reply_ciphertext_len, seal, seal_reply,
+    use_surb,
 };
 use crate::keys::NodeId;
 use crate::sphinx::{HEADER_SIZE, IDENTIFIER_LEN, build_packet, destination_of, sample_delays};
@@ -147,6 +148,8 @@ fn forward(
 pub(super) struct DataPacket {
     pub packet: Vec<u8>,
     pub ack_id: [u8; IDENTIFIER_LEN],
+    /// Opens the sealed ack.
+    pub ack_recovery: ReplyRecovery,
     pub delays: Duration,
     pub route: RouteIds,
 }
@@ -167,7 +170,8 @@ pub(super) fn data_packet(
     let ack_route = route(t, rng, choice, None, own_provider(t, me)?);
     let ack_delays = delays(t, rng, ack_route.len());
     let ack_id: [u8; IDENTIFIER_LEN] = rng.random();
-    let surb_ack = make_surb(&ack_route, me.identity, ack_id, &ack_delays).map_err(other)?;
+    let (surb_ack, ack_recovery) =
+        make_surb(&ack_route, me.identity, ack_id, &ack_delays).map_err(other)?;
     let sealed = seal(
         &to.encryption,
         KIND_DATA,
@@ -185,31 +189,32 @@ pub(super) fn data_packet(
     Ok(DataPacket {
         packet,
         ack_id,
+        ack_recovery,
         delays: delay_sum(&fwd_delays).saturating_add(delay_sum(&ack_delays)),
         route: route.into(),
     })
 }
 
 /// A loop (6.2): our provider → mixes → our provider, destination us,
-/// identifier `id`; with its route (every loop is a liveness probe).
+/// identifier `id`; with its recovery and its route (every loop is a
+/// liveness probe). Built as a SURB we use ourselves, so that it arrives
+/// sealed like the acks and replies it must look like to our provider.
 pub(super) fn loop_packet(
     t: &Topology,
     rng: &mut StdRng,
     me: &Me,
     id: [u8; IDENTIFIER_LEN],
-) -> Result<(Vec<u8>, RouteIds), BuildError> {
-    let last = own_provider(t, me)?;
-    forward(
-        t,
-        rng,
-        RouteChoice::NETWORK,
-        me,
-        last,
-        me.identity,
-        id,
-        &Payload::Loop,
-    )
-    .map(|(p, _, r)| (p, r))
+) -> Result<(Vec<u8>, ReplyRecovery, RouteIds), BuildError> {
+    let ps = t.params().payload_size;
+    let ours = own_provider(t, me)?;
+    let hops = route(t, rng, RouteChoice::NETWORK, Some(ours), ours);
+    let d = delays(t, rng, hops.len());
+    let (surb, recovery) = make_surb(&hops, me.identity, id, &d).map_err(other)?;
+    let plaintext = Payload::Loop
+        .encode(payload_plaintext_len(ps))
+        .map_err(other)?;
+    let (_, packet) = use_surb(&surb, &plaintext, ps).map_err(other)?;
+    Ok((packet, recovery, ids(&hops)))
 }
 
 /// A drop (6.2): to a uniformly random provider, destination that provider.
@@ -233,15 +238,13 @@ pub(super) fn drop_packet(t: &Topology, rng: &mut StdRng, me: &Me) -> Result<Vec
 }
 
 /// A reply block (6.5) that a recipient at `their_provider` can answer
-/// over: `their provider → mixes → our provider`, destination us. Returns
-/// the identifier the reply will arrive with, the block, and the mixes its
-/// route crosses (to revoke it if one of them is listed down).
+/// over: `their provider → mixes → our provider`, destination us.
 pub(super) fn reply_block(
     t: &Topology,
     rng: &mut StdRng,
     me: &Me,
     their_provider: &NodeId,
-) -> Result<([u8; IDENTIFIER_LEN], ReplyBlock, RouteIds), BuildError> {
+) -> Result<NewBlock, BuildError> {
     let first =
         provider(t, their_provider).ok_or(BuildError::Provider(*their_provider, t.epoch()))?;
     let hops = route(
@@ -253,7 +256,7 @@ pub(super) fn reply_block(
     );
     let d = delays(t, rng, hops.len());
     let id: [u8; IDENTIFIER_LEN] = rng.random();
-    let surb = make_surb(&hops, me.identity, id, &d).map_err(other)?;
+    let (surb, recovery) = make_surb(&hops, me.identity, id, &d).map_err(other)?;
     let key: [u8; REPLY_KEY_LEN] = rng.random();
     // The providers at both ends cannot be avoided; only mixes matter.
     let mixes = hops
@@ -261,21 +264,36 @@ pub(super) fn reply_block(
         .filter(|n| n.role == Role::Mix)
         .map(|n| n.id)
         .collect();
-    Ok((
+    Ok(NewBlock {
         id,
-        ReplyBlock {
+        block: ReplyBlock {
             epoch: t.epoch(),
             surb,
             key,
         },
+        recovery,
         mixes,
-    ))
+    })
 }
 
-/// The first hop written in a version-259 SURB (`header ‖ first hop ‖
-/// seeds`), if `surb` has a SURB's length.
+/// A reply block just made, and what we keep of it.
+pub(super) struct NewBlock {
+    /// The identifier its reply will arrive with.
+    pub id: [u8; IDENTIFIER_LEN],
+    /// What we hand out.
+    pub block: ReplyBlock,
+    /// What opens its reply; never handed out.
+    pub recovery: ReplyRecovery,
+    /// The mixes its route crosses (to revoke it if one is listed down).
+    pub mixes: RouteIds,
+}
+
+/// The first hop written in a version-260 SURB (`header ‖ first hop ‖
+/// seed`), if `surb` has a SURB's length.
 pub(super) fn surb_first_hop(surb: &[u8]) -> Option<NodeId> {
-    surb_hops(surb.len())?;
+    if surb.len() != SURB_LEN {
+        return None;
+    }
     let bytes = surb.get(HEADER_SIZE..HEADER_SIZE + NODE_ADDRESS_LENGTH)?;
     bytes.try_into().ok().map(NodeId)
 }

@@ -3,16 +3,28 @@
 //! Items come from our provider, but their contents come from strangers:
 //! everything is parsed strictly, nothing panics, and every refusal is
 //! counted by label ([`super::EngineStats::bad_inbox`]).
+//!
+//! An item is one of two things (PROTOCOL.md 6.3):
+//!
+//! * **sealed**: the payload of a SURB's use — an ack, a loop or a reply —
+//!   exactly as our provider got it, which only we can open, with the
+//!   recovery material we kept under the item's identifier. Opened, it is an
+//!   ack or a loop (both carry the loop kind) or a reply.
+//! * **plain**: a data payload our provider recovered (a forward packet).
+//!
+//! Nothing else is accepted: an ack, loop or reply that arrives in the clear
+//! did not come over a SURB of ours.
 
 use std::time::Instant;
 
 use crate::e2e::{
-    Envelope, KIND_DATA, Payload, ReplyBlock, SEAL_OVERHEAD, open, open_reply, surb_hops,
+    Envelope, KIND_DATA, Payload, ReplyBlock, SEAL_OVERHEAD, SURB_LEN, open, open_reply,
 };
 use crate::message::{Fragment, Inserted};
 
 use super::build::surb_first_hop;
 use super::outbox::AckOutcome;
+use super::stores::SealedKind;
 use super::{Engine, Event, ReplyHandle};
 
 /// The sealed part of a stored data payload. A provider may keep the
@@ -22,7 +34,7 @@ fn data_sealed(data: &[u8]) -> Result<&[u8], &'static str> {
     let body = data.get(1..).ok_or("empty")?;
     let (len, rest) = body.split_first_chunk::<2>().ok_or("truncated")?;
     let len = usize::from(u16::from_be_bytes(*len));
-    if len != 0 && surb_hops(len).is_none() {
+    if len != 0 && len != SURB_LEN {
         return Err("bad_ack_len");
     }
     let sealed = rest.get(len..).ok_or("ack_beyond_input")?;
@@ -33,42 +45,86 @@ fn data_sealed(data: &[u8]) -> Result<&[u8], &'static str> {
 }
 
 impl Engine {
-    /// One message pulled from the inbox: its Sphinx `identifier` and
-    /// payload plaintext `data`. Returns what it completed (and events found
-    /// since the last call).
+    /// One message pulled from the inbox: its Sphinx `identifier` and what
+    /// our provider stored (a sealed payload or a data plaintext). Returns
+    /// what it completed (and events found since the last call).
     pub fn on_inbox(&mut self, identifier: [u8; 16], data: &[u8], now: Instant) -> Vec<Event> {
         let mut events = std::mem::take(&mut self.events);
+        match self.unseal(&identifier, data) {
+            Some(Ok((kind, plaintext))) => {
+                self.sealed_in(kind, &identifier, &plaintext, now, &mut events)
+            }
+            Some(Err(label)) => self.bad("sealed", label),
+            None => self.plain_in(data, now, &mut events),
+        }
+        events
+    }
+
+    /// Opens `data` with the recovery kept under `id`, and forgets it once
+    /// it opened (single use). `None`: no recovery is kept under `id`.
+    fn unseal(
+        &mut self,
+        id: &[u8; 16],
+        data: &[u8],
+    ) -> Option<Result<(SealedKind, Vec<u8>), &'static str>> {
+        let (kind, recovery) = match self.reply_keys.recovery(id) {
+            Some(r) => (SealedKind::Reply, r),
+            None => self.recoveries.get(id)?,
+        };
+        // A failure keeps the recovery: a forgery must not burn the
+        // genuine answer.
+        let plaintext = match recovery.open(data) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e.label())),
+        };
+        self.recoveries.used(kind, id);
+        Some(Ok((kind, plaintext)))
+    }
+
+    fn sealed_in(
+        &mut self,
+        kind: SealedKind,
+        id: &[u8; 16],
+        plaintext: &[u8],
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) {
+        match (kind, Payload::decode(plaintext)) {
+            (_, Err(e)) => self.bad("payload", e.label()),
+            // Providers send acks with the loop kind, so our own provider
+            // could not count our real fragments by counting acks even if
+            // it could read them.
+            (SealedKind::Ack, Ok(Payload::Loop | Payload::Ack)) => self.ack_in(id, now, events),
+            (SealedKind::Loop, Ok(Payload::Loop)) => match self.probes.loop_returned(id) {
+                Some(sent) => events.push(Event::LoopReturned {
+                    rtt: now.saturating_duration_since(sent),
+                }),
+                None => self.bad("loop", "late"),
+            },
+            (SealedKind::Reply, Ok(Payload::Reply { ciphertext })) => {
+                self.reply_in(id, &ciphertext, now, events)
+            }
+            (_, Ok(other)) => self.bad("sealed", other.label()),
+        }
+    }
+
+    fn plain_in(&mut self, data: &[u8], now: Instant, events: &mut Vec<Event>) {
         match data.first().copied() {
             None => self.bad("payload", "empty"),
             Some(KIND_DATA) => match data_sealed(data) {
                 Ok(sealed) => match open(&self.encryption, KIND_DATA, sealed) {
-                    Ok(plaintext) => self.fragment_in(&plaintext, now, &mut events),
+                    Ok(plaintext) => self.fragment_in(&plaintext, now, events),
                     Err(_) => self.bad("data", "open"),
                 },
                 Err(label) => self.bad("payload", label),
             },
+            // Acks, loops and replies come sealed: one in the clear was not
+            // sent over a SURB of ours (or its recovery expired).
             Some(_) => match Payload::decode(data) {
                 Err(e) => self.bad("payload", e.label()),
-                Ok(Payload::Ack) => self.ack_in(&identifier, now, &mut events),
-                Ok(Payload::Reply { ciphertext }) => {
-                    self.reply_in(&identifier, &ciphertext, now, &mut events)
-                }
-                // Providers send acks with the loop kind, so our own provider
-                // cannot count our real fragments by counting acks: the
-                // identifier alone says which it is.
-                Ok(Payload::Loop) => match self.probes.loop_returned(&identifier) {
-                    Some(sent) => events.push(Event::LoopReturned {
-                        rtt: now.saturating_duration_since(sent),
-                    }),
-                    None => self.ack_in(&identifier, now, &mut events),
-                },
-                // A provider discards drops; one in an inbox is someone's
-                // mistake or mischief.
-                Ok(Payload::Drop) => self.bad("payload", "drop"),
-                Ok(Payload::Data { .. }) => self.bad("payload", "data"),
+                Ok(other) => self.bad("unsealed", other.label()),
             },
         }
-        events
     }
 
     pub(super) fn bad(&mut self, what: &'static str, label: &'static str) {

@@ -83,21 +83,20 @@ use std::time::{Duration, Instant};
 use crate::e2e::envelope::ENVELOPE_HEADER_LEN;
 use crate::e2e::{
     ClientAddress, EncryptionKeypair, Envelope, MAX_REPLY_BLOCKS, REPLY_BLOCK_OVERHEAD, ReplyBlock,
-    data_fragment_capacity, reply_fragment_capacity, surb_len,
+    SURB_LEN, data_fragment_capacity, reply_fragment_capacity,
 };
 use crate::keys::NodeId;
 use crate::message::{
     MessageId, Reassembler, ReassemblyLimits, RetransmitConfig, max_fragment_data, split,
 };
-use crate::sphinx::MAX_PATH_LENGTH;
-use crate::topology::{MAX_LAYERS, Role, Topology};
+use crate::topology::{Role, Topology};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use build::{BuildError, Me, RouteChoice};
 use outbox::{Outbox, Slot, Target};
 use probes::Probes;
-use stores::{HeldBlocks, ReplyKey, ReplyKeys};
+use stores::{HeldBlocks, Recoveries, ReplyKey, ReplyKeys};
 
 pub use stores::{BlockTag, ReplyHandle, block_tag};
 
@@ -147,6 +146,10 @@ pub struct EngineConfig {
     /// Reply keys kept for blocks we handed out (the oldest is forgotten).
     /// Default 4096.
     pub reply_key_limit: usize,
+    /// Recovery material kept for SURB-ACKs we sent (one per data packet,
+    /// each about 100 bytes; the oldest is forgotten, and with it the
+    /// chance to read its ack), kept at most 10 minutes. Default 16384.
+    pub ack_recovery_limit: usize,
     /// Received messages whose reply blocks are kept (the oldest are
     /// forgotten). Default 1024.
     pub reply_handle_limit: usize,
@@ -167,6 +170,7 @@ impl Default for EngineConfig {
             loop_pending_limit: 1024,
             loop_timeout: Duration::from_secs(60),
             reply_key_limit: 4096,
+            ack_recovery_limit: 16384,
             reply_handle_limit: 1024,
             reply_ttl: Duration::from_secs(3600),
         }
@@ -298,6 +302,8 @@ pub struct EngineStats {
     pub pending_reassemblies: usize,
     /// Keys of reply blocks we handed out.
     pub reply_keys: usize,
+    /// Recovery material held for our SURB-ACKs and loops.
+    pub recoveries: usize,
     /// Received messages whose reply blocks we hold.
     pub reply_handles: usize,
     /// Loops awaiting their return.
@@ -327,14 +333,11 @@ pub struct EngineStats {
 /// The most an envelope adds to a body: its header and
 /// [`MAX_REPLY_BLOCKS`] blocks of 5-hop SURBs.
 pub const MAX_ENVELOPE_OVERHEAD: usize =
-    ENVELOPE_HEADER_LEN + MAX_REPLY_BLOCKS * (REPLY_BLOCK_OVERHEAD + surb_len(MAX_PATH_LENGTH));
-
-/// The longest SURB-ACK: 3 layers and our provider.
-const MAX_ACK_SURB_LEN: usize = surb_len(MAX_LAYERS as usize + 1);
+    ENVELOPE_HEADER_LEN + MAX_REPLY_BLOCKS * (REPLY_BLOCK_OVERHEAD + SURB_LEN);
 
 /// Fragment data per data packet for a Sphinx `payload_size`.
 pub fn data_fragment_size(payload_size: usize) -> usize {
-    max_fragment_data(data_fragment_capacity(payload_size, MAX_ACK_SURB_LEN))
+    max_fragment_data(data_fragment_capacity(payload_size, SURB_LEN))
 }
 
 /// Fragment data per reply packet for a Sphinx `payload_size`.
@@ -364,6 +367,7 @@ pub struct Engine {
     reassembler: Reassembler<Instant>,
     probes: Probes,
     reply_keys: ReplyKeys,
+    recoveries: Recoveries,
     /// Revoked reply blocks per holder, not yet handed to the mux.
     revoked: BTreeMap<NodeId, Vec<BlockTag>>,
     held: HeldBlocks,
@@ -424,6 +428,11 @@ impl Engine {
             reassembler: Reassembler::new(cfg.reassembly.clone()),
             probes: Probes::new(cfg.loop_pending_limit, cfg.loop_timeout, cfg.pull_interval),
             reply_keys: ReplyKeys::new(cfg.reply_key_limit, cfg.reply_ttl),
+            recoveries: Recoveries::new(
+                cfg.ack_recovery_limit,
+                cfg.loop_pending_limit,
+                cfg.loop_timeout,
+            ),
             revoked: BTreeMap::new(),
             held: HeldBlocks::new(cfg.reply_handle_limit, cfg.reply_ttl),
             cfg,
@@ -582,12 +591,18 @@ impl Engine {
         let mut keys = Vec::with_capacity(reply_blocks);
         let mut blocks = Vec::with_capacity(reply_blocks);
         for _ in 0..reply_blocks {
-            let (id, block, mixes) = build::reply_block(&t, &mut self.rng, &self.me, &to.provider)
+            let build::NewBlock {
+                id,
+                block,
+                recovery,
+                mixes,
+            } = build::reply_block(&t, &mut self.rng, &self.me, &to.provider)
                 .map_err(|e| SendError::Build(e.to_string()))?;
             keys.push((
                 id,
                 ReplyKey {
                     key: block.key,
+                    recovery,
                     mixes,
                     holder: to.identity,
                     revoked: false,
@@ -679,8 +694,8 @@ impl Engine {
     /// stream message is exactly one packet.
     pub fn send_capacity(&self, reply_blocks: usize) -> usize {
         let Some(t) = &self.topology else { return 0 };
-        // A reply block's route: their provider, one mix per layer, ours.
-        let block = REPLY_BLOCK_OVERHEAD + surb_len(usize::from(t.params().layers) + 2);
+        // A SURB has one length whatever its route.
+        let block = REPLY_BLOCK_OVERHEAD + SURB_LEN;
         data_fragment_size(t.params().payload_size)
             .saturating_sub(ENVELOPE_HEADER_LEN)
             .saturating_sub(reply_blocks.saturating_mul(block))
@@ -785,6 +800,8 @@ impl Engine {
                 };
                 let built = build::data_packet(t, &mut self.rng, choice, &self.me, &to, bytes)?;
                 self.probes.data_sent(built.ack_id, built.route, now);
+                self.recoveries
+                    .ack_sent(built.ack_id, built.ack_recovery, now);
                 let attempts = self
                     .outbox
                     .sent_data(slot.key, built.ack_id, built.delays, now)
@@ -827,7 +844,8 @@ impl Engine {
     pub fn loop_packet(&mut self, now: Instant) -> Option<Outgoing> {
         let t = self.topology.clone()?;
         let id: [u8; 16] = self.rng.random();
-        let (packet, route) = build::loop_packet(&t, &mut self.rng, &self.me, id).ok()?;
+        let (packet, recovery, route) = build::loop_packet(&t, &mut self.rng, &self.me, id).ok()?;
+        self.recoveries.loop_sent(id, recovery, now);
         for _ in 0..self.probes.loop_sent(id, route, now) {
             // Bounded even if nobody calls `tick`: beyond the limit the
             // loss still shows in the return ratio.
@@ -874,6 +892,7 @@ impl Engine {
             events.push(Event::LoopLost);
         }
         self.reply_keys.expire(now);
+        self.recoveries.expire(now);
         self.held.expire(now);
         events
     }
@@ -891,6 +910,7 @@ impl Engine {
             queued_bytes: self.outbox.bytes(),
             pending_reassemblies: self.reassembler.pending_messages(),
             reply_keys: self.reply_keys.len(),
+            recoveries: self.recoveries.len(),
             reply_handles: self.held.len(),
             loops_pending: self.probes.loops.pending(),
             loop_return_ratio: self.probes.loops.return_ratio(),

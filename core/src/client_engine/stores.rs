@@ -7,7 +7,11 @@
 //!   messages, behind opaque [`ReplyHandle`]s. Blocks leave the store when a
 //!   reply takes them, so none is used twice.
 //!
-//! Both evict the oldest entry when full and drop entries older than a TTL
+//! * [`Recoveries`] (sender side): the [`ReplyRecovery`] of every SURB-ACK
+//!   and loop we sent, by the identifier the sealed answer arrives with (a
+//!   reply block's recovery lives in its [`ReplyKey`]). Single use.
+//!
+//! All evict the oldest entry when full and drop entries older than a TTL
 //! (a reply block is useless after its sender forgot the key, and after its
 //! key epoch ended anyway).
 
@@ -15,7 +19,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use crate::e2e::{REPLY_KEY_LEN, ReplyBlock};
+use crate::e2e::{REPLY_KEY_LEN, ReplyBlock, ReplyRecovery};
 use crate::keys::NodeId;
 
 use super::build::RouteIds;
@@ -108,6 +112,8 @@ impl<K: Copy + Eq + Hash, V> Expiring<K, V> {
 /// What we remember of a reply block we handed out.
 pub(super) struct ReplyKey {
     pub key: [u8; REPLY_KEY_LEN],
+    /// Opens the sealed payload the block's use delivers.
+    pub recovery: ReplyRecovery,
     /// The mixes its route crosses, to revoke it if one goes down.
     pub mixes: RouteIds,
     /// Whom we gave it to (the recipient's identity).
@@ -134,6 +140,10 @@ impl ReplyKeys {
 
     pub fn get(&self, id: &[u8; 16]) -> Option<&[u8; REPLY_KEY_LEN]> {
         self.0.get(id).map(|k| &k.key)
+    }
+
+    pub fn recovery(&self, id: &[u8; 16]) -> Option<&ReplyRecovery> {
+        self.0.get(id).map(|k| &k.recovery)
     }
 
     pub fn remove(&mut self, id: &[u8; 16]) {
@@ -164,6 +174,70 @@ impl ReplyKeys {
     #[cfg(test)]
     pub fn ids(&self) -> Vec<[u8; 16]> {
         self.0.map.keys().copied().collect()
+    }
+}
+
+/// What a sealed inbox item answers, by which store held its recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SealedKind {
+    Ack,
+    Loop,
+    Reply,
+}
+
+/// How long the recovery of a SURB-ACK is kept: well past any ack timeout
+/// (an ack that late only confirms a fragment already sent again).
+pub(super) const ACK_RECOVERY_TTL: Duration = Duration::from_secs(600);
+
+/// The recoveries of our SURB-ACKs and loops. Two stores, so a burst of
+/// one kind never evicts the other.
+pub(super) struct Recoveries {
+    acks: Expiring<[u8; 16], ReplyRecovery>,
+    loops: Expiring<[u8; 16], ReplyRecovery>,
+}
+
+impl Recoveries {
+    pub fn new(ack_limit: usize, loop_limit: usize, loop_ttl: Duration) -> Self {
+        Self {
+            acks: Expiring::new(ack_limit, ACK_RECOVERY_TTL),
+            loops: Expiring::new(loop_limit, loop_ttl),
+        }
+    }
+
+    pub fn ack_sent(&mut self, id: [u8; 16], r: ReplyRecovery, now: Instant) {
+        self.acks.insert(id, r, now);
+    }
+
+    pub fn loop_sent(&mut self, id: [u8; 16], r: ReplyRecovery, now: Instant) {
+        self.loops.insert(id, r, now);
+    }
+
+    pub fn get(&self, id: &[u8; 16]) -> Option<(SealedKind, &ReplyRecovery)> {
+        let ack = self.acks.get(id).map(|r| (SealedKind::Ack, r));
+        ack.or_else(|| self.loops.get(id).map(|r| (SealedKind::Loop, r)))
+    }
+
+    /// Forgets the recovery of `id` once it opened its answer.
+    pub fn used(&mut self, kind: SealedKind, id: &[u8; 16]) {
+        match kind {
+            SealedKind::Ack => drop(self.acks.remove(id)),
+            SealedKind::Loop => drop(self.loops.remove(id)),
+            SealedKind::Reply => {}
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.acks.len() + self.loops.len()
+    }
+
+    #[cfg(test)]
+    pub fn acks_ids(&self) -> Vec<[u8; 16]> {
+        self.acks.map.keys().copied().collect()
+    }
+
+    pub fn expire(&mut self, now: Instant) {
+        self.acks.expire(now);
+        self.loops.expire(now);
     }
 }
 
@@ -245,6 +319,7 @@ mod tests {
         let mut k = ReplyKeys::new(10, Duration::from_secs(60));
         let entry = |key: u8, mixes: Vec<NodeId>, holder| ReplyKey {
             key: [key; REPLY_KEY_LEN],
+            recovery: ReplyRecovery::for_tests(),
             mixes: mixes.into(),
             holder,
             revoked: false,

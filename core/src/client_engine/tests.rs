@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use crate::e2e::{KIND_ACK, KIND_DATA, KIND_REPLY, SEAL_OVERHEAD, payload_plaintext_len};
 use crate::e2e::{Payload, data_sealed_len, seal};
 use crate::keys::{IdentityKeypair, SphinxKeypair};
-use crate::mixing::delivery::{Delivery, FinalPacket, Outcome, SurbAck};
+use crate::mixing::delivery::{Delivery, FinalPacket, FinalPayload, Outcome, SurbAck};
 use crate::mixing::processor::{KeyRing, KeySlot, Processed, SphinxProcessor};
 use crate::mixing::replay::ReplayCache;
 use crate::testing::MemoryInbox;
@@ -218,7 +218,7 @@ impl Net {
             destination,
             identifier,
             key_epoch: epoch,
-            plaintext: payload.recover_plaintext().unwrap(),
+            payload: FinalPayload::of(payload),
         };
         let ps = self.topology(epoch).params().payload_size;
         let report = Delivery::new(node).deliver(vec![packet], &self.inboxes[&node], 0, ps);
@@ -332,7 +332,7 @@ fn five_fragment_message_is_received_once_and_delivered() {
         let mut a = net.engine("PA", cfg(), 10);
         let mut b = net.engine("PB", cfg(), 11);
         let size = data_fragment_size(ps);
-        assert_eq!(size, ps - 17 - 3 - 444 - 48 - 22);
+        assert_eq!(size, ps - 17 - 3 - 396 - 48 - 22);
         let body = body_of(5, size, 7);
         let now = Instant::now();
         let id = a.send(&b.address(), body.clone(), 0, now).unwrap();
@@ -676,22 +676,26 @@ fn garbage_in_the_inbox_is_counted_and_never_panics() {
     let reply_id = a.reply_keys.ids()[0];
     assert_eq!(a.on_inbox(reply_id, &reply, now), []);
     assert_eq!(a.stats().reply_keys, 1, "a forgery does not burn the key");
+    // Nor under our data packet's ack id.
+    let ack_id = *a.recoveries.acks_ids().first().unwrap();
+    assert_eq!(a.on_inbox(ack_id, &random(1024), now), []);
+    assert_eq!(a.stats().recoveries, 1, "nor the ack's recovery");
 
     let s = a.stats();
     let expect = [
         ("payload:empty", 1),
         ("payload:unknown_kind", 2),
-        // An unknown loop is looked up as an ack too (acks use the loop kind).
-        ("ack:unknown", 3),
+        // Acks, replies and loops only ever come sealed.
+        ("unsealed:ack", 2),
+        ("unsealed:reply", 1),
+        ("unsealed:loop", 1),
+        ("unsealed:drop", 1),
         ("payload:nonzero_padding", 1),
         ("payload:bad_ack_len", 1),
         ("payload:truncated", 1),
         ("data:open", 1),
         ("fragment:short_header", 1),
-        ("reply:unknown", 1),
-        ("reply:open", 1),
-        ("loop:unknown", 0),
-        ("payload:drop", 1),
+        ("sealed:open", 2),
         ("payload:ciphertext_too_short", 0),
     ];
     for (label, n) in expect {

@@ -62,7 +62,7 @@ pub use payload::{
     reply_fragment_capacity,
 };
 pub use seal::{REPLY_OVERHEAD, SEAL_OVERHEAD, SealError, open, open_reply, seal, seal_reply};
-pub use surb::{SurbError, make_surb, surb_hops, surb_len, use_surb};
+pub use surb::{ReplyRecovery, SURB_LEN, SurbError, make_surb, use_surb};
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,7 @@
 //! The Sphinx payload plaintext (PROTOCOL.md 6.3): what a final hop gets from
-//! `payload.recover_plaintext()`.
+//! `payload.recover_plaintext()` for a forward packet (data, drop), and what
+//! a SURB's creator gets from [`super::ReplyRecovery::open`] for the sealed
+//! payload of an ack, a loop or a reply.
 //!
 //! ```text
 //! payload = kind body, zero-padded to payload_size - 17 bytes
@@ -16,7 +18,7 @@
 //! [`Payload::decode`] parses bytes from strangers strictly and never panics.
 
 use super::seal::{REPLY_OVERHEAD, SEAL_OVERHEAD};
-use super::surb::surb_hops;
+use super::surb::SURB_LEN;
 use crate::sphinx::PAYLOAD_OVERHEAD;
 
 pub const KIND_DROP: u8 = 0x00;
@@ -60,7 +62,7 @@ pub enum PayloadError {
     Truncated { len: usize },
     #[error("SURB-ACK length {ack_len} runs past the {available} bytes that follow")]
     AckBeyondInput { ack_len: usize, available: usize },
-    #[error("SURB-ACK length {0} is not the length of a version-259 SURB")]
+    #[error("SURB-ACK length {0} is not the length of a SURB ({SURB_LEN})")]
     BadAckLen(usize),
     #[error("sealed part of {len} bytes is shorter than the {SEAL_OVERHEAD}-byte minimum")]
     SealedTooShort { len: usize },
@@ -151,7 +153,7 @@ impl Payload {
             Payload::Data { surb_ack, sealed } => {
                 let ack_len = u16::try_from(surb_ack.len())
                     .ok()
-                    .filter(|l| surb_hops(usize::from(*l)).is_some())
+                    .filter(|l| usize::from(*l) == SURB_LEN)
                     .ok_or(PayloadError::BadAckLen(surb_ack.len()))?;
                 out.extend_from_slice(&ack_len.to_be_bytes());
                 out.extend_from_slice(surb_ack);
@@ -204,7 +206,7 @@ impl Payload {
                         available: rest.len(),
                     });
                 }
-                if surb_hops(ack_len).is_none() {
+                if ack_len != SURB_LEN {
                     return Err(PayloadError::BadAckLen(ack_len));
                 }
                 let (surb_ack, sealed) = rest.split_at(ack_len);
@@ -280,19 +282,19 @@ fn zeros(body: &[u8], kind: &'static str) -> Result<(), PayloadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::e2e::surb_len;
+    use crate::e2e::SURB_LEN;
     use proptest::prelude::*;
 
     #[test]
     fn usable_lengths() {
         assert_eq!(payload_plaintext_len(1024), 1007);
-        assert_eq!(data_sealed_len(1024, surb_len(4)), 1007 - 3 - 444);
-        assert_eq!(data_fragment_capacity(1024, surb_len(4)), 512);
-        assert_eq!(data_fragment_capacity(2048, surb_len(4)), 1536);
+        assert_eq!(data_sealed_len(1024, SURB_LEN), 1007 - 3 - 396);
+        assert_eq!(data_fragment_capacity(1024, SURB_LEN), 560);
+        assert_eq!(data_fragment_capacity(2048, SURB_LEN), 1584);
         assert_eq!(reply_ciphertext_len(1024), 1006);
         assert_eq!(reply_fragment_capacity(1024), 990);
         assert_eq!(reply_fragment_capacity(2048), 2014);
-        assert_eq!(data_fragment_capacity(49, surb_len(4)), 0);
+        assert_eq!(data_fragment_capacity(49, SURB_LEN), 0);
         assert_eq!(reply_fragment_capacity(10), 0);
     }
 
@@ -320,7 +322,7 @@ mod tests {
 
     #[test]
     fn data_and_reply_roundtrip_and_must_fill() {
-        let surb_ack = vec![5u8; surb_len(4)];
+        let surb_ack = vec![5u8; SURB_LEN];
         let sealed = vec![6u8; data_sealed_len(1024, surb_ack.len())];
         let p = Payload::Data {
             surb_ack: surb_ack.clone(),
@@ -328,7 +330,7 @@ mod tests {
         };
         let bytes = p.encode(1007).unwrap();
         assert_eq!(bytes.len(), 1007);
-        assert_eq!(&bytes[..3], &[1, 1, 0xbc]);
+        assert_eq!(&bytes[..3], &[1, 1, 0x8c]);
         assert_eq!(Payload::decode(&bytes).unwrap(), p);
 
         let short = Payload::Data {
@@ -365,8 +367,8 @@ mod tests {
         assert_eq!(label(&[1, 0]), "truncated");
         assert_eq!(label(&[1, 0xff, 0xff, 0]), "ack_beyond_input");
         assert_eq!(label(&[1, 0, 0, 0]), "bad_ack_len");
-        let mut data = vec![1, 0x01, 0xbc];
-        data.extend_from_slice(&[0; 444]);
+        let mut data = vec![1, 0x01, 0x8c];
+        data.extend_from_slice(&[0; SURB_LEN]);
         assert_eq!(label(&data), "sealed_too_short");
         data.extend_from_slice(&[0; 47]);
         assert_eq!(label(&data), "sealed_too_short");

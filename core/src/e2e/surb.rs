@@ -1,29 +1,33 @@
-//! Single-use reply blocks, sphinx-packet 0.8 version 259 (PROTOCOL.md 6.4,
+//! Single-use reply blocks, sphinx-packet 0.8 version 260 (PROTOCOL.md 6.4,
 //! 6.5).
 //!
-//! A version-259 SURB is `header(348) ‖ first hop(32) ‖ one 16-byte payload
-//! key seed per hop`. Whoever uses it adds every hop's payload layer, so the
-//! route's **final hop** (the SURB creator's provider) recovers the plaintext
-//! with `payload.recover_plaintext()`, like any forward packet: SURB-ACKs
-//! carry no content, and replies are encrypted end to end
-//! ([`super::seal::seal_reply`]).
+//! A version-260 SURB is `header(348) ‖ first hop(32) ‖ one 16-byte payload
+//! key seed` — 396 bytes whatever the route's length. The seed is the route's
+//! **last** hop's: whoever uses the SURB adds that one payload layer, every
+//! hop (the last one included) removes one, and the payload that reaches the
+//! final hop (the creator's provider) is still sealed. Only the SURB's
+//! creator, holding the [`ReplyRecovery`] that [`make_surb`] returns next to
+//! the SURB, can undo the hops' layers and read it
+//! ([`ReplyRecovery::open`]).
 //!
-//! The cost of 259: the SURB's user holds every hop's seed and can compute
-//! the payload as each hop will see it. A user colluding with a mix on the
-//! route can therefore recognise the reply there, and from the last mix
-//! learn the creator's provider (THREAT_MODEL.md, "Attacks it does not
-//! resist"). Version 260 (the crate default) hands out only the last hop's
-//! seed; the creator keeps the rest (`SurbReplyRecovery`). Its final hop
-//! cannot read the payload, so using it here means the provider stores the
-//! still-sealed payload and the creating client unseals it: a change to the
-//! provider's delivery rules and the client's inbox, not made yet.
+//! Why not 259: a 259 SURB hands its user every hop's seed, so the user
+//! could compute the payload as each hop would see it and, colluding with
+//! any one mix on the route, recognise the reply there — from the last mix,
+//! that names the creator's provider. With 260 the user knows the payload
+//! only as it enters the network; what each hop makes of it depends on
+//! seeds only the creator has (`e2e::tests::a_block_user_and_a_mix_*`).
+//!
+//! The same goes for SURB-ACKs, and for our own loops, which are built as
+//! SURBs too: at the final hop, acks, loops and replies all arrive sealed,
+//! so a provider cannot tell them apart.
 
 use sphinx_packet::SURB;
 use sphinx_packet::SURBMaterial;
+use sphinx_packet::SurbReplyRecovery;
 use sphinx_packet::constants::{NODE_ADDRESS_LENGTH, PAYLOAD_KEY_SEED_SIZE};
 use sphinx_packet::header::delays::Delay;
 use sphinx_packet::route::Node;
-use sphinx_packet::version::PAYLOAD_KEYS_SEEDS_VERSION;
+use sphinx_packet::version::SINGLE_SEED_SURB_VERSION;
 
 use crate::keys::NodeId;
 use crate::sphinx::{
@@ -51,6 +55,10 @@ pub enum SurbError {
     },
     #[error("cannot use SURB: {0}")]
     Use(String),
+    /// A sealed payload that this recovery material does not open: not
+    /// the reply to our block (a forgery, or garbage a provider stored).
+    #[error("sealed payload does not open: {0}")]
+    Open(String),
 }
 
 impl SurbError {
@@ -63,31 +71,58 @@ impl SurbError {
             Self::Malformed { .. } => "malformed",
             Self::PlaintextTooLong { .. } => "plaintext_too_long",
             Self::Use(_) => "use",
+            Self::Open(_) => "open",
         }
     }
 }
 
-/// Serialized length of a version-259 SURB for a route of `hops` hops:
-/// `348 + 32 + 16 × hops`.
-pub const fn surb_len(hops: usize) -> usize {
-    HEADER_SIZE + NODE_ADDRESS_LENGTH + PAYLOAD_KEY_SEED_SIZE * hops
+/// Serialized length of a version-260 SURB, for any route length.
+pub const SURB_LEN: usize = HEADER_SIZE + NODE_ADDRESS_LENGTH + PAYLOAD_KEY_SEED_SIZE;
+
+/// What only a SURB's creator keeps: every hop's payload seed, to open the
+/// sealed payload the SURB's use delivers. Never handed to anyone; dropped
+/// (and zeroed) once it opened its reply, or when it expires.
+#[derive(Clone)]
+pub struct ReplyRecovery(SurbReplyRecovery);
+
+impl std::fmt::Debug for ReplyRecovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyRecovery")
+            .field("hops", &self.0.num_hops())
+            .finish()
+    }
 }
 
-/// The number of hops of a SURB of `len` bytes, if `len` is the length of a
-/// SURB for 1 to 5 hops.
-pub fn surb_hops(len: usize) -> Option<usize> {
-    (1..=MAX_PATH_LENGTH).find(|h| surb_len(*h) == len)
+impl ReplyRecovery {
+    /// Opens `sealed`, the payload exactly as the final hop handed it on
+    /// (`payload_size` bytes), and returns the plaintext the SURB's user
+    /// wrote. Any other bytes are an error, never a panic: sphinx-packet's
+    /// padding check fails for a payload sealed under other seeds.
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, SurbError> {
+        let open = |e: sphinx_packet::Error| SurbError::Open(e.to_string());
+        let payload = sphinx_packet::payload::Payload::from_bytes(sealed).map_err(open)?;
+        self.0.recover_plaintext(payload).map_err(open)
+    }
+
+    /// Material that opens nothing, for tests of the stores that keep it.
+    #[cfg(test)]
+    #[allow(clippy::expect_used)]
+    pub(crate) fn for_tests() -> Self {
+        Self(SurbReplyRecovery::from_bytes(&[1; 32]).expect("identifier and one seed"))
+    }
 }
 
-/// Makes a version-259 SURB for `route` that delivers to `destination` with
-/// `identifier`, one delay per hop (the last one is not encoded, as for
-/// forward packets). The header's initial secret comes from the OS RNG.
+/// Makes a version-260 SURB for `route` that delivers to `destination` with
+/// `identifier` (random, hence non-zero as 260 requires), one delay per hop
+/// (the last one is not encoded, as for forward packets). Returns the SURB's
+/// bytes, to hand out, and its [`ReplyRecovery`], to keep. The header's
+/// initial secret comes from the OS RNG.
 pub fn make_surb(
     route: &[&NodeEntry],
     destination: NodeId,
     identifier: [u8; IDENTIFIER_LEN],
     delays: &[Delay],
-) -> Result<Vec<u8>, SurbError> {
+) -> Result<(Vec<u8>, ReplyRecovery), SurbError> {
     if route.is_empty() || route.len() > MAX_PATH_LENGTH {
         return Err(SurbError::RouteLength(route.len()));
     }
@@ -98,15 +133,15 @@ pub fn make_surb(
         });
     }
     let nodes: Vec<Node> = route.iter().map(|e| sphinx_node(e)).collect();
-    let surb = SURBMaterial::new(
+    let (surb, recovery) = SURBMaterial::new(
         nodes,
         delays.to_vec(),
         destination_of(&destination, identifier),
-        PAYLOAD_KEYS_SEEDS_VERSION,
+        SINGLE_SEED_SURB_VERSION,
     )
-    .construct_SURB()
+    .construct_recoverable_SURB()
     .map_err(|e| SurbError::Build(e.to_string()))?;
-    Ok(surb.to_bytes())
+    Ok((surb.to_bytes(), ReplyRecovery(recovery)))
 }
 
 /// Uses SURB bytes (possibly from a stranger) to send `plaintext` (at most
@@ -121,10 +156,10 @@ pub fn use_surb(
     plaintext: &[u8],
     payload_size: usize,
 ) -> Result<(NodeId, Vec<u8>), SurbError> {
-    if surb_hops(surb.len()).is_none() {
+    if surb.len() != SURB_LEN {
         return Err(SurbError::Malformed {
             len: surb.len(),
-            reason: format!("not the length of a version-259 SURB for 1 to {MAX_PATH_LENGTH} hops"),
+            reason: format!("not the length of a version-260 SURB ({SURB_LEN})"),
         });
     }
     let max = payload_size.saturating_sub(PAYLOAD_OVERHEAD);
@@ -150,13 +185,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lengths() {
-        assert_eq!(surb_len(1), 396);
-        assert_eq!(surb_len(4), 444);
-        assert_eq!(surb_len(5), 460);
-        assert_eq!(surb_hops(444), Some(4));
-        assert_eq!(surb_hops(445), None);
-        assert_eq!(surb_hops(380), None);
-        assert_eq!(surb_hops(surb_len(6)), None);
+    fn length() {
+        assert_eq!(SURB_LEN, 396);
     }
 }

@@ -13,6 +13,7 @@ use sphinx_packet::header::delays::Delay;
 use super::*;
 use crate::keys::{IdentityKeypair, NodeId, SphinxKeypair};
 use crate::message::{FRAGMENT_HEADER_LEN, Fragment, max_fragment_data};
+use crate::mixing::delivery::FinalPayload;
 use crate::mixing::processor::{KeyRing, KeySlot, Processed, Rejection, SphinxProcessor};
 use crate::mixing::replay::ReplayCache;
 use crate::sphinx::{HEADER_SIZE, build_packet, destination_of, sample_delays};
@@ -38,7 +39,25 @@ struct Delivered {
     hops: Vec<&'static str>,
     destination: NodeId,
     identifier: [u8; 16],
-    plaintext: Result<Vec<u8>, sphinx_packet::Error>,
+    payload: FinalPayload,
+}
+
+impl Delivered {
+    /// The plaintext the final hop read (a forward packet's).
+    fn plain(self) -> Vec<u8> {
+        match self.payload {
+            FinalPayload::Plain(p) => p,
+            FinalPayload::Sealed(_) => panic!("{} could not read it", self.at),
+        }
+    }
+
+    /// The payload the final hop could not read (a SURB's use).
+    fn sealed(&self) -> &[u8] {
+        match &self.payload {
+            FinalPayload::Sealed(s) => s,
+            FinalPayload::Plain(_) => panic!("{} read it", self.at),
+        }
+    }
 }
 
 impl Net {
@@ -150,7 +169,7 @@ impl Net {
                         hops,
                         destination,
                         identifier,
-                        plaintext: payload.recover_plaintext(),
+                        payload: FinalPayload::of(payload),
                     });
                 }
             }
@@ -179,8 +198,16 @@ fn fragment(r: &mut impl rand::Rng, data_len: usize) -> Fragment {
     }
 }
 
-/// A sends `frag` to B as a data packet. Returns the ack id, the forward
-/// delays and the packet.
+/// A data packet as A sent it.
+struct Sent {
+    ack_id: [u8; 16],
+    /// What only A keeps, to open the ack.
+    ack_recovery: ReplyRecovery,
+    forward: Vec<Delay>,
+    packet: Vec<u8>,
+}
+
+/// A sends `frag` to B as a data packet.
 fn data_packet(
     net: &Net,
     a: &Client,
@@ -188,11 +215,12 @@ fn data_packet(
     frag: &[u8],
     payload_size: usize,
     r: &mut rand_chacha::ChaCha20Rng,
-) -> ([u8; 16], Vec<Delay>, Vec<u8>) {
+) -> Sent {
     let ack_id: [u8; 16] = r.random();
     let ack_route = net.route(&["L1", "L2", "L3", "PA"]);
-    let surb_ack = make_surb(&ack_route, a.address.identity, ack_id, &delays(r, 4)).unwrap();
-    assert_eq!(surb_ack.len(), surb_len(4));
+    let (surb_ack, ack_recovery) =
+        make_surb(&ack_route, a.address.identity, ack_id, &delays(r, 4)).unwrap();
+    assert_eq!(surb_ack.len(), SURB_LEN);
     let sealed = seal(
         &b.encryption,
         KIND_DATA,
@@ -215,26 +243,37 @@ fn data_packet(
     )
     .unwrap();
     assert_eq!(packet.len(), HEADER_SIZE + payload_size);
-    (ack_id, forward, packet)
+    Sent {
+        ack_id,
+        ack_recovery,
+        forward,
+        packet,
+    }
 }
 
 fn provider_name(net: &Net, c: &ClientAddress) -> &'static str {
     net.names[&c.provider]
 }
 
-/// A's reply block for B: a SURB for PB → L1 → L2 → L3 → PA and a key.
-fn reply_block(net: &Net, a: &Client, r: &mut rand_chacha::ChaCha20Rng) -> ([u8; 16], ReplyBlock) {
+/// A's reply block for B: a SURB for PB → L1 → L2 → L3 → PA and a key;
+/// with its identifier and the recovery A keeps.
+fn reply_block(
+    net: &Net,
+    a: &Client,
+    r: &mut rand_chacha::ChaCha20Rng,
+) -> ([u8; 16], ReplyRecovery, ReplyBlock) {
     let id: [u8; 16] = r.random();
-    let surb = make_surb(
+    let (surb, recovery) = make_surb(
         &net.route(&["PB", "L1", "L2", "L3", "PA"]),
         a.address.identity,
         id,
         &delays(r, 5),
     )
     .unwrap();
-    assert_eq!(surb.len(), surb_len(5));
+    assert_eq!(surb.len(), SURB_LEN);
     (
         id,
+        recovery,
         ReplyBlock {
             epoch: EPOCH,
             surb,
@@ -259,14 +298,14 @@ fn data_packet_is_delivered_opened_and_acknowledged() {
     let mut r = rng();
     let ps = 1024;
     let frag = fragment(&mut r, 300);
-    let (ack_id, forward, packet) = data_packet(&net, &a, &b.address, &frag.encode(), ps, &mut r);
+    let sent = data_packet(&net, &a, &b.address, &frag.encode(), ps, &mut r);
 
     // A hands the packet to PA; it crosses the mixes to PB.
-    let got = net.deliver(net.e("PA").id, packet, Some(&forward));
+    let got = net.deliver(net.e("PA").id, sent.packet, Some(&sent.forward));
     assert_eq!(got.hops, ["PA", "L1", "L2", "L3", "PB"]);
     assert_eq!(got.at, "PB");
     assert_eq!(got.destination, b.identity.node_id());
-    let plaintext = got.plaintext.unwrap();
+    let plaintext = got.plain();
     assert_eq!(plaintext.len(), payload_plaintext_len(ps));
     let Payload::Data { surb_ack, sealed } = Payload::decode(&plaintext).unwrap() else {
         panic!("not a data payload");
@@ -291,19 +330,19 @@ fn data_packet_is_delivered_opened_and_acknowledged() {
         Err(SealError::Authentication)
     );
 
-    // PB stores it and sends the SURB-ACK with an ack payload straight to L1.
-    let ack = Payload::Ack.encode(payload_plaintext_len(ps)).unwrap();
+    // PB stores it and sends the SURB-ACK with a loop payload straight to L1.
+    let ack = Payload::Loop.encode(payload_plaintext_len(ps)).unwrap();
     let (first, ack_packet) = use_surb(&surb_ack, &ack, ps).unwrap();
     assert_eq!(first, net.e("L1").id);
     assert_eq!(ack_packet.len(), HEADER_SIZE + ps);
     let got = net.deliver(first, ack_packet, None);
     assert_eq!(got.hops, ["L1", "L2", "L3", "PA"]);
     assert_eq!(got.destination, a.identity.node_id());
-    assert_eq!(got.identifier, ack_id);
-    assert_eq!(
-        Payload::decode(&got.plaintext.unwrap()).unwrap(),
-        Payload::Ack
-    );
+    assert_eq!(got.identifier, sent.ack_id);
+    // PA cannot read it; A opens it with what it kept.
+    assert_eq!(got.sealed().len(), ps);
+    let opened = sent.ack_recovery.open(got.sealed()).unwrap();
+    assert_eq!(Payload::decode(&opened).unwrap(), Payload::Loop);
 }
 
 #[test]
@@ -316,7 +355,7 @@ fn reply_over_a_reply_block_reaches_the_sender_only() {
 
     // A's message to B carries a reply block (it travels in data packets;
     // here the envelope is handed over directly).
-    let (block_id, block) = reply_block(&net, &a, &mut r);
+    let (block_id, recovery, block) = reply_block(&net, &a, &mut r);
     let envelope = Envelope {
         reply_blocks: vec![block],
         body: b"please answer".to_vec(),
@@ -334,8 +373,10 @@ fn reply_over_a_reply_block_reaches_the_sender_only() {
     assert_eq!(got.destination, a.identity.node_id());
     assert_eq!(got.identifier, block_id);
 
-    // PA reads the plaintext (version 259), but only A has the key.
-    let Payload::Reply { ciphertext } = Payload::decode(&got.plaintext.unwrap()).unwrap() else {
+    // PA cannot even read the payload (version 260); A unseals it, and
+    // the reply key keeps it A's alone even from anyone with the seeds.
+    let opened = recovery.open(got.sealed()).unwrap();
+    let Payload::Reply { ciphertext } = Payload::decode(&opened).unwrap() else {
         panic!("not a reply payload");
     };
     let opened = open_reply(&envelope.reply_blocks[0].key, &ciphertext).unwrap();
@@ -360,22 +401,22 @@ fn message_with_reply_block_travels_in_data_packets() {
     let (a, b) = (net.client("PA"), net.client("PB"));
     let mut r = rng();
     let ps = 1024;
-    let (block_id, block) = reply_block(&net, &a, &mut r);
+    let (block_id, recovery, block) = reply_block(&net, &a, &mut r);
     let key = block.key;
     let envelope = Envelope {
         reply_blocks: vec![block],
         body: vec![0x5a; 700],
     };
     let bytes = envelope.encode().unwrap();
-    let max_data = max_fragment_data(data_fragment_capacity(ps, surb_len(4)));
+    let max_data = max_fragment_data(data_fragment_capacity(ps, SURB_LEN));
     let frags = crate::message::split(r.random(), &bytes, max_data, 64).unwrap();
     assert!(frags.len() > 1);
 
     let mut joined = Vec::new();
     for f in &frags {
-        let (_, _, packet) = data_packet(&net, &a, &b.address, &f.encode(), ps, &mut r);
+        let packet = data_packet(&net, &a, &b.address, &f.encode(), ps, &mut r).packet;
         let got = net.deliver(net.e("PA").id, packet, None);
-        let Payload::Data { sealed, .. } = Payload::decode(&got.plaintext.unwrap()).unwrap() else {
+        let Payload::Data { sealed, .. } = Payload::decode(&got.plain()).unwrap() else {
             panic!("not data");
         };
         let back = Fragment::decode(&open(&b.encryption, KIND_DATA, &sealed).unwrap()).unwrap();
@@ -388,7 +429,8 @@ fn message_with_reply_block_travels_in_data_packets() {
     let (first, packet) = reply_packet(&received.reply_blocks[0], b"thanks", ps);
     let got = net.deliver(first, packet, None);
     assert_eq!(got.identifier, block_id);
-    let Payload::Reply { ciphertext } = Payload::decode(&got.plaintext.unwrap()).unwrap() else {
+    let opened = recovery.open(got.sealed()).unwrap();
+    let Payload::Reply { ciphertext } = Payload::decode(&opened).unwrap() else {
         panic!("not a reply");
     };
     assert_eq!(&open_reply(&key, &ciphertext).unwrap()[..6], b"thanks");
@@ -403,8 +445,9 @@ fn tampered_packets_and_surbs_fail() {
     let frag = fragment(&mut r, 10).encode();
 
     // A payload byte flipped on the L2 → L3 link: Lioness garbles the whole
-    // payload, and the final hop cannot recover a plaintext.
-    let (_, _, packet) = data_packet(&net, &a, &b.address, &frag, ps, &mut r);
+    // payload, and the final hop cannot recover a plaintext (to it, the
+    // packet looks sealed; B finds nothing that opens it).
+    let packet = data_packet(&net, &a, &b.address, &frag, ps, &mut r).packet;
     let got = net
         .deliver_with(net.e("PA").id, packet, None, |i, p| {
             if i == 3 {
@@ -413,10 +456,10 @@ fn tampered_packets_and_surbs_fail() {
         })
         .unwrap();
     assert_eq!(got.at, "PB");
-    assert!(got.plaintext.is_err());
+    assert_eq!(got.sealed().len(), ps);
 
     // A header byte flipped: the next hop's MAC check drops it.
-    let (_, _, packet) = data_packet(&net, &a, &b.address, &frag, ps, &mut r);
+    let packet = data_packet(&net, &a, &b.address, &frag, ps, &mut r).packet;
     let rejected = net
         .deliver_with(net.e("PA").id, packet, None, |i, p| {
             if i == 2 {
@@ -426,14 +469,18 @@ fn tampered_packets_and_surbs_fail() {
         .err();
     assert_eq!(rejected, Some(("L2", Rejection::Malformed)));
 
-    // A SURB whose seed was changed: the packet arrives but does not decrypt.
-    let (_, block) = reply_block(&net, &a, &mut r);
+    // A SURB whose seed was changed: the packet arrives but does not open.
+    let (_, recovery, block) = reply_block(&net, &a, &mut r);
     let mut bad_seed = block.clone();
     let last = bad_seed.surb.len() - 1;
     bad_seed.surb[last] ^= 1;
     let (first, packet) = reply_packet(&bad_seed, &frag, ps);
     let got = net.deliver(first, packet, None);
-    assert!(got.plaintext.is_err());
+    assert_eq!(recovery.open(got.sealed()).unwrap_err().label(), "open");
+    // Nor does anything else: garbage, the wrong length.
+    assert!(recovery.open(&vec![7; ps]).is_err());
+    assert!(recovery.open(&[]).is_err());
+    assert!(recovery.open(&got.sealed()[1..]).is_err());
 
     // A SURB whose header was changed: its first hop drops the packet.
     let mut bad_header = block.clone();
@@ -446,7 +493,7 @@ fn tampered_packets_and_surbs_fail() {
 
     // Truncated, extended, or empty SURBs are errors.
     let ack = Payload::Ack.encode(payload_plaintext_len(ps)).unwrap();
-    for len in [0, 1, 395, surb_len(5) - 1, surb_len(5) + 1, surb_len(6)] {
+    for len in [0, 1, 380, SURB_LEN - 1, SURB_LEN + 1, SURB_LEN + 16] {
         let mut s = block.surb.clone();
         s.resize(len, 7);
         assert_eq!(
@@ -468,18 +515,18 @@ fn make_surb_rejects_bad_routes() {
     let id = net.e("PA").id;
     let mut r = rng();
     assert_eq!(
-        make_surb(&[], id, [1; 16], &[]),
-        Err(SurbError::RouteLength(0))
+        make_surb(&[], id, [1; 16], &[]).err(),
+        Some(SurbError::RouteLength(0))
     );
     let six = net.route(&["PA", "L1", "L2", "L3", "PB", "PA"]);
     assert_eq!(
-        make_surb(&six, id, [1; 16], &delays(&mut r, 6)),
-        Err(SurbError::RouteLength(6))
+        make_surb(&six, id, [1; 16], &delays(&mut r, 6)).err(),
+        Some(SurbError::RouteLength(6))
     );
     let three = net.route(&["L1", "L2", "L3"]);
     assert_eq!(
-        make_surb(&three, id, [1; 16], &delays(&mut r, 2)),
-        Err(SurbError::DelayCount { hops: 3, delays: 2 })
+        make_surb(&three, id, [1; 16], &delays(&mut r, 2)).err(),
+        Some(SurbError::DelayCount { hops: 3, delays: 2 })
     );
 }
 
@@ -490,21 +537,21 @@ fn capacities_are_exact() {
     let mut r = rng();
     for ps in [1024, 2048] {
         // Data: a fragment of exactly the capacity crosses the network.
-        let cap = data_fragment_capacity(ps, surb_len(4));
-        assert_eq!(cap, ps - 17 - 3 - 444 - 48);
+        let cap = data_fragment_capacity(ps, SURB_LEN);
+        assert_eq!(cap, ps - 17 - 3 - 396 - 48);
         let frag = fragment(&mut r, cap - FRAGMENT_HEADER_LEN);
         assert_eq!(frag.encoded_len(), cap);
         assert_eq!(max_fragment_data(cap), cap - FRAGMENT_HEADER_LEN);
-        let (_, _, packet) = data_packet(&net, &a, &b.address, &frag.encode(), ps, &mut r);
+        let packet = data_packet(&net, &a, &b.address, &frag.encode(), ps, &mut r).packet;
         let got = net.deliver(net.e("PA").id, packet, None);
-        let Payload::Data { sealed, .. } = Payload::decode(&got.plaintext.unwrap()).unwrap() else {
+        let Payload::Data { sealed, .. } = Payload::decode(&got.plain()).unwrap() else {
             panic!("not data");
         };
         let opened = open(&b.encryption, KIND_DATA, &sealed).unwrap();
         assert_eq!(opened.len(), cap, "no padding left at full capacity");
         assert_eq!(Fragment::decode(&opened).unwrap(), frag);
         // One byte more does not fit.
-        let sealed_len = data_sealed_len(ps, surb_len(4));
+        let sealed_len = data_sealed_len(ps, SURB_LEN);
         assert_eq!(
             seal(
                 &b.address.encryption,
@@ -523,11 +570,11 @@ fn capacities_are_exact() {
         let cap = reply_fragment_capacity(ps);
         assert_eq!(cap, ps - 17 - 1 - 16);
         let frag = fragment(&mut r, cap - FRAGMENT_HEADER_LEN);
-        let (_, block) = reply_block(&net, &a, &mut r);
+        let (_, recovery, block) = reply_block(&net, &a, &mut r);
         let (first, packet) = reply_packet(&block, &frag.encode(), ps);
         let got = net.deliver(first, packet, None);
-        let Payload::Reply { ciphertext } = Payload::decode(&got.plaintext.unwrap()).unwrap()
-        else {
+        let opened = recovery.open(got.sealed()).unwrap();
+        let Payload::Reply { ciphertext } = Payload::decode(&opened).unwrap() else {
             panic!("not a reply");
         };
         let opened = open_reply(&block.key, &ciphertext).unwrap();
@@ -573,7 +620,7 @@ fn every_kind_survives_the_network() {
         .unwrap();
         let got = net.deliver(net.e("PA").id, packet, None);
         assert_eq!((got.at, got.destination, got.identifier), (to, dest, id));
-        assert_eq!(Payload::decode(&got.plaintext.unwrap()).unwrap(), p);
+        assert_eq!(Payload::decode(&got.plain()).unwrap(), p);
     }
 }
 
@@ -593,11 +640,10 @@ proptest! {
     /// before its first hop's MAC), but the packet they give is dropped.
     #[test]
     fn random_surb_of_valid_length_gives_a_rejected_packet(
-        hops in 1usize..=5,
         seed in any::<u64>(),
     ) {
         let mut r = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-        let surb: Vec<u8> = (0..surb_len(hops)).map(|_| r.random()).collect();
+        let surb: Vec<u8> = (0..SURB_LEN).map(|_| r.random()).collect();
         match use_surb(&surb, b"x", 256) {
             Ok((_, packet)) => {
                 prop_assert_eq!(packet.len(), HEADER_SIZE + 256);
@@ -627,4 +673,148 @@ proptest! {
     ) {
         let _ = format!("{a}.{b}@{c}").parse::<ClientAddress>();
     }
+}
+
+/// What the user of a reply block can compute of the reply's payload as
+/// each hop will see it: starting from the payload it sent, remove one
+/// layer per hop with the seeds the block gave it, in route order. With a
+/// 259 block (every hop's seed) that is exactly the payload at every hop;
+/// with a 260 block (only the last hop's seed) the user has nothing for the
+/// first hop, so it can only try its one seed at every position.
+fn predicted_payloads(sent: &[u8], seeds: &[[u8; 16]], hops: usize) -> Vec<Vec<Vec<u8>>> {
+    use sphinx_packet::payload::Payload as SphinxPayload;
+    use sphinx_packet::payload::key::derive_payload_key;
+    let mut guesses = vec![vec![sent.to_vec()]];
+    for hop in 1..hops {
+        let mut next = Vec::new();
+        for prev in &guesses[hop - 1] {
+            // 259: hop i's seed is seeds[i]. 260: any seed, anywhere.
+            let candidates: Vec<&[u8; 16]> = if seeds.len() == hops {
+                vec![&seeds[hop - 1]]
+            } else {
+                seeds.iter().collect()
+            };
+            for seed in candidates {
+                let p = SphinxPayload::from_bytes(prev).unwrap();
+                next.push(
+                    p.unwrap(derive_payload_key(seed))
+                        .unwrap()
+                        .as_bytes()
+                        .to_vec(),
+                );
+            }
+        }
+        // And the payload unchanged, for a user who guesses a hop did nothing.
+        next.extend(guesses[hop - 1].iter().cloned());
+        guesses.push(next);
+    }
+    guesses
+}
+
+/// The payload as each hop of the reply's route receives it.
+fn payloads_seen(net: &Net, first: NodeId, packet: Vec<u8>) -> Vec<Vec<u8>> {
+    let mut seen = Vec::new();
+    net.deliver_with(first, packet, None, |_, p| {
+        seen.push(p[HEADER_SIZE..].to_vec())
+    })
+    .unwrap();
+    seen
+}
+
+/// Issue 17 item 3: a reply block's user (e.g. an exit answering a SOCKS
+/// client) colluding with a mix on the block's route must not recognise
+/// the reply there. The 259 baseline shows the attack works when the block
+/// carries every seed; a 260 block (what `make_surb` makes) defeats it at
+/// every mix, and the header is re-blinded at every hop as always.
+#[test]
+fn a_block_user_and_a_mix_can_match_a_259_reply_but_not_a_260_one() {
+    use sphinx_packet::SURBMaterial;
+    use sphinx_packet::constants::NODE_ADDRESS_LENGTH;
+    use sphinx_packet::version::PAYLOAD_KEYS_SEEDS_VERSION;
+
+    let net = Net::new();
+    let a = net.client("PA");
+    let mut r = rng();
+    let ps = 1024;
+    let route = net.route(&["PB", "L1", "L2", "L3", "PA"]);
+    let hops = route.len();
+    let reply = Payload::Reply {
+        ciphertext: vec![0x42; reply_ciphertext_len(ps)],
+    }
+    .encode(payload_plaintext_len(ps))
+    .unwrap();
+    let seeds_of = |surb: &[u8]| -> Vec<[u8; 16]> {
+        surb[HEADER_SIZE + NODE_ADDRESS_LENGTH..]
+            .chunks(16)
+            .map(|c| c.try_into().unwrap())
+            .collect()
+    };
+    let mixes = ["L1", "L2", "L3"];
+
+    // 259: the user holds every seed and predicts the payload at each mix.
+    let old = SURBMaterial::new(
+        route
+            .iter()
+            .map(|e| crate::sphinx::sphinx_node(e))
+            .collect(),
+        delays(&mut r, hops),
+        destination_of(&a.identity.node_id(), r.random()),
+        PAYLOAD_KEYS_SEEDS_VERSION,
+    )
+    .construct_SURB()
+    .unwrap()
+    .to_bytes();
+    assert_eq!(seeds_of(&old).len(), hops);
+    let (first, packet) = use_surb_any_version(&old, &reply, ps);
+    let sent = packet[HEADER_SIZE..].to_vec();
+    let seen = payloads_seen(&net, first, packet);
+    let predicted = predicted_payloads(&sent, &seeds_of(&old), hops);
+    for (i, name) in ["PB", "L1", "L2", "L3", "PA"].iter().enumerate() {
+        assert!(
+            predicted[i].contains(&seen[i]),
+            "259: the user predicts what {name} sees"
+        );
+    }
+
+    // 260: one seed; no mix sees anything the user can compute.
+    let (new, recovery) = make_surb(
+        &route,
+        a.identity.node_id(),
+        r.random(),
+        &delays(&mut r, hops),
+    )
+    .unwrap();
+    assert_eq!(seeds_of(&new).len(), 1);
+    let (first, packet) = use_surb(&new, &reply, ps).unwrap();
+    let sent = packet[HEADER_SIZE..].to_vec();
+    let headers_sent = packet[..HEADER_SIZE].to_vec();
+    let mut headers = Vec::new();
+    let mut seen = Vec::new();
+    let got = net
+        .deliver_with(first, packet, None, |_, p| {
+            headers.push(p[..HEADER_SIZE].to_vec());
+            seen.push(p[HEADER_SIZE..].to_vec());
+        })
+        .unwrap();
+    let predicted = predicted_payloads(&sent, &seeds_of(&new), hops);
+    for (i, name) in ["PB", "L1", "L2", "L3", "PA"].iter().enumerate() {
+        if mixes.contains(name) {
+            assert!(
+                !predicted.iter().flatten().any(|g| *g == seen[i]),
+                "260: the user cannot predict what {name} sees"
+            );
+            assert_ne!(headers[i], headers_sent, "{name} sees a re-blinded header");
+        }
+    }
+    // And still only A opens it.
+    assert_eq!(recovery.open(got.sealed()).unwrap(), reply);
+}
+
+/// `use_surb` for a SURB of any version (the 259 baseline above).
+fn use_surb_any_version(surb: &[u8], plaintext: &[u8], ps: usize) -> (NodeId, Vec<u8>) {
+    let (packet, first) = sphinx_packet::SURB::from_bytes(surb)
+        .unwrap()
+        .use_surb(plaintext, ps)
+        .unwrap();
+    (crate::sphinx::node_id_of(&first), packet.to_bytes())
 }

@@ -12,7 +12,12 @@
 //! * data: stored with its SURB-ACK zeroed (the client never needs it, and
 //!   keeping it would let a later reader of the inbox send the ack again;
 //!   zeroed, not removed, so the item keeps its layout);
-//! * acks, replies, loops: stored as they are.
+//! * a sealed payload (one this hop cannot read: the use of a SURB — an
+//!   ack, a loop or a reply, indistinguishable here) addressed to a client:
+//!   stored as it is, for the client to open (PROTOCOL.md 6.4); addressed
+//!   to the provider itself: dropped (`malformed`);
+//! * an ack, reply or loop in the clear: dropped (`malformed`): they only
+//!   ever travel over SURBs, sealed.
 //!
 //! Everything to store goes to the [`InboxStorage`] in **one** commit. Only
 //! for an item whose commit returned `Ok` (stored, or already held: a
@@ -37,8 +42,29 @@ pub struct FinalPacket {
     /// Key epoch of the frame it arrived in: a SURB-ACK it carries was built
     /// with the same epoch's keys.
     pub key_epoch: u64,
-    /// The Sphinx payload's plaintext.
-    pub plaintext: Vec<u8>,
+    pub payload: FinalPayload,
+}
+
+/// A Sphinx payload after the final hop's processing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinalPayload {
+    /// A forward packet's plaintext.
+    Plain(Vec<u8>),
+    /// A payload only its SURB's creator can open (all `payload_size`
+    /// bytes, as processed).
+    Sealed(Vec<u8>),
+}
+
+impl FinalPayload {
+    /// Recovers the plaintext if this hop can (sphinx-packet's padding
+    /// check: a sealed payload fails it, but for 2^-128).
+    pub fn of(payload: sphinx_packet::payload::Payload) -> Self {
+        let sealed = payload.as_bytes().to_vec();
+        match payload.recover_plaintext() {
+            Ok(plaintext) => FinalPayload::Plain(plaintext),
+            Err(_) => FinalPayload::Sealed(sealed),
+        }
+    }
 }
 
 /// One message to append to a client's inbox.
@@ -248,7 +274,21 @@ impl Delivery {
             reason,
             error: None,
         };
-        let payload = match Payload::decode(&p.plaintext) {
+        let plaintext = match p.payload {
+            FinalPayload::Sealed(_) if p.destination == self.me => {
+                return Err(dropped("malformed"));
+            }
+            FinalPayload::Sealed(bytes) => {
+                return Ok(ToStore {
+                    client: p.destination,
+                    id: p.identifier,
+                    bytes,
+                    ack: None,
+                });
+            }
+            FinalPayload::Plain(plaintext) => plaintext,
+        };
+        let payload = match Payload::decode(&plaintext) {
             Ok(payload) => payload,
             Err(e) => {
                 return Err(Outcome::Dropped {
@@ -269,13 +309,14 @@ impl Delivery {
                     surb_ack: vec![0; surb_ack.len()],
                     sealed,
                 };
-                match kept.encode(p.plaintext.len()) {
+                match kept.encode(plaintext.len()) {
                     Ok(bytes) => (bytes, Some((surb_ack, p.key_epoch))),
                     Err(_) => return Err(dropped("malformed")),
                 }
             }
-            Payload::Drop => return Err(dropped("malformed")),
-            Payload::Ack | Payload::Reply { .. } | Payload::Loop => (p.plaintext, None),
+            Payload::Drop | Payload::Ack | Payload::Reply { .. } | Payload::Loop => {
+                return Err(dropped("malformed"));
+            }
         };
         Ok(ToStore {
             client: p.destination,
@@ -321,7 +362,16 @@ mod tests {
             destination: to,
             identifier: [ident; 16],
             key_epoch: 3,
-            plaintext: payload.encode(payload_plaintext_len(PS)).unwrap(),
+            payload: FinalPayload::Plain(payload.encode(payload_plaintext_len(PS)).unwrap()),
+        }
+    }
+
+    fn sealed(to: NodeId, ident: u8) -> FinalPacket {
+        FinalPacket {
+            destination: to,
+            identifier: [ident; 16],
+            key_epoch: 3,
+            payload: FinalPayload::Sealed(vec![0xA5; PS]),
         }
     }
 
@@ -331,7 +381,7 @@ mod tests {
         let t = crate::topology::Topology::new(doc).unwrap();
         let route: Vec<_> = t.nodes().iter().collect();
         let delays = vec![sphinx_packet::header::delays::Delay::new_from_nanos(0); route.len()];
-        let surb = make_surb(&route, id(9), [5; 16], &delays).unwrap();
+        let (surb, _) = make_surb(&route, id(9), [5; 16], &delays).unwrap();
         let sealed = vec![0x5A; data_sealed_len(PS, surb.len())];
         (
             Payload::Data {
@@ -352,8 +402,8 @@ mod tests {
         let report = Delivery::new(provider).deliver(
             vec![
                 packet(client, 1, &d),
-                packet(client, 2, &Payload::Ack),
-                packet(stranger, 3, &Payload::Ack),
+                sealed(client, 2),
+                sealed(stranger, 3),
             ],
             &store,
             0,
@@ -387,6 +437,11 @@ mod tests {
             Payload::Data { surb_ack, .. } => assert!(surb_ack.iter().all(|b| *b == 0)),
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            held[1].1,
+            vec![0xA5; PS],
+            "sealed items are kept as they came"
+        );
     }
 
     #[test]
@@ -421,7 +476,9 @@ mod tests {
         store.register(client);
         let (d, _) = data();
         let mut garbage = packet(client, 9, &Payload::Ack);
-        garbage.plaintext[0] = 0x7F;
+        if let FinalPayload::Plain(p) = &mut garbage.payload {
+            p[0] = 0x7F;
+        }
         let report = Delivery::new(me).deliver(
             vec![
                 packet(me, 1, &Payload::Drop),
@@ -430,9 +487,14 @@ mod tests {
                 garbage,
                 packet(client, 4, &d),
                 // Over the inbox's one-message limit.
-                packet(client, 5, &Payload::Loop),
+                sealed(client, 5),
                 // A retransmission of what it holds: stored, so acked again.
                 packet(client, 4, &d),
+                // Acks, loops and replies travel sealed, never in the clear.
+                packet(client, 6, &Payload::Loop),
+                packet(client, 7, &Payload::Ack),
+                // Nothing sealed is addressed to a provider.
+                sealed(me, 8),
             ],
             &store,
             0,
@@ -448,7 +510,10 @@ mod tests {
                 Some("malformed"),
                 None,
                 Some("inbox_full"),
-                None
+                None,
+                Some("malformed"),
+                Some("malformed"),
+                Some("malformed"),
             ]
         );
         assert!(matches!(report.outcomes[0], Outcome::CoverDrop));
