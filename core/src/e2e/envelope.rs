@@ -8,7 +8,7 @@
 //! `body` runs to the end of the reassembled message. No flags are defined
 //! in version 1, so a non-zero `flags` byte is an error. Limits:
 //! [`MAX_REPLY_BLOCKS`] blocks, each SURB 1 to [`MAX_REPLY_SURB_LEN`] bytes
-//! (a version-259 SURB for 5 hops is 460). The SURB's own structure is
+//! (a version-260 SURB is 396). The SURB's own structure is
 //! checked when it is used ([`super::use_surb`]). `epoch` is the key epoch
 //! of the topology the SURB was built with: a packet made from the block
 //! must travel in frames with that `key_epoch` (PROTOCOL.md D.2).

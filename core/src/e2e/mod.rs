@@ -1,5 +1,5 @@
 //! The messaging layer between clients (PROTOCOL.md section 6), sans-IO:
-//! client addresses and encryption keys, end-to-end sealing, version-259
+//! client addresses and encryption keys, end-to-end sealing, version-260
 //! SURBs, the Sphinx payload plaintext and the message envelope.
 //!
 //! # Packet kinds and who reads what
@@ -7,17 +7,19 @@
 //! Every packet is one Sphinx packet of `348 + payload_size` bytes; the
 //! payload plaintext (`payload_size - 17` bytes, [`payload_plaintext_len`])
 //! starts with a kind byte ([`Payload`]). Mixes and every non-final hop see
-//! only a header layer (next hop, delay) and a Lioness-encrypted payload; the
-//! **final hop** recovers the whole plaintext, so anything a final hop must
-//! not read is sealed inside it.
+//! only a header layer (next hop, delay) and a Lioness-encrypted payload. The
+//! **final hop** of a forward packet (data, drop) recovers its plaintext, so
+//! anything it must not read is sealed inside; the final hop of a SURB's use
+//! (ack, loop, reply) reads nothing and stores the payload sealed for the
+//! SURB's creator ([`surb`]).
 //!
 //! | kind | route (A at provider PA, B at PB) | final hop reads | only the client reads |
 //! |---|---|---|---|
 //! | `drop` | A: PA → L1 → L2 → L3 → random provider P | P: "drop", discards it | — |
-//! | `loop` | A: PA → L1 → L2 → L3 → PA | PA: destination A, identifier, "loop"; stores it in A's inbox | A: the identifier matches a loop it sent |
+//! | `loop` | A uses a SURB of its own: PA → L1 → L2 → L3 → PA | PA: destination A, identifier; a sealed payload it stores in A's inbox | A: opens it with the loop's recovery; the identifier matches a loop it sent |
 //! | `data` | A: PA → L1 → L2 → L3 → PB, destination B, random identifier | PB: destination B, "data", the SURB-ACK (its header, first hop L1 and seeds), an opaque sealed blob | B: [`open`]s the blob with its encryption key → one fragment ([`crate::message::Fragment`]) |
-//! | `ack` | PB uses the SURB-ACK: L1 → L2 → L3 → PA, destination A, identifier = ack id | PA: destination A, identifier, "ack" (no content) | A: the ack id says which fragment arrived |
-//! | `reply` | B uses a reply block: PB → L1 → L2 → L3 → PA, destination A, identifier = the block's | PA: destination A, identifier, "reply", a ciphertext | A: [`open_reply`] with the block's key → one fragment |
+//! | `ack` | PB uses the SURB-ACK (loop kind): L1 → L2 → L3 → PA, destination A, identifier = ack id | PA: destination A, identifier; a sealed payload | A: opens it with the ack's recovery; the ack id says which fragment arrived |
+//! | `reply` | B uses a reply block: PB → L1 → L2 → L3 → PA, destination A, identifier = the block's | PA: destination A, identifier; a sealed payload | A: opens it with the block's recovery, then [`open_reply`] with the block's key → one fragment |
 //!
 //! What each party learns beyond that:
 //!
@@ -28,20 +30,21 @@
 //!   SURB-ACK's header names only L1 in the clear.
 //! * A recipient's message ([`Envelope`]) may carry reply blocks
 //!   ([`ReplyBlock`]): the recipient can answer without learning the
-//!   sender's address. The reply block's key makes the reply unreadable to
-//!   PA, which (version 259) recovers the reply's plaintext.
-//! * The version-259 trade-off is described in [`surb`]: the user of a SURB
-//!   holds every hop's payload seed.
+//!   sender's address. The recovery material hides the reply from every hop
+//!   and from the block's user (it cannot follow its reply through a mix:
+//!   [`surb`]); the block's key hides it from anyone who saw the block.
+//! * PA cannot tell A's acks, loops and replies apart: all arrive sealed.
 //!
 //! Encryption: [`seal()`] is ephemeral-static X25519 → HKDF-SHA256 →
 //! ChaCha20-Poly1305 with the payload kind as associated data, so a sealed
 //! blob cannot be replayed as another kind; [`seal_reply`] uses the reply
 //! block's key with associated data `0x03`.
 //!
-//! Sizes, for a 4-hop SURB-ACK (444 bytes): a data packet carries
-//! [`data_fragment_capacity`]`(payload_size, 444)` = `payload_size - 512`
-//! bytes of encoded fragment (512 for 1024, 1536 for 2048), a reply packet
-//! [`reply_fragment_capacity`]`(payload_size)` = `payload_size - 34`.
+//! Sizes, with a SURB-ACK of [`SURB_LEN`] (396) bytes for any route: a data
+//! packet carries [`data_fragment_capacity`]`(payload_size, 396)` =
+//! `payload_size - 464` bytes of encoded fragment (560 for 1024, 1584 for
+//! 2048), a reply packet [`reply_fragment_capacity`]`(payload_size)` =
+//! `payload_size - 34`.
 
 pub mod address;
 pub mod envelope;
