@@ -4,6 +4,8 @@
 //! 2. The rate a real `loopmix-node` process sustains over QUIC on loopback
 //!    with zero delays, fed and drained by a [`Peer`] in this process.
 //! 3. The node's resident memory with N packets held in its delay queue.
+//! 4. What refusing a replayed, a random or a tagged packet costs, as a
+//!    ratio of a valid one ([`reject`]).
 //!
 //! With `--overload` it instead measures a node's capacity (phase 2) and
 //! then drives it at twice that from several peers ([`overload`]).
@@ -26,6 +28,7 @@ use procs::{NodeProcess, Peer, launch_mixnet};
 
 pub mod overload;
 pub mod procs;
+pub mod reject;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -229,6 +232,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!(
         "raw Sphinx unwrap, {} threads:       {raw:>10.0} pkt/s",
         threads()
+    );
+
+    // What refusals cost (the processor alone, one thread).
+    let cost = tokio::task::spawn_blocking(|| reject::measure(5, 2000)).await??;
+    println!(
+        "valid packet, one thread:             {:>10.1} us",
+        cost.valid_us
+    );
+    println!(
+        "replayed / valid:                     {:>10.2}   (target <= 0.50)",
+        cost.replay_ratio()
+    );
+    println!(
+        "garbage / valid:                      {:>10.2}   (target <= 0.50)",
+        cost.garbage_ratio()
+    );
+    println!(
+        "tagged header / valid:                {:>10.2}   (target <= 0.50)",
+        cost.tagged_ratio()
     );
 
     // 2. A real node process between two ends of a Peer.
