@@ -178,7 +178,7 @@ fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
 
 /// The bucket bound below which a `q` share of the observations made
 /// between the two scrapes fall.
-fn bucket_quantile(before: &str, after: &str, name: &str, q: f64) -> Option<f64> {
+pub(crate) fn bucket_quantile(before: &str, after: &str, name: &str, q: f64) -> Option<f64> {
     let b = buckets(before, name);
     let a = buckets(after, name);
     let delta: Vec<(f64, f64)> = a

@@ -69,7 +69,8 @@ fn per_packet(
     Ok(start.elapsed().as_secs_f64() / packets.len().max(1) as f64)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The middle value (the upper one of an even count).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
