@@ -110,6 +110,21 @@ enum Cmd {
         #[arg(long = "allow", required = true)]
         allow: Vec<Rule>,
     },
+    /// Publish a local TCP service under this client's mixnet address:
+    /// every stream that reaches it, whatever host and port it names, is
+    /// connected to --forward and answered over its client's reply blocks,
+    /// so neither side learns where the other is. Reach it with `socks5
+    /// --exit <this address>` and, for example, `curl --socks5-hostname
+    /// 127.0.0.1:1080 http://service/` (see docs/SERVICES.md).
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// The local service, as IP:PORT (`127.0.0.1:8080`). Loopback and
+        /// private addresses are fine; nothing but this address is ever
+        /// reached, and it never leaves this machine.
+        #[arg(long, value_name = "IP:PORT")]
+        forward: std::net::SocketAddr,
+    },
     /// Receive messages and print each on stdout (one per line).
     Receive {
         #[arg(long)]
@@ -228,6 +243,18 @@ fn main() -> anyhow::Result<()> {
                 tokio::select! {
                     r = exit::run(cfg, ExitConfig::default(), Policy::new(allow), &registry) => {
                         r.context("exit service")
+                    }
+                    _ = shutdown_signal() => Ok(()),
+                }
+            })
+        }
+        Cmd::Serve { config, forward } => {
+            let cfg = ClientConfig::load(&config)?;
+            serve_logs_and_runtime()?.block_on(async move {
+                let registry = Registry::new();
+                tokio::select! {
+                    r = exit::serve(cfg, ExitConfig::default(), forward, &registry) => {
+                        r.context("service")
                     }
                     _ = shutdown_signal() => Ok(()),
                 }

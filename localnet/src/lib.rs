@@ -2,7 +2,8 @@
 //! loopback, from one command.
 //!
 //! It starts directory authorities, mixes, providers, an exit service and a
-//! SOCKS5 client with fresh keys and configs in one directory, waits until
+//! SOCKS5 client (and, with `--service`, a service behind the mixnet) with
+//! fresh keys and configs in one directory, waits until
 //! the network carries traffic (topology published and every node listed,
 //! the clients' loop cover packets coming back), prints how to use it and a
 //! live status line, and stops every process it started on Ctrl-C. A
@@ -58,7 +59,8 @@ const LONG_ABOUT: &str = "Start a whole loopmix network on this machine: directo
 authorities, layers of mixes, providers, an exit service and a SOCKS5 client, each a \
 separate process on 127.0.0.1 with fresh keys and configs. Once the network carries \
 traffic it prints the SOCKS5 address, a curl command to try it, and where every \
-process serves its metrics; Ctrl-C stops everything. A process that dies is reported and the rest keeps running; `loopmix-localnet ctl kill|stop|cont|restart NAME --dir DIR` injects failures into a running localnet (see `loopmix-localnet ctl --help`).
+process serves its metrics; Ctrl-C stops everything. With --service it also publishes \
+a local TCP service behind the mixnet and prints how to reach it. A process that dies is reported and the rest keeps running; `loopmix-localnet ctl kill|stop|cont|restart NAME --dir DIR` injects failures into a running localnet (see `loopmix-localnet ctl --help`).
 
 Privacy or speed: every packet waits a random, exponentially distributed time at each \
 hop (mean = the per-hop delay), and every client sends at fixed Poisson rates whether \
@@ -129,6 +131,14 @@ pub struct Options {
     /// Where the SOCKS5 proxy listens (port 0: any free port, printed).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1080")]
     pub socks_listen: SocketAddr,
+
+    /// Also publish the local TCP service at ADDR (`127.0.0.1:8000`) behind
+    /// the mixnet: a `loopmix-client serve --forward ADDR` member on the
+    /// first provider, reachable only over reply blocks. The banner and
+    /// `localnet.json` give its address and the SOCKS5 command to reach it
+    /// (see docs/SERVICES.md).
+    #[arg(long, value_name = "ADDR", conflicts_with = "stand_in_clients")]
+    pub service: Option<SocketAddr>,
 
     /// Give up if the network is not ready within this time.
     #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = humantime::parse_duration)]

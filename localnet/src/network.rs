@@ -7,9 +7,10 @@
 //!    time for epoch 1 instead of waiting out a whole epoch;
 //! 2. mixes and providers, all at once; ready when every one of them runs a
 //!    signed topology that lists it (`loopmix_node_listed` = 1);
-//! 3. the exit (on provider 0) and the SOCKS5 client (on provider 1): a
-//!    client needs its provider in the topology; ready when both see their
-//!    own loop cover packets come back through the mixes.
+//! 3. the exit (on provider 0), the SOCKS5 client (on provider 1) and,
+//!    with `--service`, the service (on provider 0): a client needs its
+//!    provider in the topology; ready when each sees its own loop cover
+//!    packets come back through the mixes.
 //!
 //! Once it is ready, the network is watched rather than guarded: a member
 //! that exits is reported (once, with the end of its log) and shown in the
@@ -78,10 +79,10 @@ impl Binaries {
         })
     }
 
-    /// Fails clearly when `loopmix-client` predates the exit and SOCKS5
-    /// commands (a stale build).
+    /// Fails clearly when `loopmix-client` predates the exit, SOCKS5 and
+    /// service commands (a stale build).
     pub fn check_client_commands(&self) -> anyhow::Result<()> {
-        for cmd in ["exit", "socks5"] {
+        for cmd in ["exit", "socks5", "serve"] {
             let ok = Command::new(&self.client)
                 .args([cmd, "--help"])
                 .output()
@@ -146,6 +147,8 @@ pub enum Kind {
     Provider,
     Exit,
     Socks,
+    /// `loopmix-client serve`: a service behind the mixnet.
+    Service,
 }
 
 impl Kind {
@@ -156,6 +159,7 @@ impl Kind {
             Kind::Provider => "provider",
             Kind::Exit => "exit",
             Kind::Socks => "socks5",
+            Kind::Service => "service",
         }
     }
 }
@@ -178,7 +182,7 @@ pub struct Member {
     /// Mixes and providers: the address in its descriptor, which peers dial
     /// (its fault relay's, with [`Localnet::use_fault_relays`]).
     pub public: Option<SocketAddr>,
-    /// The exit and the SOCKS5 client: their data directory.
+    /// The exit, the SOCKS5 client and the service: their data directory.
     pub data_dir: Option<PathBuf>,
 }
 
@@ -187,6 +191,46 @@ pub struct Member {
 pub struct Ready {
     pub socks5: SocketAddr,
     pub exit_address: String,
+    /// With `--service`.
+    pub service: Option<Service>,
+}
+
+/// The service behind the mixnet (`--service`), and a client ready to
+/// reach it: initialised (on the SOCKS5 client's provider) but not started,
+/// so the printed command can run as it is.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Its mixnet address: what `socks5 --exit` names.
+    pub address: String,
+    /// The local address it forwards every stream to.
+    pub forward: SocketAddr,
+    /// The `client.toml` of the client made to reach it.
+    pub client_config: PathBuf,
+    /// That client's data directory (`socks5.addr` appears there).
+    pub client_data_dir: PathBuf,
+    /// Where the printed command's proxy listens.
+    pub socks_listen: SocketAddr,
+}
+
+impl Service {
+    /// The command that runs a SOCKS5 proxy to the service.
+    pub fn socks5_command(&self) -> String {
+        format!(
+            "loopmix-client socks5 --config {} --listen {} --exit {}",
+            self.client_config.display(),
+            self.socks_listen,
+            self.address
+        )
+    }
+
+    /// A fetch through that proxy. Any host name reaches the service (it
+    /// ignores the target a stream names); `service` is the convention.
+    pub fn curl_command(&self) -> String {
+        format!(
+            "curl --socks5-hostname {} http://service/",
+            self.socks_listen
+        )
+    }
 }
 
 #[derive(Clone)]
@@ -222,6 +266,8 @@ pub struct Localnet {
     auths: Vec<Authority>,
     /// Set by [`announce`](Self::announce).
     ready: Option<Ready>,
+    /// With `--service`, once started.
+    service: Option<Service>,
     /// The `ctl` socket, if served.
     control_socket: Option<PathBuf>,
 }
@@ -277,8 +323,14 @@ impl Localnet {
             relays: None,
             auths: Vec::new(),
             ready: None,
+            service: None,
             control_socket: None,
         }
+    }
+
+    /// The service behind the mixnet (`--service`), once started.
+    pub fn service(&self) -> Option<&Service> {
+        self.service.as_ref()
     }
 
     /// Puts a fault relay from `relays` in front of every mix and provider
@@ -389,8 +441,8 @@ impl Localnet {
                 )?;
                 Some(dir.join("data").join("bound.json"))
             }
-            Kind::Exit | Kind::Socks if stand_in => None,
-            Kind::Exit | Kind::Socks => {
+            Kind::Exit | Kind::Socks | Kind::Service if stand_in => None,
+            Kind::Exit | Kind::Socks | Kind::Service => {
                 let data_dir = m
                     .data_dir
                     .clone()
@@ -840,7 +892,11 @@ impl Localnet {
         auths: &[Authority],
         providers: &[NodeId],
     ) -> anyhow::Result<Ready> {
-        self.ui.stage("starting the exit and the SOCKS5 client");
+        self.ui.stage(if self.opts.service.is_some() {
+            "starting the exit, the SOCKS5 client and the service"
+        } else {
+            "starting the exit and the SOCKS5 client"
+        });
         let (Some(&p_exit), Some(&p_socks)) =
             (providers.first(), providers.get(1).or(providers.first()))
         else {
@@ -882,8 +938,16 @@ impl Localnet {
         let m_socks = self.spawn("socks5", Kind::Socks, cmd, log)?;
         self.members[m_socks].config = Some(socks.config.clone());
         self.members[m_socks].data_dir = Some(socks.data_dir.clone());
+        let socks_addr_file = socks.data_dir.join("socks5.addr");
+        let mut started = vec![(m_exit, exit), (m_socks, socks)];
+        if let Some(forward) = self.opts.service {
+            let (m, dir, service) = self.start_service(forward, p_exit, p_socks, auths)?;
+            self.service = Some(service);
+            started.push((m, dir));
+        }
 
-        for (m, c) in [(m_exit, &exit), (m_socks, &socks)] {
+        for (m, c) in &started {
+            let m = *m;
             let name = self.members[m].name.clone();
             let file = c.data_dir.join("metrics.addr");
             let fixed = c.fixed_metrics;
@@ -899,16 +963,17 @@ impl Localnet {
         let socks5 = if stand_in {
             self.opts.socks_listen
         } else {
-            let file = socks.data_dir.join("socks5.addr");
+            let file = socks_addr_file;
             self.wait(
                 || format!("the SOCKS5 proxy to listen (writing {})", file.display()),
                 || read_addr(&file, false),
             )?
         };
-        let clients: Vec<(String, Option<SocketAddr>)> = [m_exit, m_socks]
+        let clients: Vec<(String, Option<SocketAddr>)> = started
             .iter()
-            .map(|&m| (self.members[m].name.clone(), self.members[m].metrics))
+            .map(|&(m, _)| (self.members[m].name.clone(), self.members[m].metrics))
             .collect();
+        let total = clients.len();
         let ui = self.ui.clone();
         let waiting = std::cell::RefCell::new(String::new());
         let mut next = Instant::now();
@@ -927,8 +992,8 @@ impl Localnet {
                     .map(|(n, _)| n.as_str())
                     .collect();
                 ui.stage(format!(
-                    "waiting for the clients' loop cover packets to come back ({} of 2)",
-                    2 - missing.len()
+                    "waiting for the clients' loop cover packets to come back ({} of {total})",
+                    total - missing.len()
                 ));
                 *waiting.borrow_mut() = missing.join(" and ");
                 missing.is_empty().then_some(())
@@ -937,7 +1002,51 @@ impl Localnet {
         Ok(Ready {
             socks5,
             exit_address,
+            service: self.service.clone(),
         })
+    }
+
+    /// Inits and spawns the service (`loopmix-client serve --forward`) on
+    /// provider `p_service`, and inits the client that reaches it, on
+    /// `p_user` (so its streams cross the network from one provider to the
+    /// other), without starting it: the banner prints its command.
+    fn start_service(
+        &mut self,
+        forward: SocketAddr,
+        p_service: NodeId,
+        p_user: NodeId,
+        auths: &[Authority],
+    ) -> anyhow::Result<(usize, ClientDir, Service)> {
+        let dir = self.init_client("service", p_service, auths)?;
+        let user = self.init_client("service-user", p_user, auths)?;
+        let address = run_output(
+            Command::new(&self.bins.client)
+                .arg("address")
+                .arg("--config")
+                .arg(&dir.config),
+            "loopmix-client address",
+        )?;
+        let mut cmd = Command::new(&self.bins.client);
+        cmd.args(["serve", "--config"])
+            .arg(&dir.config)
+            .args(["--forward", &forward.to_string()]);
+        let log = dir.config.with_file_name("client.log");
+        let m = self.spawn("service", Kind::Service, cmd, log)?;
+        self.members[m].config = Some(dir.config.clone());
+        self.members[m].data_dir = Some(dir.data_dir.clone());
+        // Next to the localnet's own proxy, which has 1080 by default.
+        let mut socks_listen = SocketAddr::from(([127, 0, 0, 1], 1081));
+        if socks_listen == self.opts.socks_listen {
+            socks_listen.set_port(1082);
+        }
+        let service = Service {
+            address,
+            forward,
+            client_config: user.config,
+            client_data_dir: user.data_dir,
+            socks_listen,
+        };
+        Ok((m, dir, service))
     }
 
     /// Writes `localnet.json` (atomically): how to reach the network, and
@@ -973,6 +1082,16 @@ impl Localnet {
         let json = serde_json::json!({
             "socks5": ready.socks5.to_string(),
             "exit_address": ready.exit_address,
+            // With --service: its address (what `socks5 --exit` names), the
+            // local address it forwards to, and the client made to reach it.
+            "service_address": ready.service.as_ref().map(|s| s.address.clone()),
+            "service": ready.service.as_ref().map(|s| serde_json::json!({
+                "address": s.address,
+                "forward": s.forward.to_string(),
+                "client_config": s.client_config.display().to_string(),
+                "socks5_command": s.socks5_command(),
+                "curl_command": s.curl_command(),
+            })),
             "dir": self.root.display().to_string(),
             "preset": self.opts.preset.name(),
             "epoch_length_s": self.opts.epoch_length.as_secs(),
@@ -1038,6 +1157,14 @@ impl Localnet {
             ));
         }
         out.push_str(&format!("  exit address   {}\n", ready.exit_address));
+        if let Some(s) = &ready.service {
+            out.push_str(&format!(
+                "\n  service        {} (forwards to {}; reached only over reply blocks)\n",
+                s.address, s.forward
+            ));
+            out.push_str(&format!("  reach it       {}\n", s.socks5_command()));
+            out.push_str(&format!("  then           {}\n\n", s.curl_command()));
+        }
         out.push_str(&format!(
             "  files          {} (keys, configs, logs; {LOCALNET_JSON})\n\n  metrics\n",
             self.root.display()

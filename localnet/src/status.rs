@@ -174,7 +174,7 @@ impl Status {
                 Kind::Mix => {
                     forwarded += sum(&text, "loopmix_packets_forwarded_total").unwrap_or(0.0)
                 }
-                Kind::Exit | Kind::Socks => {
+                Kind::Exit | Kind::Socks | Kind::Service => {
                     loops += sum(&text, "loopmix_client_loop_rtt_seconds_count").unwrap_or(0.0);
                     if let Some(r) = sum(&text, "loopmix_client_loop_return_ratio") {
                         ratios.push(r);

@@ -2,7 +2,12 @@
 //! other, attached to a provider, that opens the TCP connections streams
 //! ask for (if its [`Policy`] allows them) and answers over the reply
 //! blocks each session supplies — so it never learns who its clients are.
+//!
+//! A service behind the mixnet (`loopmix-client serve`, [`serve`]) is the
+//! same code with one [`Destination::Forward`] address in place of the
+//! policy: see `forward.rs` and `docs/SERVICES.md`.
 
+mod forward;
 mod own;
 pub mod policy;
 pub mod reserved;
@@ -12,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use self::forward::Forward;
 use crate::error::ClientError;
 use prometheus::{IntCounterVec, Registry};
 use tokio::net::TcpStream;
@@ -46,6 +52,17 @@ impl Default for ExitConfig {
     }
 }
 
+/// Where an exit connects its streams.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// Each stream's own target, if the policy allows it: an exit.
+    Policy(Policy),
+    /// This one address, whatever target a stream asks for: a service
+    /// behind the mixnet. It may be loopback or private (the operator
+    /// named it); nothing else is ever reached.
+    Forward(SocketAddr),
+}
+
 /// Runs the exit until the process is stopped.
 pub async fn run(
     cfg: ClientConfig,
@@ -53,25 +70,70 @@ pub async fn run(
     policy: Policy,
     registry: &Registry,
 ) -> Result<(), ClientError> {
+    run_to(cfg, exit, Destination::Policy(policy), registry).await
+}
+
+/// Runs a service behind the mixnet until the process is stopped: the exit
+/// with every stream connected to `forward`.
+pub async fn serve(
+    cfg: ClientConfig,
+    exit: ExitConfig,
+    forward: SocketAddr,
+    registry: &Registry,
+) -> Result<(), ClientError> {
+    run_to(cfg, exit, Destination::Forward(forward), registry).await
+}
+
+/// The destination as the running exit holds it.
+enum Route {
+    /// The policy, kept current with the host's own addresses.
+    Policy {
+        rx: watch::Receiver<Arc<Policy>>,
+        refused: IntCounterVec,
+    },
+    Forward(Arc<Forward>),
+}
+
+/// Runs the exit, to `destination`, until the process is stopped.
+pub async fn run_to(
+    cfg: ClientConfig,
+    exit: ExitConfig,
+    destination: Destination,
+    registry: &Registry,
+) -> Result<(), ClientError> {
     let metrics = StreamMetrics::new(registry)?;
-    let refused = loopmix_net::metrics::counter_vec(
-        registry,
-        "loopmix_exit_policy_refusals_total",
-        "Targets the exit policy refused: reason reserved (a private, local or own address \
-         no rule names) or policy (no rule allows it)",
-        &["reason"],
-    )?;
-    // Fail closed at start: without its own addresses the exit could not
-    // keep `*` rules off them.
-    let own = own::addresses().map_err(ClientError::io("listing the exit host's addresses"))?;
-    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy.clone().with_own_addresses(own)));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let route = match destination {
+        Destination::Policy(policy) => {
+            let refused = loopmix_net::metrics::counter_vec(
+                registry,
+                "loopmix_exit_policy_refusals_total",
+                "Targets the exit policy refused: reason reserved (a private, local or own \
+                 address no rule names) or policy (no rule allows it)",
+                &["reason"],
+            )?;
+            // Fail closed at start: without its own addresses the exit
+            // could not keep `*` rules off them.
+            let own =
+                own::addresses().map_err(ClientError::io("listing the exit host's addresses"))?;
+            let (tx, rx) = watch::channel(Arc::new(policy.clone().with_own_addresses(own)));
+            tokio::spawn(own::refresh(policy, tx, cancel.clone()));
+            Route::Policy { rx, refused }
+        }
+        Destination::Forward(addr) => Route::Forward(Arc::new(Forward::new(addr, registry)?)),
+    };
     let shared = Shared::new(Mux::exit(exit.streams.clone(), metrics), Role::Exit);
     let (client, mut events) =
         Client::start_with(cfg, registry, Some(Arc::new(Filler(shared.clone())))).await?;
-    info!(address = %client.address(), "exit service running");
-    let cancel = tokio_util::sync::CancellationToken::new();
+    match &route {
+        Route::Policy { .. } => info!(address = %client.address(), "exit service running"),
+        Route::Forward(f) => info!(
+            address = %client.address(),
+            forward = %f.target(),
+            "service running: every stream goes to the forward address"
+        ),
+    }
     tokio::spawn(shared.clone().housekeeping(cancel.clone()));
-    tokio::spawn(own::refresh(policy, policy_tx, cancel.clone()));
     let open = Arc::new(AtomicUsize::new(0));
     let exit = Arc::new(exit);
     while let Some(ev) = events.recv().await {
@@ -82,12 +144,18 @@ pub async fn run(
             .map(|h| client.take_reply_blocks(h))
             .unwrap_or_default();
         for (key, target) in shared.on_message(&body, blocks) {
+            let to = match &route {
+                Route::Policy { rx, refused } => To::Policy {
+                    policy: rx.borrow().clone(),
+                    refused: refused.clone(),
+                },
+                Route::Forward(f) => To::Forward(f.clone()),
+            };
             let ctx = Ctx {
                 shared: shared.clone(),
-                policy: policy_rx.borrow().clone(),
+                to,
                 open: open.clone(),
                 exit: exit.clone(),
-                refused: refused.clone(),
             };
             tokio::spawn(connect(ctx, key, target));
         }
@@ -104,13 +172,23 @@ impl Drop for Slot {
     }
 }
 
+/// Where one stream goes.
+enum To {
+    /// Its own target, judged by this policy (refusals counted).
+    Policy {
+        policy: Arc<Policy>,
+        refused: IntCounterVec,
+    },
+    /// The service's address.
+    Forward(Arc<Forward>),
+}
+
 /// What one connection attempt needs.
 struct Ctx {
     shared: Arc<Shared>,
-    policy: Arc<Policy>,
+    to: To,
     open: Arc<AtomicUsize>,
     exit: Arc<ExitConfig>,
-    refused: IntCounterVec,
 }
 
 /// Why a target got no connection.
@@ -144,24 +222,25 @@ fn admit(policy: &Policy, target: &Target) -> Result<(), Refusal> {
 async fn connect(ctx: Ctx, key: StreamKey, target: Target) {
     let Ctx {
         shared,
-        policy,
+        to,
         open,
         exit,
-        refused,
     } = ctx;
     // "127.0.0.1" sent as a name is the address 127.0.0.1, here as at the
     // SOCKS side: the exit does not trust the client to have normalised it.
     let target = normalize(target);
     let refuse = |r: Refusal| {
-        if let Refusal::Policy { reserved } = r {
+        if let (Refusal::Policy { reserved }, To::Policy { refused, .. }) = (&r, &to) {
             // The target is the user's destination: debug only.
             debug!(%target, reserved, "target refused by the exit policy");
-            let reason = if reserved { "reserved" } else { "policy" };
+            let reason = if *reserved { "reserved" } else { "policy" };
             refused.with_label_values(&[reason]).inc();
         }
         shared.mux().connected(key, Err(r.code()), Instant::now())
     };
-    if let Err(r) = admit(&policy, &target) {
+    if let To::Policy { policy, .. } = &to
+        && let Err(r) = admit(policy, &target)
+    {
         refuse(r);
         return;
     }
@@ -175,19 +254,26 @@ async fn connect(ctx: Ctx, key: StreamKey, target: Target) {
         return;
     }
     let slot = Slot(open);
-    let result = tokio::time::timeout(exit.connect_timeout, dial(&policy, &target)).await;
+    let dialing = async {
+        match &to {
+            To::Policy { policy, .. } => dial(policy, &target).await,
+            To::Forward(f) => f.dial().await,
+        }
+    };
+    let result = tokio::time::timeout(exit.connect_timeout, dialing)
+        .await
+        .unwrap_or(Err(Refusal::Failed(code::TTL_EXPIRED)));
+    if let To::Forward(f) = &to {
+        f.record(&result);
+    }
     let sock = match result {
-        Ok(Ok(s)) => s,
-        Ok(Err(r)) => {
-            if let Refusal::Failed(c) = r {
+        Ok(s) => s,
+        Err(r) => {
+            // A service's failures are its target's, logged by `record`.
+            if let (Refusal::Failed(c), To::Policy { .. }) = (&r, &to) {
                 debug!(%target, code = c, "connect failed");
             }
             refuse(r);
-            return;
-        }
-        Err(_) => {
-            debug!(%target, "connect timed out");
-            refuse(Refusal::Failed(code::TTL_EXPIRED));
             return;
         }
     };
