@@ -176,7 +176,15 @@ impl Topology {
     }
 
     pub fn new(doc: TopologyDocument) -> Result<Self, TopologyError> {
-        Self::validate(&doc)?;
+        Self::with_layer_limit(doc, MAX_LAYERS)
+    }
+
+    /// [`Topology::new`] allowing up to `max_layers` mix layers instead of
+    /// [`MAX_LAYERS`]. Only for the simulator, which studies deeper
+    /// networks than a 5-hop Sphinx route can carry; nothing that builds
+    /// packets may use it.
+    pub fn with_layer_limit(doc: TopologyDocument, max_layers: u8) -> Result<Self, TopologyError> {
+        Self::validate_with(&doc, max_layers)?;
         let mut by_id = HashMap::new();
         let mut layers = vec![Vec::new(); doc.params.layers as usize];
         let mut providers = Vec::new();
@@ -291,11 +299,15 @@ impl Topology {
 
     /// Every rule a document must satisfy; the error names the field.
     pub fn validate(doc: &TopologyDocument) -> Result<(), TopologyError> {
+        Self::validate_with(doc, MAX_LAYERS)
+    }
+
+    fn validate_with(doc: &TopologyDocument, max_layers: u8) -> Result<(), TopologyError> {
         let p = &doc.params;
-        if p.layers == 0 || p.layers > MAX_LAYERS {
+        if p.layers == 0 || p.layers > max_layers {
             return Err(invalid(
                 "params.layers",
-                format!("must be 1..={MAX_LAYERS}, got {}", p.layers),
+                format!("must be 1..={max_layers}, got {}", p.layers),
             ));
         }
         if !(p.mean_hop_delay_ms.is_finite() && p.mean_hop_delay_ms >= 0.0) {

@@ -164,7 +164,8 @@ struct ScenarioArgs {
     /// U: number of clients (2..); clients 0 and 1 are the challenge senders.
     #[arg(long)]
     clients: Option<u32>,
-    /// L: mix layers (1..=3, the most a Sphinx route of 5 hops holds).
+    /// L: mix layers, 1..=8; more than 3 is simulation only (a 5-hop Sphinx
+    /// route carries the two providers and 3 mixes).
     #[arg(long)]
     layers: Option<u8>,
     /// W: mixes per layer.

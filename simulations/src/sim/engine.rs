@@ -29,7 +29,7 @@ use loopmix_core::mixing::delay_queue::DelayQueue;
 use loopmix_core::mixing::entropy::EntropyWindow;
 use loopmix_core::mixing::mix::{Decision, Mix, MixConfig};
 use loopmix_core::poisson::PoissonTicker;
-use loopmix_core::sphinx::{MAX_PATH_LENGTH, sample_delays};
+use loopmix_core::sphinx::sample_delays;
 use loopmix_core::topology::{
     LayerExclusion, MAX_EXCLUDED_FRACTION, NetworkParams, NodeEntry, Role, Topology,
     TopologyDocument, TopologyError,
@@ -38,7 +38,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::scenario::Scenario;
+use super::scenario::{SIM_MAX_LAYERS, Scenario};
 
 /// Virtual time: nanoseconds since the start of the run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -89,9 +89,12 @@ pub enum Kind {
     MixLoop,
 }
 
+/// The longest route: two providers and [`SIM_MAX_LAYERS`] mixes.
+const MAX_HOPS: usize = SIM_MAX_LAYERS as usize + 2;
+
 struct Packet {
-    route: [u32; MAX_PATH_LENGTH],
-    delays_ns: [u64; MAX_PATH_LENGTH],
+    route: [u32; MAX_HOPS],
+    delays_ns: [u64; MAX_HOPS],
     len: u8,
     hop: u8,
     kind: Kind,
@@ -473,7 +476,7 @@ pub fn build_topology(s: &Scenario, seed: u64) -> Result<Topology, EngineError> 
         },
         nodes,
     };
-    Ok(Topology::new(doc)?)
+    Ok(Topology::with_layer_limit(doc, SIM_MAX_LAYERS)?)
 }
 
 /// Called every few thousand events with the fraction of virtual time done.
@@ -732,10 +735,10 @@ impl World<'_> {
             RngOwner::Node(n) => &mut self.nodes[n as usize].rng,
         };
         let delays = sample_delays(rng, route.len(), self.mean_delay);
-        let len = route.len().min(MAX_PATH_LENGTH);
+        let len = route.len().min(MAX_HOPS);
         let mut p = Packet {
-            route: [0; MAX_PATH_LENGTH],
-            delays_ns: [0; MAX_PATH_LENGTH],
+            route: [0; MAX_HOPS],
+            delays_ns: [0; MAX_HOPS],
             len: len as u8,
             hop: 0,
             kind,
@@ -816,7 +819,7 @@ impl World<'_> {
             1 => (Kind::Loop, own),
             _ => (Kind::Drop, c.rng.random_range(0..self.providers)),
         };
-        let mut route = Vec::with_capacity(MAX_PATH_LENGTH);
+        let mut route = Vec::with_capacity(MAX_HOPS);
         route.push(own);
         self.mix_path(RngOwner::Client(client), &mut route);
         route.push(last);
@@ -832,7 +835,7 @@ impl World<'_> {
             let _ = self.sched.push(next, Ev::MixLoop { node });
         }
         // As loopmix-node's LoopCover: one mix per layer, then back to us.
-        let mut route = Vec::with_capacity(MAX_PATH_LENGTH);
+        let mut route = Vec::with_capacity(MAX_HOPS);
         self.mix_path(RngOwner::Node(node), &mut route);
         route.push(node);
         self.launch(RngOwner::Node(node), Kind::MixLoop, node, &route, now);

@@ -218,6 +218,13 @@ pub fn summary(s: &Scenario, a: &Aggregate) -> String {
         s.mu,
         1.0 / s.mu
     );
+    if s.beyond_sphinx() {
+        let _ = writeln!(
+            o,
+            "NOTE: {} layers is beyond what a 5-hop Sphinx route carries today (3): simulation only",
+            s.layers
+        );
+    }
     let _ = writeln!(
         o,
         "rates/s: lambda_P {} lambda_L {} lambda_D {} lambda_M {}; real fraction {}; corrupt {}/{} mixes",

@@ -9,6 +9,11 @@
 use std::path::Path;
 
 use loopmix_core::topology::MAX_LAYERS;
+
+/// The most mix layers the simulator takes. Beyond [`MAX_LAYERS`] (3) is
+/// simulation only: a Sphinx route of 5 hops carries the two providers and
+/// 3 mixes, so no loopmix network can run such a scenario today.
+pub const SIM_MAX_LAYERS: u8 = 8;
 use serde::{Deserialize, Serialize};
 
 /// Every parameter of one simulated network. `Default` is the network
@@ -19,7 +24,8 @@ use serde::{Deserialize, Serialize};
 pub struct Scenario {
     /// U: number of clients. Clients 0 and 1 are the challenge senders.
     pub clients: u32,
-    /// L: mix layers (1..=3: a Sphinx route is provider + L mixes + provider).
+    /// L: mix layers, 1..=8. A Sphinx route (5 hops) is provider + 3 mixes +
+    /// provider: more than 3 layers is simulation only ([`SIM_MAX_LAYERS`]).
     pub layers: u8,
     /// W: mixes per layer.
     pub mixes_per_layer: u32,
@@ -135,6 +141,11 @@ impl Scenario {
     }
 
     /// Every rule; the first violation is returned.
+    /// Whether the scenario has more layers than a real network can route.
+    pub fn beyond_sphinx(&self) -> bool {
+        self.layers > MAX_LAYERS
+    }
+
     pub fn validate(&self) -> Result<(), ScenarioError> {
         let int = |name: &'static str, v: u64, lo: u64, hi: u64| {
             if v < lo || v > hi {
@@ -144,13 +155,14 @@ impl Scenario {
             }
         };
         int("clients", self.clients.into(), 2, 1_000_000)?;
-        int("layers", self.layers.into(), 1, MAX_LAYERS.into()).map_err(|e| match e {
+        int("layers", self.layers.into(), 1, SIM_MAX_LAYERS.into()).map_err(|e| match e {
             ScenarioError::OutOfRange { name, value, .. } => ScenarioError::OutOfRange {
                 name,
                 value,
                 allowed: format!(
-                    "an integer in 1..={MAX_LAYERS} (a Sphinx route holds at most \
-                     {MAX_LAYERS} mix layers between the two providers)"
+                    "an integer in 1..={SIM_MAX_LAYERS} (a Sphinx route holds at most \
+                     {MAX_LAYERS} mix layers between the two providers; more is \
+                     simulation only)"
                 ),
             },
             other => other,
@@ -281,7 +293,7 @@ impl Scenario {
             (
                 "layers",
                 self.layers.to_string(),
-                "L mix layers, 1..=3 (Sphinx: 5 hops)",
+                "L mix layers, 1..=8 (more than 3: simulation only, Sphinx routes carry 3)",
             ),
             ("mixes_per_layer", self.mixes_per_layer.to_string(), "W"),
             (
@@ -385,8 +397,9 @@ mod tests {
     #[test]
     fn bad_parameters_name_themselves() {
         let d = Scenario::default;
-        let e = err(Scenario { layers: 4, ..d() });
-        assert!(e.contains("`layers`") && e.contains("1..=3"), "{e}");
+        let e = err(Scenario { layers: 9, ..d() });
+        assert!(e.contains("`layers`") && e.contains("1..=8"), "{e}");
+        Scenario { layers: 8, ..d() }.validate().unwrap();
         let e = err(Scenario { mu: 0.0, ..d() });
         assert!(e.contains("`mu`"), "{e}");
         let e = err(Scenario {

@@ -165,9 +165,10 @@ pub fn preset(name: &str) -> Option<Sweep> {
         },
         "fig6" => Sweep {
             name: name.into(),
-            title: "Loopix Fig. 6 shape: epsilon vs layers".into(),
+            // Past 3 layers: simulation only (a Sphinx route carries 3).
+            title: "Loopix Fig. 6 shape: epsilon vs layers (4+ simulation only)".into(),
             param: Param::Layers,
-            values: vec![1.0, 2.0, 3.0],
+            values: (1..=6).map(f64::from).collect(),
             base,
         },
         "corrupt" => Sweep {
