@@ -107,7 +107,9 @@ pub struct Options {
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
-    /// Privacy/speed preset: per-hop delay and sending rates (see above).
+    /// Privacy/speed preset: per-hop delay and sending rates (see above); ε and
+    /// the one-way mixing latency are the simulator's for this shape with 100
+    /// clients (docs/SIMULATIONS.md, "The presets").
     #[arg(long, value_enum, default_value_t = Preset::Balanced)]
     pub preset: Preset,
 

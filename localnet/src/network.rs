@@ -1136,9 +1136,12 @@ impl Localnet {
             self.opts.mixes_per_layer,
             self.opts.providers,
         ));
+        let predicted = self.opts.preset.prediction();
         out.push_str(&format!(
             "preset {}: {} ms per hop, λ_P {}/s (goodput at most ~{:.0} KB/s per client), \
-             cover λ_L {}/s λ_D {}/s λ_M {}/s\n\n",
+             cover λ_L {}/s λ_D {}/s λ_M {}/s\n\
+             predicted (simulator, this shape with 100 clients): ε {:.2}, mixing latency \
+             median {:.0} ms, p95 {:.0} ms one way\n\n",
             self.opts.preset.name(),
             p.mean_hop_delay_ms,
             p.lambda_p_per_s,
@@ -1146,6 +1149,9 @@ impl Localnet {
             p.lambda_l_per_s,
             p.lambda_d_per_s,
             p.lambda_m_per_s,
+            predicted.epsilon,
+            predicted.median_s * 1000.0,
+            predicted.p95_s * 1000.0,
         ));
         if self.opts.stand_in_clients {
             out.push_str("  (stand-in clients: no SOCKS5 proxy is running)\n");
