@@ -28,7 +28,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::ClientError;
 use loopmix_core::e2e::ClientAddress;
@@ -42,7 +42,7 @@ use crate::config::{ClientConfig, SocksSection};
 use crate::exit::normalize;
 use crate::runtime::{Client, ClientEvent, write_atomic};
 use crate::stream::frame::valid_name;
-use crate::stream::io::{Down, Filler, Shared, pipe};
+use crate::stream::io::{Filler, OpenError, Shared, open, pipe};
 use crate::stream::mux::Role;
 use crate::stream::{IsolationKey, Mux, StreamConfig, StreamMetrics, Target, code};
 
@@ -341,34 +341,28 @@ async fn serve(
         Ok(Ok((k, Request::Connect(t)))) => (k, t),
     };
     let _ = sock.set_nodelay(true);
-    let opened = shared
-        .mux()
-        .open(&isolation, target.clone(), Instant::now());
-    let key = match opened {
-        Ok(k) => k,
-        Err(why) => {
-            debug!(why, "cannot open a stream");
-            let _ = reply(&mut sock, code::GENERAL_FAILURE).await;
-            return count("no_stream");
-        }
-    };
-    let mut att = shared.attach(key);
-    // The mux answers every OPEN: OPENED, REFUSED, or a timeout.
-    match att.rx.recv().await {
-        Some(Down::Opened) => {
+    match open(&shared, &isolation, target.clone()).await {
+        Ok(att) => {
             count("ok");
             if reply(&mut sock, 0).await.is_ok() {
                 pipe(shared, sock, att).await;
             } else {
-                shared.mux().abort(&key, code::GENERAL_FAILURE, "socket");
+                shared
+                    .mux()
+                    .abort(&att.key, code::GENERAL_FAILURE, "socket");
             }
         }
-        Some(Down::Refused(c)) | Some(Down::Reset(c)) => {
+        Err(OpenError::NoStream(why)) => {
+            debug!(why, "cannot open a stream");
+            let _ = reply(&mut sock, code::GENERAL_FAILURE).await;
+            count("no_stream")
+        }
+        Err(OpenError::Refused(c)) => {
             debug!(%target, code = c, "stream refused");
             count("refused");
             let _ = reply(&mut sock, c).await;
         }
-        _ => {
+        Err(OpenError::Failed) => {
             count("failed");
             let _ = reply(&mut sock, code::GENERAL_FAILURE).await;
         }

@@ -10,14 +10,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::frame::Target;
-use super::mux::{Mux, MuxEvent, Role, StreamKey, code};
+use super::mux::{IsolationKey, Mux, MuxEvent, Role, StreamKey, code};
 use crate::engine::Engine;
 use crate::runtime::SlotFiller;
 
@@ -157,6 +157,38 @@ impl Shared {
     }
 }
 
+/// Why [`open`] gave no stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenError {
+    /// The mux has no room for another stream (too many sessions or
+    /// streams).
+    NoStream(&'static str),
+    /// The exit refused the stream, or reset it before it opened, with
+    /// this SOCKS5 reply code.
+    Refused(u8),
+    /// No answer in time (the mux gave up), or the mux went away.
+    Failed,
+}
+
+/// Opens a client stream to `target` in `isolation`'s session and waits
+/// for the exit's answer (the mux answers every OPEN: OPENED, REFUSED, or
+/// a timeout). On success the stream's events arrive on the returned
+/// [`Attached`], ready for [`pipe`] or [`pump`].
+pub async fn open(
+    shared: &Shared,
+    isolation: &IsolationKey,
+    target: Target,
+) -> Result<Attached, OpenError> {
+    let opened = shared.mux().open(isolation, target, Instant::now());
+    let key = opened.map_err(OpenError::NoStream)?;
+    let mut att = shared.attach(key);
+    match att.rx.recv().await {
+        Some(Down::Opened) => Ok(att),
+        Some(Down::Refused(c)) | Some(Down::Reset(c)) => Err(OpenError::Refused(c)),
+        _ => Err(OpenError::Failed),
+    }
+}
+
 /// The runtime's λ_P hook for a mux.
 pub struct Filler(pub Arc<Shared>);
 
@@ -171,10 +203,42 @@ impl SlotFiller for Filler {
 }
 
 /// Copies between `sock` and the stream until both directions are closed
-/// or the stream is reset.
-pub async fn pipe(shared: Arc<Shared>, sock: TcpStream, mut att: Attached) {
+/// or the stream is reset (the SOCKS5 proxy and the exit).
+pub async fn pipe(shared: Arc<Shared>, sock: TcpStream, att: Attached) {
+    let (rd, mut wr) = sock.into_split();
+    if pump(shared, rd, &mut wr, att).await == Ended::Failed {
+        // The stream failed: the application must not mistake that for its
+        // end. A plain close sends FIN, which reads exactly like a complete
+        // stream to anything that ends at EOF (an HTTP/1.0 body, a file
+        // copy); with linger 0 the close sends RST, which reads as an error.
+        // The write half must not shut down (FIN) on drop either.
+        let _ = wr.as_ref().set_zero_linger();
+        wr.forget();
+    }
+    // Dropping the halves closes the socket.
+}
+
+/// How a [`pump`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Both directions finished (or the local side went away).
+    Closed,
+    /// The stream was reset or refused: what was written to `wr` is not the
+    /// whole stream, and the caller must say so to its reader.
+    Failed,
+}
+
+/// Copies between a local byte stream (`rd`, `wr`: a TCP socket's halves,
+/// or one end of an in-memory pipe for the SDK's streams) and the mixnet
+/// stream `att` until both directions are closed or the stream is reset.
+/// `wr` is shut down on the peer's FIN; the copy from `rd` is cancelled on
+/// return (and `rd` dropped with it).
+pub async fn pump<R, W>(shared: Arc<Shared>, mut rd: R, wr: &mut W, mut att: Attached) -> Ended
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
     let key = att.key;
-    let (mut rd, mut wr) = sock.into_split();
     let reader_shared = shared.clone();
     let room = att.room.clone();
     let mut reader = tokio::spawn(async move {
@@ -239,16 +303,7 @@ pub async fn pipe(shared: Arc<Shared>, sock: TcpStream, mut att: Attached) {
             }
         }
     }
-    if failed {
-        // The stream failed: the application must not mistake that for its
-        // end. A plain close sends FIN, which reads exactly like a complete
-        // stream to anything that ends at EOF (an HTTP/1.0 body, a file
-        // copy); with linger 0 the close sends RST, which reads as an error.
-        // The write half must not shut down (FIN) on drop either.
-        let _ = wr.as_ref().set_zero_linger();
-        wr.forget();
-    }
-    // Dropping the reader's half closes the socket.
     reader.abort();
     shared.detach(&key);
+    if failed { Ended::Failed } else { Ended::Closed }
 }

@@ -595,6 +595,12 @@ impl Mux {
         self.isolation.retain(|_, s| *s != id);
     }
 
+    /// Whether `id` is one of this mux's sessions (how an application that
+    /// shares the client with streams tells their messages from its own).
+    pub fn has_session(&self, id: &SessionId) -> bool {
+        self.sessions.contains_key(id)
+    }
+
     pub fn streams_open(&self) -> usize {
         self.sessions.values().map(|s| s.streams.len()).sum()
     }
