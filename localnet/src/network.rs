@@ -904,13 +904,7 @@ impl Localnet {
         };
         let exit = self.init_client("exit", p_exit, auths)?;
         let socks = self.init_client("socks5", p_socks, auths)?;
-        let exit_address = run_output(
-            Command::new(&self.bins.client)
-                .arg("address")
-                .arg("--config")
-                .arg(&exit.config),
-            "loopmix-client address",
-        )?;
+        let exit_address = self.client_address(&exit)?;
         let stand_in = self.opts.stand_in_clients;
         let mut cmd = Command::new(&self.bins.client);
         if stand_in {
@@ -1006,6 +1000,18 @@ impl Localnet {
         })
     }
 
+    /// The mixnet address of an `init`-ed client, as `loopmix-client
+    /// address` prints it.
+    fn client_address(&self, dir: &ClientDir) -> anyhow::Result<String> {
+        run_output(
+            Command::new(&self.bins.client)
+                .arg("address")
+                .arg("--config")
+                .arg(&dir.config),
+            "loopmix-client address",
+        )
+    }
+
     /// Inits and spawns the service (`loopmix-client serve --forward`) on
     /// provider `p_service`, and inits the client that reaches it, on
     /// `p_user` (so its streams cross the network from one provider to the
@@ -1019,13 +1025,7 @@ impl Localnet {
     ) -> anyhow::Result<(usize, ClientDir, Service)> {
         let dir = self.init_client("service", p_service, auths)?;
         let user = self.init_client("service-user", p_user, auths)?;
-        let address = run_output(
-            Command::new(&self.bins.client)
-                .arg("address")
-                .arg("--config")
-                .arg(&dir.config),
-            "loopmix-client address",
-        )?;
+        let address = self.client_address(&dir)?;
         let mut cmd = Command::new(&self.bins.client);
         cmd.args(["serve", "--config"])
             .arg(&dir.config)
