@@ -31,6 +31,10 @@ flags. Times are seconds of virtual time, rates are per second."
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads each run uses (0: one per core). The output is the same
+    /// for any number: only the wall time changes.
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Subcommand)]
@@ -305,8 +309,9 @@ fn execute(
     let _ = write!(stdout, "{}", output.summary);
     let _ = writeln!(
         stdout,
-        "\nwall time {:.2} s; {} events, {:.2} M events/s; files in {}",
+        "\nwall time {:.2} s on {} threads; {} events, {:.2} M events/s; files in {}",
         wall,
+        loopmix_sim::sim::engine::threads(),
         output.events,
         output.events as f64 / wall.max(1e-9) / 1e6,
         out.out.display()
@@ -325,6 +330,7 @@ fn warn_if_long(s: &Scenario) {
 }
 
 fn real_main(cli: Cli) -> Result<(), SimError> {
+    loopmix_sim::sim::engine::set_threads(cli.threads);
     match cli.command {
         Command::Run { scenario, out } => {
             let s = scenario.resolve(Scenario::default())?;

@@ -23,19 +23,13 @@
 use std::ops::{Add, Sub};
 use std::time::Duration;
 
-use loopmix_core::keys::NodeId;
 use loopmix_core::keys::{IdentityKeypair, SphinxPublicKey};
-use loopmix_core::mixing::delay_queue::DelayQueue;
 use loopmix_core::mixing::entropy::EntropyWindow;
 use loopmix_core::mixing::mix::{Decision, Mix, MixConfig};
-use loopmix_core::poisson::PoissonTicker;
-use loopmix_core::sphinx::sample_delays;
 use loopmix_core::topology::{
-    LayerExclusion, MAX_EXCLUDED_FRACTION, NetworkParams, NodeEntry, Role, Topology,
-    TopologyDocument, TopologyError,
+    LayerExclusion, NetworkParams, NodeEntry, Role, Topology, TopologyDocument, TopologyError,
 };
-use rand::seq::SliceRandom;
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::scenario::{SIM_MAX_LAYERS, Scenario};
@@ -72,6 +66,10 @@ impl Sub for SimTime {
 pub enum EngineError {
     #[error("building the simulated topology: {0}")]
     Topology(#[from] TopologyError),
+    /// A route that does not go provider, layer 1, …, layer L: the
+    /// pipeline could not run it exactly (a bug, not bad input).
+    #[error("a route does not cross the layers in order")]
+    Unordered,
 }
 
 /// What a packet is; only the simulator knows (on the wire all look alike).
@@ -92,10 +90,18 @@ pub enum Kind {
 /// The longest route: two providers and [`SIM_MAX_LAYERS`] mixes.
 const MAX_HOPS: usize = SIM_MAX_LAYERS as usize + 2;
 
-struct Packet {
-    route: [u32; MAX_HOPS],
-    delays_ns: [u64; MAX_HOPS],
+/// Routes of up to 3 layers fit in packets this long (most runs): a
+/// smaller packet is less memory to move per hop.
+const SHORT_HOPS: usize = 5;
+
+/// One packet of at most `H` hops: its route and per-hop delays (fixed by
+/// its sender, as in Sphinx), and what the simulator alone knows about it.
+#[derive(Clone, Copy)]
+struct Packet<const H: usize> {
+    route: [u32; H],
+    delays_ns: [u64; H],
     len: u8,
+    /// The hop the packet is at (an index into `route`).
     hop: u8,
     kind: Kind,
     origin: u32,
@@ -104,16 +110,16 @@ struct Packet {
     measured: bool,
     /// Probability that this packet is one of challenge sender 0's / 1's.
     mass: [f64; 2],
+    /// Unique and independent of scheduling: the sender's entity number
+    /// and its own packet count. Orders packets due at the same instant.
+    uid: u64,
 }
 
-struct Node {
-    /// 0 for providers, else the 1-based mix layer.
-    layer: u8,
-    corrupt: bool,
-    pool: MixPool,
-    rng: ChaCha8Rng,
-    loops: PoissonTicker<SimTime>,
-    window: Option<EntropyWindow>,
+impl<const H: usize> Packet<H> {
+    /// The next hop is the last: the packet is delivered there, not pooled.
+    fn last_leg(&self) -> bool {
+        self.hop + 1 >= self.len
+    }
 }
 
 /// One simulated node's pool: the core's [`Mix`] (the rules the node's
@@ -165,6 +171,11 @@ impl MixPool {
         d
     }
 
+    /// When the next held packet is due.
+    pub fn next_deadline(&self) -> Option<SimTime> {
+        self.mix.next_deadline()
+    }
+
     /// Every packet due at `now`, in deadline order, into `out`.
     pub fn release_due(&mut self, now: SimTime, out: &mut Vec<Departure>) {
         while let Some(decision) = self.mix.poll_due(now) {
@@ -214,23 +225,6 @@ impl MixPool {
         self.mix.is_empty()
     }
 }
-
-struct Client {
-    provider: u32,
-    rng: ChaCha8Rng,
-    /// λ_P, λ_L, λ_D.
-    streams: [PoissonTicker<SimTime>; 3],
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Ev {
-    WindowStart,
-    WindowEnd,
-    Tick { client: u32, stream: u8 },
-    MixLoop { node: u32 },
-    Release { node: u32 },
-}
-
 /// Per-node measurements over the window.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeResult {
@@ -481,454 +475,87 @@ pub fn build_topology(s: &Scenario, seed: u64) -> Result<Topology, EngineError> 
 
 /// Called every few thousand events with the fraction of virtual time done.
 pub type Progress<'a> = &'a mut dyn FnMut(f64);
+mod pipeline;
+#[cfg(test)]
+mod reference;
+mod sources;
 
-struct World<'t> {
-    topology: &'t Topology,
-    mean_delay: Duration,
-    real_fraction: f64,
-    providers: u32,
-    clients_n: u32,
-    nodes: Vec<Node>,
-    clients: Vec<Client>,
-    packets: Vec<Packet>,
-    free: Vec<u32>,
-    sched: DelayQueue<SimTime, Ev>,
-    /// Reused by `release` (one per event would allocate in the hot loop).
-    departures: Vec<Departure>,
-    in_window: bool,
-    traffic: Traffic,
-    latency: Latency,
-    reservoir_rng: ChaCha8Rng,
-    unlinkability: Unlinkability,
-    exposure: Exposure,
+/// Threads a run uses; 0: one per core. Set once by the binary's
+/// `--threads`; the output never depends on it (the pipeline is exact).
+static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets the threads every later run uses (0: one per core).
+pub fn set_threads(n: usize) {
+    THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The threads a run will use.
+pub fn threads() -> usize {
+    match THREADS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
 }
 
 /// Runs repetition `rep` of `s` (which must be valid).
 pub fn run(s: &Scenario, rep: u32, progress: Progress<'_>) -> Result<RunResult, EngineError> {
-    let seed = repetition_seed(s.seed, rep);
-    let topology = build_topology(s, seed)?;
-    // 1/μ exactly as the client computes it from the topology.
-    let mean_delay = Duration::try_from_secs_f64(topology.params().mean_hop_delay_ms / 1000.0)
-        .unwrap_or(Duration::ZERO);
-    let burn_in = SimTime::from_secs_f64(s.burn_in_s);
-    let window_end = SimTime::from_secs_f64(s.burn_in_s + s.duration_s);
-    let end = SimTime::from_secs_f64(s.burn_in_s + s.duration_s + s.cooldown_s());
-    let start = SimTime(0);
+    run_on(s, rep, threads(), progress)
+}
 
-    let mut sched = DelayQueue::new(usize::MAX);
-    // Pushed first, so they run before anything else due at the same time.
-    let _ = sched.push(burn_in, Ev::WindowStart);
-    let _ = sched.push(window_end, Ev::WindowEnd);
-
-    let mut topo_rng = stream(seed, STREAM_TOPOLOGY);
-    let mut mix_ids: Vec<u32> = (s.providers..s.providers + s.mixes()).collect();
-    mix_ids.shuffle(&mut topo_rng);
-    let corrupt: std::collections::BTreeSet<u32> = if s.corrupt_spread {
-        // Round-robin over the layers, in the shuffled order within each.
-        let w = s.mixes_per_layer;
-        let mut by_layer: Vec<Vec<u32>> = vec![Vec::new(); s.layers as usize];
-        for m in mix_ids {
-            if let Some(l) = by_layer.get_mut(((m - s.providers) / w) as usize) {
-                l.push(m);
-            }
-        }
-        (0..s.mixes_per_layer as usize)
-            .flat_map(|i| by_layer.iter().filter_map(move |l| l.get(i).copied()))
-            .take(s.corrupt_mixes() as usize)
-            .collect()
+/// [`run`] on `threads` threads.
+pub fn run_on(
+    s: &Scenario,
+    rep: u32,
+    threads: usize,
+    progress: Progress<'_>,
+) -> Result<RunResult, EngineError> {
+    let setup = sources::Setup::new(s, rep)?;
+    let seed = setup.seed;
+    let nodes = setup.ctx.nodes.clone();
+    let exclusions = setup.ctx.topology.exclusions().to_vec();
+    let measured = (setup.ctx.window_end - setup.ctx.burn_in).as_secs_f64();
+    let m = if usize::from(s.layers) + 2 <= SHORT_HOPS {
+        pipeline::run::<SHORT_HOPS>(setup, threads, progress)?
     } else {
-        mix_ids
-            .into_iter()
-            .take(s.corrupt_mixes() as usize)
-            .collect()
+        pipeline::run::<MAX_HOPS>(setup, threads, progress)?
     };
-    // The active adversary of `docs/THREAT_MODEL.md` ("Liveness routing"):
-    // it has got `excluded_honest` honest mixes per layer onto the network's
-    // down list, and every sender routes with the core's exclusion rules.
-    let topology = if s.excluded_honest > 0 {
-        let mut down = std::collections::BTreeSet::<NodeId>::new();
-        for l in 1..=s.layers {
-            down.extend(
-                topology
-                    .layer(l)
-                    .filter(|e| !corrupt.contains(&node_index(e)))
-                    .take(s.excluded_honest as usize)
-                    .map(|e| e.id),
-            );
-        }
-        topology.with_exclusions(&down, MAX_EXCLUDED_FRACTION)
-    } else {
-        topology
-    };
+    Ok(result(rep, seed, &nodes, measured, m, exclusions))
+}
 
-    let params = topology.params();
-    let mut nodes = Vec::with_capacity(topology.nodes().len());
-    for (i, e) in topology.nodes().iter().enumerate() {
-        let i = i as u32;
-        let mut rng = stream(seed, STREAM_FIRST_ENTITY + u64::from(i));
-        let rate = if e.role == Role::Mix {
-            params.lambda_m_per_s
-        } else {
-            0.0
-        };
-        let loops = PoissonTicker::new(&mut rng, rate, start);
-        if let Some(t) = loops.next_deadline() {
-            let _ = sched.push(t, Ev::MixLoop { node: i });
-        }
-        let layer = e.layer.unwrap_or(0);
-        let corrupt = corrupt.contains(&i);
-        nodes.push(Node {
-            layer,
-            corrupt,
-            // Unbounded and never late: the simulator models the mixing,
-            // not overload (virtual time has no processing backlog).
-            pool: MixPool::new(
-                MixConfig {
-                    queue_limit: usize::MAX,
-                    late_tolerance: Duration::MAX,
-                },
-                layer > 0 && !corrupt,
-            ),
-            rng,
-            loops,
-            window: None,
-        });
-    }
-    let first_client = STREAM_FIRST_ENTITY + nodes.len() as u64;
-    let mut clients = Vec::with_capacity(s.clients as usize);
-    for c in 0..s.clients {
-        let mut rng = stream(seed, first_client + u64::from(c));
-        let streams = [
-            params.lambda_p_per_s,
-            params.lambda_l_per_s,
-            params.lambda_d_per_s,
-        ]
-        .map(|rate| PoissonTicker::new(&mut rng, rate, start));
-        for (k, t) in streams.iter().enumerate() {
-            if let Some(at) = t.next_deadline() {
-                let _ = sched.push(
-                    at,
-                    Ev::Tick {
-                        client: c,
-                        stream: k as u8,
-                    },
-                );
-            }
-        }
-        clients.push(Client {
-            provider: c % s.providers,
-            rng,
-            streams,
-        });
-    }
-
-    let mut w = World {
-        topology: &topology,
-        mean_delay,
-        real_fraction: s.real_fraction,
-        providers: s.providers,
-        clients_n: s.clients,
-        nodes,
-        clients,
-        packets: Vec::new(),
-        free: Vec::new(),
-        sched,
-        departures: Vec::new(),
-        in_window: false,
-        traffic: Traffic::default(),
-        latency: Latency::default(),
-        reservoir_rng: stream(seed, STREAM_RESERVOIR),
-        unlinkability: Unlinkability::default(),
-        exposure: Exposure::default(),
-    };
-
-    let mut events = 0u64;
-    let end_secs = end.as_secs_f64().max(1e-9);
-    while let Some(due) = w.sched.next_deadline() {
-        if due > end {
-            break;
-        }
-        let Some((now, ev)) = w.sched.pop_due(due) else {
-            break;
-        };
-        events += 1;
-        if events & 0xFFFF == 0 {
-            progress(now.as_secs_f64() / end_secs);
-        }
-        match ev {
-            Ev::WindowStart => {
-                w.in_window = true;
-                for n in &mut w.nodes {
-                    n.pool.take_entropy_window(now);
-                }
-            }
-            Ev::WindowEnd => {
-                w.in_window = false;
-                for n in &mut w.nodes {
-                    n.window = Some(n.pool.take_entropy_window(now));
-                }
-            }
-            Ev::Tick { client, stream } => w.client_tick(client, stream, now),
-            Ev::MixLoop { node } => w.mix_loop(node, now),
-            Ev::Release { node } => w.release(node, now),
-        }
-    }
-    progress(1.0);
-
-    let measured = (window_end - burn_in).as_secs_f64();
-    let nodes = w
-        .nodes
+fn result(
+    rep: u32,
+    seed: u64,
+    nodes: &[sources::NodeInfo],
+    measured: f64,
+    m: pipeline::Measured,
+    exclusions: Vec<LayerExclusion>,
+) -> RunResult {
+    let nodes = nodes
         .iter()
+        .zip(&m.windows)
         .enumerate()
-        .map(|(i, n)| {
-            let win = n.window.unwrap_or_default();
-            NodeResult {
-                index: i as u32,
-                layer: n.layer,
-                corrupt: n.corrupt,
-                arrivals: win.arrivals,
-                departures: win.departures,
-                arrival_rate: win.arrivals as f64 / measured,
-                mean_pool: win.mean_pool_size.unwrap_or(0.0),
-                mean_entropy_bits: win.mean_entropy_bits.unwrap_or(0.0),
-            }
+        .map(|(i, (n, win))| NodeResult {
+            index: i as u32,
+            layer: n.layer,
+            corrupt: n.corrupt,
+            arrivals: win.arrivals,
+            departures: win.departures,
+            arrival_rate: win.arrivals as f64 / measured,
+            mean_pool: win.mean_pool_size.unwrap_or(0.0),
+            mean_entropy_bits: win.mean_entropy_bits.unwrap_or(0.0),
         })
         .collect();
-    Ok(RunResult {
+    RunResult {
         repetition: rep,
         seed,
-        events,
+        events: m.tally.events,
         nodes,
-        traffic: w.traffic,
-        latency: w.latency,
-        unlinkability: w.unlinkability,
-        exposure: w.exposure,
-        exclusions: topology.exclusions().to_vec(),
-    })
-}
-
-impl World<'_> {
-    fn alloc(&mut self, p: Packet) -> u32 {
-        match self.free.pop() {
-            Some(i) => {
-                self.packets[i as usize] = p;
-                i
-            }
-            None => {
-                self.packets.push(p);
-                (self.packets.len() - 1) as u32
-            }
-        }
+        traffic: m.tally.traffic,
+        latency: m.outcome.latency,
+        unlinkability: m.outcome.unlinkability,
+        exposure: m.tally.exposure,
+        exclusions,
     }
-
-    /// A new packet from `origin` along `route`, with the core's delays.
-    fn launch(
-        &mut self,
-        rng_owner: RngOwner,
-        kind: Kind,
-        origin: u32,
-        route: &[u32],
-        now: SimTime,
-    ) {
-        let rng = match rng_owner {
-            RngOwner::Client(c) => &mut self.clients[c as usize].rng,
-            RngOwner::Node(n) => &mut self.nodes[n as usize].rng,
-        };
-        let delays = sample_delays(rng, route.len(), self.mean_delay);
-        let len = route.len().min(MAX_HOPS);
-        let mut p = Packet {
-            route: [0; MAX_HOPS],
-            delays_ns: [0; MAX_HOPS],
-            len: len as u8,
-            hop: 0,
-            kind,
-            origin,
-            created: now,
-            measured: self.in_window,
-            mass: [0.0; 2],
-        };
-        p.route[..len].copy_from_slice(&route[..len]);
-        for (slot, d) in p.delays_ns.iter_mut().zip(&delays) {
-            *slot = d.to_nanos();
-        }
-        if self.in_window {
-            self.traffic.count(kind);
-            if kind == Kind::Real && origin < 2 {
-                p.mass[origin as usize] = 1.0;
-            }
-            if kind == Kind::Real {
-                // Client routes: provider, the mixes, provider.
-                let mixes = &route[1..len.saturating_sub(1).max(1)];
-                let corrupt = |&m: &u32| self.nodes.get(m as usize).is_some_and(|n| n.corrupt);
-                let e = &mut self.exposure;
-                e.routes += 1;
-                if !mixes.is_empty() && mixes.iter().all(corrupt) {
-                    e.all_corrupt += 1;
-                }
-                if mixes.iter().any(corrupt) {
-                    e.any_corrupt += 1;
-                }
-            }
-        }
-        let first = p.route[0];
-        let id = self.alloc(p);
-        self.arrive(first, id, now);
-    }
-
-    /// The mix layers of a fresh route, as node indexes (core routing).
-    fn mix_path(&mut self, owner: RngOwner, out: &mut Vec<u32>) {
-        let rng = match owner {
-            RngOwner::Client(c) => &mut self.clients[c as usize].rng,
-            RngOwner::Node(n) => &mut self.nodes[n as usize].rng,
-        };
-        out.extend(
-            self.topology
-                .random_mix_path(rng)
-                .into_iter()
-                .map(node_index),
-        );
-    }
-
-    fn client_tick(&mut self, client: u32, stream: u8, now: SimTime) {
-        let c = &mut self.clients[client as usize];
-        let Some(ticker) = c.streams.get_mut(stream as usize) else {
-            return;
-        };
-        if ticker.poll(&mut c.rng, now).is_none() {
-            return;
-        }
-        if let Some(next) = ticker.next_deadline() {
-            let _ = self.sched.push(next, Ev::Tick { client, stream });
-        }
-        let own = c.provider;
-        let (kind, last) = match stream {
-            0 => {
-                // Challenge senders (clients 0, 1) always have a message queued.
-                let real = client < 2 || c.rng.random_bool(self.real_fraction);
-                if real {
-                    // A uniformly random other client; its provider is the last hop.
-                    let mut to = c.rng.random_range(0..self.clients_n - 1);
-                    if to >= client {
-                        to += 1;
-                    }
-                    (Kind::Real, self.clients[to as usize].provider)
-                } else {
-                    (Kind::PayloadDrop, c.rng.random_range(0..self.providers))
-                }
-            }
-            1 => (Kind::Loop, own),
-            _ => (Kind::Drop, c.rng.random_range(0..self.providers)),
-        };
-        let mut route = Vec::with_capacity(MAX_HOPS);
-        route.push(own);
-        self.mix_path(RngOwner::Client(client), &mut route);
-        route.push(last);
-        self.launch(RngOwner::Client(client), kind, client, &route, now);
-    }
-
-    fn mix_loop(&mut self, node: u32, now: SimTime) {
-        let n = &mut self.nodes[node as usize];
-        if n.loops.poll(&mut n.rng, now).is_none() {
-            return;
-        }
-        if let Some(next) = n.loops.next_deadline() {
-            let _ = self.sched.push(next, Ev::MixLoop { node });
-        }
-        // As loopmix-node's LoopCover: one mix per layer, then back to us.
-        let mut route = Vec::with_capacity(MAX_HOPS);
-        self.mix_path(RngOwner::Node(node), &mut route);
-        route.push(node);
-        self.launch(RngOwner::Node(node), Kind::MixLoop, node, &route, now);
-    }
-
-    /// Packet `id` reaches `node` at `now`: delivered if this is its last
-    /// hop, else queued for its header delay.
-    fn arrive(&mut self, node: u32, id: u32, now: SimTime) {
-        let p = &self.packets[id as usize];
-        if p.hop + 1 >= p.len {
-            self.deliver(id, now);
-            return;
-        }
-        let delay = Duration::from_nanos(p.delays_ns[p.hop as usize]);
-        let mass = p.mass;
-        let Some(n) = self.nodes.get_mut(node as usize) else {
-            self.free.push(id);
-            return;
-        };
-        // Virtual time has no queue in front of the pool: received now.
-        match n.pool.arrive(id, now, delay, now, mass) {
-            None => {
-                let _ = self.sched.push(now + delay, Ev::Release { node });
-            }
-            // A zero delay: the node would forward it at once, unmixed.
-            Some(Decision::Forward { .. }) => self.hop(id, now),
-            Some(Decision::Drop { .. }) => self.free.push(id),
-        }
-    }
-
-    /// A deadline of `node` passed: forward what is due to its next hops.
-    fn release(&mut self, node: u32, now: SimTime) {
-        let mut out = std::mem::take(&mut self.departures);
-        self.nodes[node as usize].pool.release_due(now, &mut out);
-        for d in out.drain(..) {
-            match d.decision {
-                Decision::Forward { item, .. } => {
-                    if let Some(mass) = d.mass {
-                        self.packets[item as usize].mass = mass;
-                    }
-                    self.hop(item, now);
-                }
-                Decision::Drop { item, .. } => self.free.push(item),
-            }
-        }
-        self.departures = out;
-    }
-
-    /// Packet `id` leaves `node` for its next hop.
-    fn hop(&mut self, id: u32, now: SimTime) {
-        let p = &mut self.packets[id as usize];
-        p.hop += 1;
-        let next = p.route[p.hop as usize];
-        self.arrive(next, id, now);
-    }
-
-    fn deliver(&mut self, id: u32, now: SimTime) {
-        self.free.push(id);
-        let p = &self.packets[id as usize];
-        if !p.measured || p.kind != Kind::Real {
-            return;
-        }
-        let latency = (now - p.created).as_secs_f64();
-        let l = &mut self.latency;
-        l.count += 1;
-        l.sum += latency;
-        l.sum_sq += latency * latency;
-        if l.sample.len() < LATENCY_RESERVOIR {
-            l.sample.push(latency);
-        } else {
-            let j = self.reservoir_rng.random_range(0..l.count);
-            if let Some(slot) = l.sample.get_mut(j as usize) {
-                *slot = latency;
-            }
-        }
-        if p.origin < 2 {
-            let own = p.mass[p.origin as usize];
-            let other = p.mass[1 - p.origin as usize];
-            let u = &mut self.unlinkability;
-            u.messages += 1;
-            if other > 0.0 && own > 0.0 {
-                u.epsilons.push((own / other).ln().abs());
-            } else {
-                u.linked += 1;
-            }
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum RngOwner {
-    Client(u32),
-    Node(u32),
 }
 
 #[cfg(test)]
@@ -977,6 +604,76 @@ mod tests {
                 assert_eq!(masses, [None, None, None], "a corrupt mix sees through");
             }
             assert!(pool.is_empty());
+        }
+    }
+
+    /// The pipeline on any number of threads and with any slice length
+    /// gives exactly what one plain event loop gives: every count, every
+    /// float, every latency sample.
+    #[test]
+    fn the_pipeline_is_the_event_loop_on_any_threads() {
+        let base = Scenario {
+            clients: 60,
+            mixes_per_layer: 3,
+            providers: 3,
+            mu: 5.0,
+            lambda_p: 2.0,
+            lambda_l: 1.0,
+            lambda_d: 0.5,
+            lambda_m: 1.0,
+            burn_in_s: 10.0,
+            duration_s: 30.0,
+            ..Scenario::default()
+        };
+        let scenarios = [
+            base.clone(),
+            Scenario {
+                corrupt_fraction: 0.34,
+                excluded_honest: 1,
+                seed: 7,
+                ..base.clone()
+            },
+            Scenario {
+                layers: 5,
+                lambda_m: 0.0,
+                seed: 3,
+                ..base.clone()
+            },
+        ];
+        for s in &scenarios {
+            s.validate().unwrap();
+            let nodes = sources::Setup::new(s, 0).unwrap().ctx.nodes.clone();
+            let measured = s.duration_s;
+            let want = {
+                let m = reference::run::<MAX_HOPS>(sources::Setup::new(s, 0).unwrap());
+                result(0, 0, &nodes, measured, m, Vec::new())
+            };
+            assert!(want.unlinkability.messages > 10, "{:?}", want.unlinkability);
+            assert!(want.events > 10_000, "{}", want.events);
+            // One slice for the whole run, 0.7 s and 37 ms slices.
+            for (threads, slice) in [
+                (1, None),
+                (2, None),
+                (3, Some(700_000_000)),
+                (2, Some(37_000_000)),
+            ] {
+                let setup = sources::Setup::new(s, 0).unwrap();
+                let m = if s.layers == 3 {
+                    pipeline::run_sliced::<SHORT_HOPS>(setup, threads, slice, &mut |_| {})
+                } else {
+                    pipeline::run_sliced::<MAX_HOPS>(setup, threads, slice, &mut |_| {})
+                }
+                .unwrap();
+                let got = result(0, 0, &nodes, measured, m, Vec::new());
+                assert!(
+                    got == want,
+                    "{threads} threads, slice {slice:?}: events {} vs {}, latency {:?} vs {:?}",
+                    got.events,
+                    want.events,
+                    (got.latency.count, got.latency.sum),
+                    (want.latency.count, want.latency.sum)
+                );
+            }
         }
     }
 

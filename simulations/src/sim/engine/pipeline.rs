@@ -1,0 +1,446 @@
+//! The run as a pipeline of stages over slices of virtual time, so that
+//! independent senders and independent mixes can run on different cores.
+//!
+//! Why this is exact: a packet's route and every hop's delay are fixed by
+//! its sender (as in Sphinx), pools never overflow or drop late packets in
+//! virtual time, and links take no time. So a packet reaches hop `i` at its
+//! creation time plus the first `i` delays, whatever else happens; what
+//! flows between nodes is only the challenge senders' probability mass,
+//! and it flows one way through the layers: first provider (layer 0) →
+//! layer 1 → … → layer L → delivery (the last hop, a provider or a looping
+//! mix, holds nothing). For each slice `[t0, t1)` of virtual time the
+//! senders make their packets, then layer 0's nodes process every arrival
+//! and release before `t1`, then layer 1's, and so on; packets still held
+//! at `t1` wait in their pool for the next slice. Within a stage every
+//! sender, or every node, depends on nobody else in it, so the stage is
+//! split across threads.
+//!
+//! Why the output does not depend on the threads: each node processes its
+//! arrivals sorted by (time, packet uid), a key that scheduling cannot
+//! change; per-part tallies are integer sums; and deliveries, whose order
+//! float sums and the latency reservoir see, are sorted by the same key
+//! before they are counted. The slice length does not matter either (a
+//! test runs the same scenario with different slices and thread counts).
+
+use loopmix_core::mixing::entropy::EntropyWindow;
+use loopmix_core::mixing::mix::{Decision, MixConfig};
+use std::time::Duration;
+
+use super::sources::{Client, Ctx, LoopSource, Outcome, Setup, Tally};
+use super::{Departure, EngineError, MixPool, Packet, Progress, SimTime};
+
+/// Packets the senders make per slice, about: large enough that per-slice
+/// costs (thread hand-offs, sorting set-up) vanish, small enough that
+/// memory stays at a few hundred MB at Nym scale.
+const PACKETS_PER_SLICE: f64 = 200_000.0;
+
+/// What a whole run measured, before it becomes a `RunResult`.
+pub(super) struct Measured {
+    pub tally: Tally,
+    pub outcome: Outcome,
+    pub windows: Vec<EntropyWindow>,
+}
+
+/// One node's pool and the packets it holds.
+struct Stage<const H: usize> {
+    layer: u8,
+    pool: MixPool,
+    /// Held packets; the pool holds their slots.
+    slab: Vec<Packet<H>>,
+    free: Vec<u32>,
+    /// This slice's arrivals as (time, uid, buffer, index): the packets
+    /// stay where the previous stage put them; sorting these small keys,
+    /// not the packets, is what makes the sort cheap.
+    inputs: Vec<Arrival>,
+    /// 0: before the window, 1: in it, 2: after it.
+    marks: u8,
+    window: EntropyWindow,
+    departures: Vec<Departure>,
+}
+
+/// An arrival: (time, packet uid, buffer, index in the buffer's hops).
+type Arrival = (SimTime, u64, u32, u32);
+
+/// Buffer numbers from here on are the senders' ([`Inputs::made`]).
+const MADE: u32 = 1 << 16;
+
+/// Where a stage finds its arriving packets.
+#[derive(Clone, Copy)]
+struct Inputs<'a, const H: usize> {
+    made: &'a [Out<H>],
+    prev: &'a [Out<H>],
+}
+
+impl<'a, const H: usize> Inputs<'a, H> {
+    fn get(&self, buf: u32, i: u32) -> Option<&'a Packet<H>> {
+        let out = match buf.checked_sub(MADE) {
+            Some(b) => self.made.get(b as usize),
+            None => self.prev.get(buf as usize),
+        }?;
+        out.hops.get(i as usize).map(|(_, _, p)| p)
+    }
+}
+
+/// What one part of a stage produced.
+#[derive(Default)]
+struct Out<const H: usize> {
+    /// (next node, arrival time, packet).
+    hops: Vec<(u32, SimTime, Packet<H>)>,
+    /// Measured deliveries.
+    delivered: Vec<(SimTime, Packet<H>)>,
+    tally: Tally,
+}
+
+impl<const H: usize> Stage<H> {
+    fn new(layer: u8, mixes_mass: bool) -> Self {
+        Stage {
+            layer,
+            // Unbounded and never late: the simulator models the mixing,
+            // not overload (virtual time has no processing backlog).
+            pool: MixPool::new(
+                MixConfig {
+                    queue_limit: usize::MAX,
+                    late_tolerance: Duration::MAX,
+                },
+                mixes_mass,
+            ),
+            slab: Vec::new(),
+            free: Vec::new(),
+            inputs: Vec::new(),
+            marks: 0,
+            window: EntropyWindow::default(),
+            departures: Vec::new(),
+        }
+    }
+
+    /// Every arrival and release of this node before `t1`, in time order;
+    /// the arriving packets are in `from`, the previous stage's buffers.
+    fn process(&mut self, ctx: &Ctx, t1: SimTime, from: Inputs<'_, H>, out: &mut Out<H>) {
+        let mut order = std::mem::take(&mut self.inputs);
+        // Each upstream part's packets come in time order: a stable sort
+        // merges those runs (the keys are unique, so any sort gives the
+        // same order).
+        order.sort();
+        let mut next = 0;
+        loop {
+            let due = self.pool.next_deadline().filter(|&d| d < t1);
+            let arrival = order.get(next).map(|a| a.0);
+            // A release before an arrival at the same instant.
+            let (t, release) = match (due, arrival) {
+                (None, None) => break,
+                (Some(d), Some(a)) if a < d => (a, false),
+                (Some(d), _) => (d, true),
+                (None, Some(a)) => (a, false),
+            };
+            self.marks_through(ctx, t, true);
+            if release {
+                self.release(t, out);
+            } else if let Some(&(t, _, b, i)) = order.get(next) {
+                next += 1;
+                if let Some(p) = from.get(b, i) {
+                    self.arrive(t, p, out);
+                }
+            }
+        }
+        self.marks_through(ctx, t1, false);
+        order.clear();
+        self.inputs = order;
+    }
+
+    /// The measurement window opens (and closes) before anything else
+    /// happens at its instant: apply the marks at or before `t`
+    /// (`inclusive`) or strictly before it.
+    fn marks_through(&mut self, ctx: &Ctx, t: SimTime, inclusive: bool) {
+        let passed = |m: SimTime| if inclusive { m <= t } else { m < t };
+        if self.marks == 0 && passed(ctx.burn_in) {
+            self.pool.take_entropy_window(ctx.burn_in);
+            self.marks = 1;
+        }
+        if self.marks == 1 && passed(ctx.window_end) {
+            self.window = self.pool.take_entropy_window(ctx.window_end);
+            self.marks = 2;
+        }
+    }
+
+    fn arrive(&mut self, now: SimTime, p: &Packet<H>, out: &mut Out<H>) {
+        let delay = Duration::from_nanos(p.delays_ns[p.hop as usize]);
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = *p;
+                i
+            }
+            None => {
+                self.slab.push(*p);
+                (self.slab.len() - 1) as u32
+            }
+        };
+        // Virtual time has no queue in front of the pool: received now.
+        match self.pool.arrive(slot, now, delay, now, p.mass) {
+            None => {}
+            // A zero delay: the node forwards it at once, unmixed.
+            Some(Decision::Forward { .. }) => {
+                self.free.push(slot);
+                forward(*p, now, out);
+            }
+            Some(Decision::Drop { .. }) => self.free.push(slot),
+        }
+    }
+
+    fn release(&mut self, now: SimTime, out: &mut Out<H>) {
+        let mut deps = std::mem::take(&mut self.departures);
+        self.pool.release_due(now, &mut deps);
+        for d in deps.drain(..) {
+            // One scheduler event per held packet, as the event loop counts.
+            out.tally.events += 1;
+            match d.decision {
+                Decision::Forward { item, .. } => {
+                    self.free.push(item);
+                    let mut p = self.slab[item as usize];
+                    if let Some(mass) = d.mass {
+                        p.mass = mass;
+                    }
+                    forward(p, now, out);
+                }
+                Decision::Drop { item, .. } => self.free.push(item),
+            }
+        }
+        self.departures = deps;
+    }
+}
+
+/// `p` leaves for its next hop at `now`: delivered there if it is the
+/// last, else queued as an arrival for that node's stage.
+fn forward<const H: usize>(mut p: Packet<H>, now: SimTime, out: &mut Out<H>) {
+    p.hop += 1;
+    if p.last_leg() {
+        if Outcome::counts(&p) {
+            out.delivered.push((now, p));
+        }
+        return;
+    }
+    out.hops.push((p.route[p.hop as usize], now, p));
+}
+
+/// Runs `setup` on `threads` threads (at least 1).
+pub(super) fn run<const H: usize>(
+    setup: Setup,
+    threads: usize,
+    progress: Progress<'_>,
+) -> Result<Measured, EngineError> {
+    run_sliced::<H>(setup, threads, None, progress)
+}
+
+/// [`run`] with slices of `slice_ns` (default: [`slice_ns`]).
+pub(super) fn run_sliced<const H: usize>(
+    setup: Setup,
+    threads: usize,
+    slice: Option<u64>,
+    progress: Progress<'_>,
+) -> Result<Measured, EngineError> {
+    let Setup {
+        ctx,
+        mut loops,
+        mut clients,
+        reservoir_rng,
+        ..
+    } = setup;
+    let threads = threads.max(1);
+    let mut stages: Vec<Stage<H>> = ctx
+        .nodes
+        .iter()
+        .map(|n| Stage::new(n.layer, n.layer > 0 && !n.corrupt))
+        .collect();
+    let by_layer = layers(&stages)?;
+    let mut tally = Tally::default();
+    let mut outcome = Outcome::new(reservoir_rng);
+    // The event loop counts opening and closing the window as events.
+    tally.events += u64::from(ctx.burn_in <= ctx.end) + u64::from(ctx.window_end <= ctx.end);
+
+    let stop = SimTime(ctx.end.0.saturating_add(1));
+    let slice = slice
+        .unwrap_or_else(|| slice_ns(&ctx, clients.len(), loops.len()))
+        .max(1);
+    let mut t0 = SimTime(0);
+    let mut delivered = Vec::new();
+    // One buffer per part (and one for the mixes' loops), twice: a stage
+    // reads what the previous one wrote into one set and writes into the
+    // other. Kept across slices so their memory is allocated once.
+    let mut bufs: Vec<Out<H>> = (0..=threads).map(|_| Out::default()).collect();
+    let mut prev: Vec<Out<H>> = (0..=threads).map(|_| Out::default()).collect();
+    // What the senders made: it feeds layer 0 and (mix loops) layer 1, so
+    // it stays for the whole slice.
+    let mut made: Vec<Out<H>> = (0..=threads).map(|_| Out::default()).collect();
+    while t0 < stop {
+        let t1 = SimTime(t0.0.saturating_add(slice).min(stop.0));
+        for b in &mut made {
+            b.hops.clear();
+        }
+        make_packets(&ctx, &mut clients, &mut loops, t1, &mut made);
+        scatter(&mut stages, &mut made, MADE, 0, &mut tally, &mut delivered)?;
+        for (layer, nodes) in by_layer.iter().enumerate() {
+            std::mem::swap(&mut bufs, &mut prev);
+            for b in &mut bufs {
+                b.hops.clear();
+            }
+            let from = Inputs {
+                made: &made,
+                prev: &prev,
+            };
+            process_layer(&ctx, &mut stages, nodes, t1, from, &mut bufs[..threads]);
+            let next = layer as u8 + 1;
+            scatter(&mut stages, &mut bufs, 0, next, &mut tally, &mut delivered)?;
+        }
+        delivered.sort_unstable_by_key(|(t, p): &(SimTime, Packet<H>)| (*t, p.uid));
+        for (t, p) in delivered.drain(..) {
+            outcome.deliver(&p, t);
+        }
+        progress(t1.as_secs_f64() / stop.as_secs_f64().max(1e-9));
+        t0 = t1;
+    }
+    Ok(Measured {
+        tally,
+        outcome,
+        windows: stages.into_iter().map(|s| s.window).collect(),
+    })
+}
+
+/// Each layer's nodes as a range of node indexes, layer 0 (providers)
+/// first. The topology lists nodes layer by layer; a stage relies on it.
+fn layers<const H: usize>(stages: &[Stage<H>]) -> Result<Vec<std::ops::Range<usize>>, EngineError> {
+    let deepest = stages.iter().map(|s| s.layer).max().unwrap_or(0);
+    let mut out = Vec::with_capacity(usize::from(deepest) + 1);
+    let mut start = 0;
+    for l in 0..=deepest {
+        let n = stages[start..].iter().take_while(|s| s.layer == l).count();
+        out.push(start..start + n);
+        start += n;
+    }
+    if start != stages.len() {
+        return Err(EngineError::Unordered);
+    }
+    Ok(out)
+}
+
+/// The slice length: about [`PACKETS_PER_SLICE`] packets made per slice.
+fn slice_ns(ctx: &Ctx, clients: usize, nodes: usize) -> u64 {
+    let p = ctx.topology.params();
+    let rate = clients as f64 * (p.lambda_p_per_s + p.lambda_l_per_s + p.lambda_d_per_s)
+        + nodes as f64 * p.lambda_m_per_s;
+    let secs = (PACKETS_PER_SLICE / rate.max(1e-3)).clamp(0.01, 60.0);
+    (secs * 1e9) as u64
+}
+
+/// Every packet the senders make before `t1`: the clients split over
+/// all but the last buffer (one thread each), the mixes' loops (few) into
+/// the last, on this thread.
+fn make_packets<const H: usize>(
+    ctx: &Ctx,
+    clients: &mut [Client],
+    loops: &mut [LoopSource],
+    t1: SimTime,
+    bufs: &mut [Out<H>],
+) {
+    let Some((loop_buf, client_bufs)) = bufs.split_last_mut() else {
+        return;
+    };
+    let per = clients.len().div_ceil(client_bufs.len().max(1)).max(1);
+    std::thread::scope(|sc| {
+        let mut first = 0u32;
+        for (part, out) in clients.chunks_mut(per).zip(client_bufs.iter_mut()) {
+            let base = first;
+            first += part.len() as u32;
+            sc.spawn(move || {
+                for (i, c) in part.iter_mut().enumerate() {
+                    let id = base + i as u32;
+                    while let Some((t, stream)) = c.next_tick().filter(|&(t, _)| t < t1) {
+                        if let Some(p) = ctx.client_tick(id, c, stream, t, &mut out.tally) {
+                            out.hops.push((p.route[0], t, p));
+                        }
+                    }
+                }
+            });
+        }
+        for (i, src) in loops.iter_mut().enumerate() {
+            while let Some(t) = src.next_tick().filter(|&t| t < t1) {
+                if let Some(p) = ctx.loop_tick(i as u32, src, t, &mut loop_buf.tally) {
+                    loop_buf.hops.push((p.route[0], t, p));
+                }
+            }
+        }
+    });
+}
+
+/// Processes the nodes of one layer up to `t1`, split into one part per
+/// buffer, of about equal work.
+fn process_layer<const H: usize>(
+    ctx: &Ctx,
+    stages: &mut [Stage<H>],
+    nodes: &std::ops::Range<usize>,
+    t1: SimTime,
+    from: Inputs<'_, H>,
+    bufs: &mut [Out<H>],
+) {
+    let Some(layer) = stages.get_mut(nodes.clone()) else {
+        return;
+    };
+    let threads = bufs.len().max(1);
+    let work: usize = layer.iter().map(|s| s.inputs.len() + s.pool.len()).sum();
+    let target = work.div_ceil(threads).max(1);
+    let mut parts: Vec<&mut [Stage<H>]> = Vec::with_capacity(threads);
+    let mut rest = layer;
+    while !rest.is_empty() {
+        let mut n = 0;
+        let mut w = 0;
+        while n < rest.len() && (w < target || n == 0) {
+            w += rest[n].inputs.len() + rest[n].pool.len();
+            n += 1;
+        }
+        if parts.len() + 1 == threads {
+            n = rest.len();
+        }
+        let (a, b) = std::mem::take(&mut rest).split_at_mut(n);
+        parts.push(a);
+        rest = b;
+    }
+    let run_part = |part: &mut [Stage<H>], out: &mut Out<H>| {
+        for s in part.iter_mut() {
+            s.process(ctx, t1, from, out);
+        }
+    };
+    if let ([part], [out, ..]) = (parts.as_mut_slice(), &mut *bufs) {
+        run_part(part, out);
+        return;
+    }
+    std::thread::scope(|sc| {
+        for (part, out) in parts.into_iter().zip(bufs.iter_mut()) {
+            sc.spawn(move || run_part(part, out));
+        }
+    });
+}
+
+/// Tells the nodes what a stage produced for them (all in layer
+/// `min_layer` or later, or the pipeline would be wrong), and counts. The
+/// packets stay in `bufs` for the next stage to read.
+fn scatter<const H: usize>(
+    stages: &mut [Stage<H>],
+    bufs: &mut [Out<H>],
+    base: u32,
+    min_layer: u8,
+    tally: &mut Tally,
+    delivered: &mut Vec<(SimTime, Packet<H>)>,
+) -> Result<(), EngineError> {
+    for (b, out) in bufs.iter_mut().enumerate() {
+        tally.add(&std::mem::take(&mut out.tally));
+        delivered.append(&mut out.delivered);
+        for (i, (node, t, p)) in out.hops.iter().enumerate() {
+            let Some(stage) = stages.get_mut(*node as usize) else {
+                return Err(EngineError::Unordered);
+            };
+            if stage.layer < min_layer {
+                return Err(EngineError::Unordered);
+            }
+            stage.inputs.push((*t, p.uid, base + b as u32, i as u32));
+        }
+    }
+    Ok(())
+}
