@@ -45,6 +45,11 @@ use crate::config::ClientConfig;
 use crate::engine::{Engine, EngineConfig, Event, OutKind, Outgoing, ReplyHandle, SendError};
 use crate::keys::ClientKeys;
 
+/// How long before its tick a packet is built: a Sphinx packet takes well
+/// under a millisecond to build, so 10 ms leaves room on a busy machine,
+/// and adds at most 10 ms to the wait for a slot.
+const BUILD_LEAD: Duration = Duration::from_millis(10);
+
 /// Client metrics (one registry per client).
 #[derive(Clone)]
 pub struct ClientMetrics {
@@ -53,6 +58,8 @@ pub struct ClientMetrics {
     pub delivered: IntCounter,
     pub failed: IntCounter,
     pub loop_rtt: Histogram,
+    /// Queued message → the λ_P packet carrying its fragment on the link.
+    pub slot_wait: Histogram,
     pub loop_return_ratio: Gauge,
     pub loops_lost: IntCounter,
     pub pulls: IntCounterVec,
@@ -92,6 +99,16 @@ impl ClientMetrics {
                 "loopmix_client_loop_rtt_seconds",
                 "Round trip of returned loop packets (includes the wait for the next pull)",
                 vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0],
+            )?,
+            // Packets are built one tick ahead (module docs), so a message
+            // queued just after a build waits for that tick and the next:
+            // about two λ_P intervals on average, the first term of the
+            // end-to-end latency on top of the mixing delays.
+            slot_wait: histogram(
+                r,
+                "loopmix_client_slot_wait_seconds",
+                "Time from queuing a message (send or reply) to handing the packet with its fragment to the provider link (first transmissions)",
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0],
             )?,
             loop_return_ratio: float_gauge(
                 r,
@@ -574,15 +591,21 @@ impl Shell {
         }
     }
 
-    /// One Poisson stream: the next packet is built before its tick.
+    /// One Poisson stream. Each packet is built [`BUILD_LEAD`] before its
+    /// tick, so it leaves exactly on the tick (the build's cost, which
+    /// differs between a drop and a real message, never shows in the
+    /// timing) and yet carries whatever was queued until just before it.
+    /// (Building right after the previous tick, as before, made a queued
+    /// message wait for the tick after next: 2/λ_P on average, not 1/λ_P.)
     async fn poisson(self: Arc<Self>, stream: Stream) {
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
         let mut rate = self.topology().map_or(0.0, |t| stream.rate(t.topology()));
         let mut ticker = PoissonTicker::new(&mut rng, rate, Instant::now());
-        let mut next = self.clone().build(stream);
+        let mut next: Option<tokio::task::JoinHandle<Option<Outgoing>>> = None;
         let mut check = tokio::time::interval(Duration::from_secs(1));
         loop {
             let due = ticker.next_deadline();
+            let build_at = due.map(|d| d.checked_sub(BUILD_LEAD).unwrap_or(d));
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 _ = check.tick() => {
@@ -592,18 +615,22 @@ impl Shell {
                         ticker.set_rate(&mut rng, rate, Instant::now());
                     }
                 }
-                _ = sleep_until(due), if due.is_some() => {
+                _ = sleep_until(build_at), if build_at.is_some() && next.is_none() => {
+                    next = Some(self.clone().build(stream));
+                }
+                _ = sleep_until(due), if due.is_some() && next.is_some() => {
                     while ticker.poll(&mut rng, Instant::now()).is_some() {
-                        let built = next.await.ok().flatten();
-                        next = self.clone().build(stream);
-                        if let Some(out) = built {
+                        let building = next.take().unwrap_or_else(|| self.clone().build(stream));
+                        if let Some(out) = building.await.ok().flatten() {
                             self.send(out);
                         }
                     }
                 }
             }
         }
-        next.abort();
+        if let Some(n) = next {
+            n.abort();
+        }
     }
 
     fn build(self: Arc<Self>, stream: Stream) -> tokio::task::JoinHandle<Option<Outgoing>> {
@@ -643,6 +670,11 @@ impl Shell {
         if out.first_hop != self.provider {
             debug!(first_hop = %out.first_hop.short(), "packet not starting at our provider; dropped");
             return;
+        }
+        if let Some(queued) = out.queued_at {
+            self.metrics
+                .slot_wait
+                .observe(queued.elapsed().as_secs_f64());
         }
         let pkt = OutPacket {
             key_epoch: out.key_epoch,

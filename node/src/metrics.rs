@@ -72,6 +72,8 @@ pub struct NodeMetrics {
     pub listed: IntGauge,
     pub sphinx_keys: IntGauge,
     pub delivery_queue: IntGauge,
+    /// Final-hop packet queued for storing → durably stored.
+    pub store_seconds: Histogram,
     pub delivered: IntCounter,
     pub acks_sent: IntCounter,
     pub acks_failed: IntCounter,
@@ -261,6 +263,14 @@ impl NodeMetrics {
                 &r,
                 "loopmix_provider_delivery_queue_length",
                 "Final-hop packets waiting to be stored in an inbox",
+            )?,
+            store_seconds: histogram(
+                &r,
+                "loopmix_provider_store_seconds",
+                "Time from a final-hop packet's Sphinx processing to its durable storage in an inbox (delivery queue and group commit)",
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ],
             )?,
             delivered: counter(
                 &r,

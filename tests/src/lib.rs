@@ -19,7 +19,10 @@
 //!   mixnet, and the GET every loopmix tool reads `/metrics` with
 //!   (`loopmix_net::scrape`);
 //! * [`mixnet`], [`socks`], [`authority_api`]: the helpers of each family
-//!   of scenarios (fixed-topology node tests, SOCKS5, authority API).
+//!   of scenarios (fixed-topology node tests, SOCKS5, authority API);
+//! * [`histogram`], [`page`]: for the benchmarks: histograms read back
+//!   from `/metrics`, and a fixed web page with its server and a headless
+//!   `chromium` to load it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -27,10 +30,12 @@ pub mod authorities;
 pub mod authority_api;
 pub mod bins;
 pub mod config;
+pub mod histogram;
 pub mod http;
 pub mod mixnet;
 pub mod network;
 pub mod node;
+pub mod page;
 pub mod socks;
 
 pub use bins::workspace_bin;

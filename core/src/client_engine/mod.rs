@@ -211,6 +211,10 @@ pub struct Outgoing {
     pub key_epoch: u64,
     pub packet: Vec<u8>,
     pub kind: OutKind,
+    /// For a fragment's first transmission ([`OutKind::Real`],
+    /// [`OutKind::Reply`]): when its message was queued, so the shell can
+    /// time the wait for the λ_P slot that carries it.
+    pub queued_at: Option<Instant>,
 }
 
 impl fmt::Debug for Outgoing {
@@ -220,6 +224,7 @@ impl fmt::Debug for Outgoing {
             .field("key_epoch", &self.key_epoch)
             .field("len", &self.packet.len())
             .field("kind", &self.kind)
+            .field("queued_at", &self.queued_at)
             .finish()
     }
 }
@@ -621,7 +626,7 @@ impl Engine {
         for (rid, key) in keys {
             self.reply_keys.insert(rid, key, now);
         }
-        self.outbox.push(id, Target::Data(*to), fragments);
+        self.outbox.push(id, Target::Data(*to), fragments, now);
         Ok((id, tags))
     }
 
@@ -639,7 +644,7 @@ impl Engine {
         &mut self,
         to: ReplyHandle,
         body: Vec<u8>,
-        _now: Instant,
+        now: Instant,
     ) -> Result<MessageId, SendError> {
         let t = self.topology_or_err()?;
         if self.held.blocks(&to).is_none() {
@@ -679,7 +684,7 @@ impl Engine {
             });
         }
         let blocks = blocks.into_iter().map(Some).collect();
-        self.outbox.push(id, Target::Reply(blocks), fragments);
+        self.outbox.push(id, Target::Reply(blocks), fragments, now);
         Ok(id)
     }
 
@@ -723,7 +728,7 @@ impl Engine {
         &mut self,
         block: ReplyBlock,
         body: Vec<u8>,
-        _now: Instant,
+        now: Instant,
     ) -> Result<MessageId, SendError> {
         let t = self.topology_or_err()?;
         let max = self.reply_capacity();
@@ -744,7 +749,7 @@ impl Engine {
             )));
         }
         self.outbox
-            .push(id, Target::Reply(vec![Some(block)]), fragments);
+            .push(id, Target::Reply(vec![Some(block)]), fragments, now);
         Ok(id)
     }
 
@@ -818,6 +823,7 @@ impl Engine {
                     key_epoch: t.epoch(),
                     packet: built.packet,
                     kind,
+                    queued_at: (kind == OutKind::Real).then_some(slot.queued_at),
                 }))
             }
             Target::Reply(_) => {
@@ -834,6 +840,7 @@ impl Engine {
                     key_epoch: block.epoch,
                     packet,
                     kind: OutKind::Reply,
+                    queued_at: Some(slot.queued_at),
                 }))
             }
         }
@@ -859,6 +866,7 @@ impl Engine {
             key_epoch: t.epoch(),
             packet,
             kind: OutKind::Loop,
+            queued_at: None,
         })
     }
 
@@ -873,6 +881,7 @@ impl Engine {
             key_epoch: t.epoch(),
             packet,
             kind: OutKind::Drop,
+            queued_at: None,
         })
     }
 

@@ -40,6 +40,9 @@ struct OutMessage {
     ack_ids: Vec<AckId>,
     /// Bytes of `fragments` still held.
     bytes: usize,
+    /// When the message was queued: what its first λ_P slot is timed from
+    /// (`loopmix_client_slot_wait_seconds`).
+    queued_at: Instant,
 }
 
 /// The fragment a λ_P slot carries.
@@ -47,6 +50,8 @@ struct OutMessage {
 pub(super) struct Slot {
     pub key: FragmentKey,
     pub retransmission: bool,
+    /// When the fragment's message was queued.
+    pub queued_at: Instant,
 }
 
 /// What an ack id resolved.
@@ -122,7 +127,7 @@ impl Outbox {
 
     /// Queues a message. The caller checked the limits and that `fragments`
     /// has 1 to `u16::MAX` entries (and, for a reply, as many blocks).
-    pub fn push(&mut self, id: MessageId, target: Target, fragments: Vec<Vec<u8>>) {
+    pub fn push(&mut self, id: MessageId, target: Target, fragments: Vec<Vec<u8>>, now: Instant) {
         let bytes = fragments.iter().map(Vec::len).sum::<usize>();
         let n = fragments.len();
         self.bytes = self.bytes.saturating_add(bytes);
@@ -136,6 +141,7 @@ impl Outbox {
                 unacked: n,
                 ack_ids: Vec::new(),
                 bytes,
+                queued_at: now,
             },
         );
         self.fresh.push_back(id);
@@ -144,15 +150,15 @@ impl Outbox {
     /// The fragment for the next λ_P slot, if any.
     pub fn next(&mut self) -> Option<Slot> {
         while let Some(key) = self.resend.pop_front() {
-            let waiting = self
-                .messages
-                .get(&key.0)
-                .and_then(|m| m.acked.get(usize::from(key.1)))
-                .is_some_and(|acked| !acked);
+            let Some(m) = self.messages.get(&key.0) else {
+                continue;
+            };
+            let waiting = m.acked.get(usize::from(key.1)).is_some_and(|acked| !acked);
             if waiting && self.retx.contains(&key) {
                 return Some(Slot {
                     key,
                     retransmission: true,
+                    queued_at: m.queued_at,
                 });
             }
         }
@@ -179,6 +185,7 @@ impl Outbox {
             return Some(Slot {
                 key: (id, index(i)),
                 retransmission: false,
+                queued_at: m.queued_at,
             });
         }
         None

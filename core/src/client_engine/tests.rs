@@ -929,3 +929,28 @@ fn retransmissions_first_then_round_robin() {
     assert_eq!(received(&eb)[0].0, long);
     assert_eq!(ea, [Event::Delivered { message: long }]);
 }
+
+/// A first transmission carries when its message was queued (the shell
+/// times the λ_P slot wait from it); cover and retransmissions do not.
+#[test]
+fn first_transmissions_carry_their_queue_time() {
+    let mut net = Net::new(2048, 1);
+    let mut a = net.engine("PA", cfg(), 20);
+    let b = net.engine("PB", cfg(), 21);
+    let t0 = Instant::now();
+    a.send(&b.address(), b"hi".to_vec(), 0, t0).unwrap();
+    let later = t0 + Duration::from_millis(70);
+    let out = a.real_or_drop(later).unwrap();
+    assert_eq!((out.kind, out.queued_at), (OutKind::Real, Some(t0)));
+    let drop = a.real_or_drop(later).unwrap();
+    assert_eq!((drop.kind, drop.queued_at), (OutKind::Drop, None));
+    assert_eq!(a.loop_packet(later).unwrap().queued_at, None);
+    // Unacknowledged: after the ack timeout it goes again, untimed.
+    let much_later = later + Duration::from_secs(3600);
+    a.tick(much_later);
+    let again = a.real_or_drop(much_later).unwrap();
+    assert_eq!(
+        (again.kind, again.queued_at),
+        (OutKind::Retransmission, None)
+    );
+}

@@ -102,6 +102,8 @@ struct ControlMetrics {
     pull_slots: IntCounterVec,
     confirmed: IntCounter,
     seconds: Histogram,
+    /// Stored → handed out in a pull answer.
+    inbox_wait: Histogram,
 }
 
 impl ControlMetrics {
@@ -138,6 +140,16 @@ impl ControlMetrics {
                 "Time to answer a client control request (after it was read)",
                 vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ],
+            )?,
+            // Half a pull interval on average for a client that pulls on
+            // schedule: the provider's share of the end-to-end latency.
+            inbox_wait: histogram(
+                r,
+                "loopmix_provider_inbox_wait_seconds",
+                "Time a message waited in its inbox from being stored until a pull answer handed it out (each time it is handed out)",
+                vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 10.0,
                 ],
             )?,
         })
@@ -307,6 +319,7 @@ impl ProviderControl {
 
     fn pull_answer(&self, peer: NodeId, messages: Vec<super::inbox::StoredMessage>) -> Response {
         let max = self.layout.data_len();
+        let now_ms = loopmix_net::clock::unix_now_ms();
         let mut slots = Vec::with_capacity(messages.len());
         for m in messages {
             if m.data.len() > max {
@@ -316,6 +329,9 @@ impl ProviderControl {
                     "stored message does not fit a pull slot; not handed out");
                 continue;
             }
+            self.metrics
+                .inbox_wait
+                .observe(now_ms.saturating_sub(m.stored_at_ms) as f64 / 1000.0);
             slots.push(Slot {
                 seq: m.seq,
                 identifier: m.id,
@@ -592,9 +608,11 @@ mod tests {
         assert_eq!(empty.len(), wire_len);
         assert_eq!(empty[0], TYPE_MESSAGES);
 
+        // Stored 2 s ago: the answer times their wait in the inbox.
+        let stored_at = loopmix_net::clock::unix_now_ms() - 2000;
         for n in 0..3u8 {
             p.inbox
-                .store(&me, [n; 16], &vec![n; 10 + n as usize], 0)
+                .store(&me, [n; 16], &vec![n; 10 + n as usize], stored_at)
                 .unwrap();
         }
         let three = raw_exchange(&conn, &pull(vec![]).encode().unwrap()).await;
@@ -604,6 +622,12 @@ mod tests {
             panic!("not messages");
         };
         assert_eq!(slots.len(), 3);
+        assert!(
+            p.metric("loopmix_provider_inbox_wait_seconds_bucket{le=\"1\"} 0\n")
+                && p.metric("loopmix_provider_inbox_wait_seconds_bucket{le=\"2.5\"} 3\n"),
+            "{}",
+            loopmix_net::metrics::render(&p.registry)
+        );
         for (n, s) in slots.iter().enumerate() {
             assert_eq!(s.identifier, [n as u8; 16]);
             assert_eq!(s.data, vec![n as u8; 10 + n]);

@@ -14,11 +14,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use loopmix_core::mixing::delivery::{AckPacket, Delivery, Outcome, SurbAck};
-use loopmix_net::clock::unix_now;
+use loopmix_net::clock::unix_now_ms;
 use loopmix_net::transport::egress::{Egress, OutPacket};
 use tracing::{debug, warn};
 
@@ -30,16 +30,20 @@ const MAX_BATCH: usize = 256;
 use super::inbox::InboxStore;
 use crate::pipeline::NodeContext;
 
+/// A final-hop packet and when a worker queued it (for
+/// `loopmix_provider_store_seconds`).
+type Queued = (FinalPacket, Instant);
+
 /// The workers' handle: queues without blocking.
 #[derive(Clone)]
 pub struct DeliveryQueue {
-    tx: Sender<FinalPacket>,
+    tx: Sender<Queued>,
 }
 
 impl DeliveryQueue {
     /// Queues `p`; `false` if the stage is saturated (caller counts `overload`).
     pub fn offer(&self, p: FinalPacket) -> bool {
-        match self.tx.try_send(p) {
+        match self.tx.try_send((p, Instant::now())) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
         }
@@ -69,7 +73,7 @@ impl DeliveryStage {
         Ok((DeliveryQueue { tx }, handle))
     }
 
-    fn run(self, rx: Receiver<FinalPacket>) {
+    fn run(self, rx: Receiver<Queued>) {
         let _runtime = self.runtime.enter();
         let rules = Delivery::new(self.shared.me);
         let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -96,15 +100,25 @@ impl DeliveryStage {
         }
     }
 
-    fn deliver(&self, rules: &Delivery, packets: Vec<FinalPacket>) {
+    fn deliver(&self, rules: &Delivery, batch: Vec<Queued>) {
         let m = &self.shared.metrics;
         let topology = self.shared.topology();
+        let (packets, queued): (Vec<FinalPacket>, Vec<Instant>) = batch.into_iter().unzip();
+        // Milliseconds: the inbox times each message's wait for its pull
+        // (`loopmix_provider_inbox_wait_seconds`) from this.
         let report = rules.deliver(
             packets,
             &*self.inbox,
-            unix_now() * 1000,
+            unix_now_ms(),
             topology.params().payload_size,
         );
+        let committed = Instant::now();
+        for (outcome, at) in report.outcomes.iter().zip(&queued) {
+            if matches!(outcome, Outcome::Stored { .. }) {
+                m.store_seconds
+                    .observe(committed.saturating_duration_since(*at).as_secs_f64());
+            }
+        }
         if let Some(e) = &report.commit_error {
             warn!(error = %e, packets = report.not_stored, "inbox write failed; packets not stored (senders will retry)");
         }

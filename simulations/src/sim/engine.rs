@@ -2,15 +2,23 @@
 //!
 //! Nothing here re-implements mixing. Every packet is routed by
 //! [`Topology::random_mix_path`], gets its per-hop delays from
-//! [`sample_delays`], is held by each hop's [`Mix`] (the node's own pool
-//! and rules) until its deadline, and every client stream and mix loop stream is a [`PoissonTicker`] — the
-//! same sans-IO code `loopmix-client` and `loopmix-node` run, driven here by
-//! a virtual clock ([`SimTime`]). Only Sphinx itself is abstracted away: a
-//! packet is its route, its delays and a little bookkeeping.
+//! [`loopmix_core::sphinx::sample_delays`], is held by each hop's [`Mix`]
+//! (the node's own pool and rules) until its deadline, and every client
+//! stream and mix loop stream is a [`loopmix_core::poisson::PoissonTicker`]
+//! — the same sans-IO code `loopmix-client` and `loopmix-node` run, driven
+//! here by a virtual clock ([`SimTime`]). Only Sphinx itself is abstracted
+//! away: a packet is its route, its delays and a little bookkeeping.
 //!
-//! Determinism: the scheduler is itself a core [`DelayQueue`] (time, then
-//! insertion order), every entity has its own seeded ChaCha8 stream, and
-//! nothing iterates a hash map.
+//! How a run is scheduled: `pipeline` (slices of virtual time; in each,
+//! the senders, then each layer's nodes, every stage split across threads),
+//! which gives exactly what one plain event loop over all ticks, releases
+//! and arrivals gives (`reference`, kept for the tests that show it).
+//! `sources` makes every packet for both.
+//!
+//! Determinism: every entity has its own seeded ChaCha8 stream, nothing
+//! iterates a hash map, and events at the same nanosecond follow a fixed
+//! order (the window marks, ticks, releases, then arrivals by packet uid),
+//! so the same seed gives the same output on any number of threads.
 //!
 //! Anonymity is measured as in Loopix §4.3 / the MiXiM simulator: each
 //! packet carries a probability mass over the two challenge senders. An
