@@ -43,6 +43,8 @@ pub(super) struct Measured {
 
 /// One node's pool and the packets it holds.
 struct Stage<const H: usize> {
+    /// The node's index.
+    node: u32,
     layer: u8,
     pool: MixPool,
     /// Held packets; the pool holds their slots.
@@ -51,14 +53,15 @@ struct Stage<const H: usize> {
     /// This slice's arrivals as (time, uid, buffer, index): the packets
     /// stay where the previous stage put them; sorting these small keys,
     /// not the packets, is what makes the sort cheap.
-    inputs: Vec<Arrival>,
+    order: Vec<Arrival>,
     /// 0: before the window, 1: in it, 2: after it.
     marks: u8,
     window: EntropyWindow,
     departures: Vec<Departure>,
 }
 
-/// An arrival: (time, packet uid, buffer, index in the buffer's hops).
+/// An arrival: (time, packet uid, buffer, index in the buffer's list for
+/// this node).
 type Arrival = (SimTime, u64, u32, u32);
 
 /// Buffer numbers from here on are the senders' ([`Inputs::made`]).
@@ -72,28 +75,76 @@ struct Inputs<'a, const H: usize> {
 }
 
 impl<'a, const H: usize> Inputs<'a, H> {
-    fn get(&self, buf: u32, i: u32) -> Option<&'a Packet<H>> {
+    fn get(&self, buf: u32, node: u32, i: u32) -> Option<&'a Packet<H>> {
         let out = match buf.checked_sub(MADE) {
             Some(b) => self.made.get(b as usize),
             None => self.prev.get(buf as usize),
         }?;
-        out.hops.get(i as usize).map(|(_, _, p)| p)
+        out.to.get(node as usize)?.get(i as usize).map(|(_, p)| p)
+    }
+
+    /// Every packet for `node`, as unsorted arrivals.
+    fn arrivals(&self, node: u32, into: &mut Vec<Arrival>) {
+        let sets = [(MADE, self.made), (0, self.prev)];
+        for (base, bufs) in sets {
+            for (b, out) in bufs.iter().enumerate() {
+                let Some(list) = out.to.get(node as usize) else {
+                    continue;
+                };
+                into.extend(
+                    list.iter()
+                        .enumerate()
+                        .map(|(i, (t, p))| (*t, p.uid, base + b as u32, i as u32)),
+                );
+            }
+        }
+    }
+
+    /// How many packets arrive at `node` (to share out the work).
+    fn count(&self, node: u32) -> usize {
+        self.made
+            .iter()
+            .chain(self.prev)
+            .filter_map(|o| o.to.get(node as usize))
+            .map(Vec::len)
+            .sum()
     }
 }
 
 /// What one part of a stage produced.
 #[derive(Default)]
 struct Out<const H: usize> {
-    /// (next node, arrival time, packet).
-    hops: Vec<(u32, SimTime, Packet<H>)>,
+    /// Per next node: (arrival time, packet), in the order made. Writing
+    /// straight into the next node's list keeps the next stage's reads
+    /// close together in memory.
+    to: Vec<Vec<(SimTime, Packet<H>)>>,
     /// Measured deliveries.
     delivered: Vec<(SimTime, Packet<H>)>,
     tally: Tally,
+    /// A packet was sent to a node of this or an earlier layer.
+    unordered: bool,
+}
+
+impl<const H: usize> Out<H> {
+    fn push(&mut self, node: u32, t: SimTime, p: Packet<H>) {
+        let n = node as usize;
+        if self.to.len() <= n {
+            self.to.resize_with(n + 1, Vec::new);
+        }
+        self.to[n].push((t, p));
+    }
+
+    fn clear(&mut self) {
+        for l in &mut self.to {
+            l.clear();
+        }
+    }
 }
 
 impl<const H: usize> Stage<H> {
-    fn new(layer: u8, mixes_mass: bool) -> Self {
+    fn new(node: u32, layer: u8, mixes_mass: bool) -> Self {
         Stage {
+            node,
             layer,
             // Unbounded and never late: the simulator models the mixing,
             // not overload (virtual time has no processing backlog).
@@ -106,7 +157,7 @@ impl<const H: usize> Stage<H> {
             ),
             slab: Vec::new(),
             free: Vec::new(),
-            inputs: Vec::new(),
+            order: Vec::new(),
             marks: 0,
             window: EntropyWindow::default(),
             departures: Vec::new(),
@@ -116,7 +167,8 @@ impl<const H: usize> Stage<H> {
     /// Every arrival and release of this node before `t1`, in time order;
     /// the arriving packets are in `from`, the previous stage's buffers.
     fn process(&mut self, ctx: &Ctx, t1: SimTime, from: Inputs<'_, H>, out: &mut Out<H>) {
-        let mut order = std::mem::take(&mut self.inputs);
+        let mut order = std::mem::take(&mut self.order);
+        from.arrivals(self.node, &mut order);
         // Each upstream part's packets come in time order: a stable sort
         // merges those runs (the keys are unique, so any sort gives the
         // same order).
@@ -134,17 +186,17 @@ impl<const H: usize> Stage<H> {
             };
             self.marks_through(ctx, t, true);
             if release {
-                self.release(t, out);
+                self.release(ctx, t, out);
             } else if let Some(&(t, _, b, i)) = order.get(next) {
                 next += 1;
-                if let Some(p) = from.get(b, i) {
-                    self.arrive(t, p, out);
+                if let Some(p) = from.get(b, self.node, i) {
+                    self.arrive(ctx, t, p, out);
                 }
             }
         }
         self.marks_through(ctx, t1, false);
         order.clear();
-        self.inputs = order;
+        self.order = order;
     }
 
     /// The measurement window opens (and closes) before anything else
@@ -162,7 +214,7 @@ impl<const H: usize> Stage<H> {
         }
     }
 
-    fn arrive(&mut self, now: SimTime, p: &Packet<H>, out: &mut Out<H>) {
+    fn arrive(&mut self, ctx: &Ctx, now: SimTime, p: &Packet<H>, out: &mut Out<H>) {
         let delay = Duration::from_nanos(p.delays_ns[p.hop as usize]);
         let slot = match self.free.pop() {
             Some(i) => {
@@ -180,13 +232,13 @@ impl<const H: usize> Stage<H> {
             // A zero delay: the node forwards it at once, unmixed.
             Some(Decision::Forward { .. }) => {
                 self.free.push(slot);
-                forward(*p, now, out);
+                self.forward(ctx, *p, now, out);
             }
             Some(Decision::Drop { .. }) => self.free.push(slot),
         }
     }
 
-    fn release(&mut self, now: SimTime, out: &mut Out<H>) {
+    fn release(&mut self, ctx: &Ctx, now: SimTime, out: &mut Out<H>) {
         let mut deps = std::mem::take(&mut self.departures);
         self.pool.release_due(now, &mut deps);
         for d in deps.drain(..) {
@@ -199,26 +251,35 @@ impl<const H: usize> Stage<H> {
                     if let Some(mass) = d.mass {
                         p.mass = mass;
                     }
-                    forward(p, now, out);
+                    self.forward(ctx, p, now, out);
                 }
                 Decision::Drop { item, .. } => self.free.push(item),
             }
         }
         self.departures = deps;
     }
-}
 
-/// `p` leaves for its next hop at `now`: delivered there if it is the
-/// last, else queued as an arrival for that node's stage.
-fn forward<const H: usize>(mut p: Packet<H>, now: SimTime, out: &mut Out<H>) {
-    p.hop += 1;
-    if p.last_leg() {
-        if Outcome::counts(&p) {
-            out.delivered.push((now, p));
+    /// `p` leaves for its next hop at `now`: delivered there if it is the
+    /// last, else an arrival for that node's stage (in a later layer).
+    fn forward(&self, ctx: &Ctx, mut p: Packet<H>, now: SimTime, out: &mut Out<H>) {
+        p.hop += 1;
+        if p.last_leg() {
+            if Outcome::counts(&p) {
+                out.delivered.push((now, p));
+            }
+            return;
         }
-        return;
+        let next = p.route[p.hop as usize];
+        if ctx
+            .nodes
+            .get(next as usize)
+            .is_none_or(|n| n.layer <= self.layer)
+        {
+            out.unordered = true;
+            return;
+        }
+        out.push(next, now, p);
     }
-    out.hops.push((p.route[p.hop as usize], now, p));
 }
 
 /// Runs `setup` on `threads` threads (at least 1).
@@ -248,7 +309,8 @@ pub(super) fn run_sliced<const H: usize>(
     let mut stages: Vec<Stage<H>> = ctx
         .nodes
         .iter()
-        .map(|n| Stage::new(n.layer, n.layer > 0 && !n.corrupt))
+        .enumerate()
+        .map(|(i, n)| Stage::new(i as u32, n.layer, n.layer > 0 && !n.corrupt))
         .collect();
     let by_layer = layers(&stages)?;
     let mut tally = Tally::default();
@@ -273,22 +335,23 @@ pub(super) fn run_sliced<const H: usize>(
     while t0 < stop {
         let t1 = SimTime(t0.0.saturating_add(slice).min(stop.0));
         for b in &mut made {
-            b.hops.clear();
+            b.clear();
         }
         make_packets(&ctx, &mut clients, &mut loops, t1, &mut made);
-        scatter(&mut stages, &mut made, MADE, 0, &mut tally, &mut delivered)?;
+        collect(&mut made, &mut tally, &mut delivered)?;
         for (layer, nodes) in by_layer.iter().enumerate() {
             std::mem::swap(&mut bufs, &mut prev);
             for b in &mut bufs {
-                b.hops.clear();
+                b.clear();
             }
+            // Senders feed the providers (clients) and layer 1 (mix loops);
+            // every later layer takes only what the one before it sent.
             let from = Inputs {
-                made: &made,
-                prev: &prev,
+                made: if layer <= 1 { &made } else { &[] },
+                prev: if layer >= 1 { &prev } else { &[] },
             };
             process_layer(&ctx, &mut stages, nodes, t1, from, &mut bufs[..threads]);
-            let next = layer as u8 + 1;
-            scatter(&mut stages, &mut bufs, 0, next, &mut tally, &mut delivered)?;
+            collect(&mut bufs, &mut tally, &mut delivered)?;
         }
         delivered.sort_unstable_by_key(|(t, p): &(SimTime, Packet<H>)| (*t, p.uid));
         for (t, p) in delivered.drain(..) {
@@ -354,7 +417,7 @@ fn make_packets<const H: usize>(
                     let id = base + i as u32;
                     while let Some((t, stream)) = c.next_tick().filter(|&(t, _)| t < t1) {
                         if let Some(p) = ctx.client_tick(id, c, stream, t, &mut out.tally) {
-                            out.hops.push((p.route[0], t, p));
+                            out.push(p.route[0], t, p);
                         }
                     }
                 }
@@ -363,7 +426,7 @@ fn make_packets<const H: usize>(
         for (i, src) in loops.iter_mut().enumerate() {
             while let Some(t) = src.next_tick().filter(|&t| t < t1) {
                 if let Some(p) = ctx.loop_tick(i as u32, src, t, &mut loop_buf.tally) {
-                    loop_buf.hops.push((p.route[0], t, p));
+                    loop_buf.push(p.route[0], t, p);
                 }
             }
         }
@@ -384,7 +447,8 @@ fn process_layer<const H: usize>(
         return;
     };
     let threads = bufs.len().max(1);
-    let work: usize = layer.iter().map(|s| s.inputs.len() + s.pool.len()).sum();
+    let load = |s: &Stage<H>| from.count(s.node) + s.pool.len();
+    let work: usize = layer.iter().map(load).sum();
     let target = work.div_ceil(threads).max(1);
     let mut parts: Vec<&mut [Stage<H>]> = Vec::with_capacity(threads);
     let mut rest = layer;
@@ -392,7 +456,7 @@ fn process_layer<const H: usize>(
         let mut n = 0;
         let mut w = 0;
         while n < rest.len() && (w < target || n == 0) {
-            w += rest[n].inputs.len() + rest[n].pool.len();
+            w += load(&rest[n]);
             n += 1;
         }
         if parts.len() + 1 == threads {
@@ -418,28 +482,17 @@ fn process_layer<const H: usize>(
     });
 }
 
-/// Tells the nodes what a stage produced for them (all in layer
-/// `min_layer` or later, or the pipeline would be wrong), and counts. The
-/// packets stay in `bufs` for the next stage to read.
-fn scatter<const H: usize>(
-    stages: &mut [Stage<H>],
+/// Counts what a stage's parts tallied and takes their deliveries.
+fn collect<const H: usize>(
     bufs: &mut [Out<H>],
-    base: u32,
-    min_layer: u8,
     tally: &mut Tally,
     delivered: &mut Vec<(SimTime, Packet<H>)>,
 ) -> Result<(), EngineError> {
-    for (b, out) in bufs.iter_mut().enumerate() {
+    for out in bufs {
         tally.add(&std::mem::take(&mut out.tally));
         delivered.append(&mut out.delivered);
-        for (i, (node, t, p)) in out.hops.iter().enumerate() {
-            let Some(stage) = stages.get_mut(*node as usize) else {
-                return Err(EngineError::Unordered);
-            };
-            if stage.layer < min_layer {
-                return Err(EngineError::Unordered);
-            }
-            stage.inputs.push((*t, p.uid, base + b as u32, i as u32));
+        if std::mem::take(&mut out.unordered) {
+            return Err(EngineError::Unordered);
         }
     }
     Ok(())
