@@ -278,9 +278,10 @@ async fn connect(ctx: Ctx, key: StreamKey, target: Target) {
         }
     };
     let _ = sock.set_nodelay(true);
-    // Attach before announcing: the client sends data only after OPENED.
+    // Attach before announcing: the optimistic data held for the stream
+    // comes out at once.
     let att = shared.attach(key);
-    shared.mux().connected(key, Ok(()), Instant::now());
+    shared.connected(key, Ok(()));
     pipe(shared, sock, att).await;
     drop(slot);
 }

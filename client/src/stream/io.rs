@@ -138,6 +138,19 @@ impl Shared {
         self.dispatch(events)
     }
 
+    /// Exit: the connect for `key` finished. Dispatches at once what it
+    /// releases (the optimistic data held for the stream), rather than at
+    /// the next message or timer. Attach the stream's task first.
+    pub fn connected(&self, key: StreamKey, result: Result<(), u8>) {
+        let events = {
+            let mut m = self.mux();
+            m.connected(key, result, Instant::now());
+            m.take_events()
+        };
+        // Connects come only from messages, and those dispatch their own.
+        let _ = self.dispatch(events);
+    }
+
     /// Timers, every 200 ms until cancelled. (Retransmissions themselves
     /// are decided at slot time from each stream's RTO.)
     pub async fn housekeeping(self: Arc<Self>, cancel: CancellationToken) {
@@ -179,9 +192,43 @@ pub async fn open(
     isolation: &IsolationKey,
     target: Target,
 ) -> Result<Attached, OpenError> {
-    let opened = shared.mux().open(isolation, target, Instant::now());
-    let key = opened.map_err(OpenError::NoStream)?;
+    open_with(shared, isolation, target, false).await
+}
+
+/// Like [`open`], but does not wait for the exit's answer when the
+/// session has had the same target opened before
+/// ([`Mux::opened_before`]): the application's first bytes then travel
+/// with the OPEN (optimistic data, PROTOCOL.md 7.3) instead of a round
+/// trip later. The price: a refusal after all can no longer be told as a
+/// refusal; it arrives as [`Down::Refused`] and [`pump`] ends with
+/// [`Ended::Failed`], like a stream reset.
+pub async fn open_optimistic(
+    shared: &Shared,
+    isolation: &IsolationKey,
+    target: Target,
+) -> Result<Attached, OpenError> {
+    open_with(shared, isolation, target, true).await
+}
+
+async fn open_with(
+    shared: &Shared,
+    isolation: &IsolationKey,
+    target: Target,
+    optimistic: bool,
+) -> Result<Attached, OpenError> {
+    let (key, known) = {
+        let mut m = shared.mux();
+        let key = m
+            .open(isolation, target, Instant::now())
+            .map_err(OpenError::NoStream)?;
+        (key, m.opened_before(&key))
+    };
+    // No answer can come before the OPEN has left in a slot and made its
+    // round trip, so attaching now misses nothing.
     let mut att = shared.attach(key);
+    if optimistic && known {
+        return Ok(att);
+    }
     match att.rx.recv().await {
         Some(Down::Opened) => Ok(att),
         Some(Down::Refused(c)) | Some(Down::Reset(c)) => Err(OpenError::Refused(c)),

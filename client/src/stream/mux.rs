@@ -15,6 +15,14 @@
 //!   the exit never learns the client's address.
 //! * Both directions use the same reliable stream: segments, a window,
 //!   cumulative + selective acks, RTT-derived retransmission timeouts.
+//! * Optimistic data (Tor's): a client stream does not wait for OPENED
+//!   to send. Its first [`OPTIMISTIC_SEGMENTS`] segments may go before the
+//!   answer, each in a message that also carries the stream's OPEN, so the
+//!   exit never sees such DATA before the OPEN it belongs to. The exit
+//!   holds them in the stream's reorder buffer while it connects, hands
+//!   them to the target's socket after [`MuxEvent::Connect`] succeeds, and
+//!   drops them with the stream if it fails. A request written at once
+//!   thus costs one round trip, not two.
 //! * Reply-block supply: the exit reports in every message how many blocks
 //!   it holds and how many it would like; the client keeps
 //!   `held + in flight ≥ want + margin` (at least a small reserve while
@@ -147,6 +155,19 @@ impl std::fmt::Debug for IsolationKey {
 /// remembered for revocations (more than a pool holds, by far).
 const MAX_GRANTED_TAGS: usize = 1024;
 
+/// Segments of a stream that may be sent before the exit answers its OPEN
+/// (sequence numbers `0..OPTIMISTIC_SEGMENTS`), and that the exit holds
+/// while it connects; the rest waits for OPENED. Sixteen segments (each at
+/// most one packet, under 2 KiB with the default payload) carry any HTTP
+/// request head or TLS ClientHello, and bound what a stranger can park at
+/// the exit for a stream it will never connect. Part of the protocol
+/// (PROTOCOL.md 7.3): both ends must agree.
+pub const OPTIMISTIC_SEGMENTS: u32 = 16;
+
+/// Client: targets remembered per session as opened (see
+/// [`Mux::opened_before`]).
+const MAX_OPENED_TARGETS: usize = 64;
+
 /// One stream, named by its session and number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamKey {
@@ -181,7 +202,7 @@ enum State {
         last_sent: Option<Instant>,
         since: Instant,
     },
-    /// Exit: connecting to the target.
+    /// Exit: connecting to the target; DATA that arrives is held.
     Connecting,
     Open,
 }
@@ -209,6 +230,35 @@ impl Stream {
             unwritten: 0,
             last_progress: now,
         }
+    }
+
+    /// Client: the exit answered (OPENED, or data that overtook it): new
+    /// segments are no longer limited. The target opened, if the stream
+    /// was still opening.
+    fn mark_open(&mut self, now: Instant) -> Option<Target> {
+        if !matches!(self.state, State::Opening { .. }) {
+            return None;
+        }
+        let State::Opening { target, .. } = std::mem::replace(&mut self.state, State::Open) else {
+            return None;
+        };
+        self.sender.lift_limit();
+        self.last_progress = now;
+        Some(target)
+    }
+
+    /// Whether a segment of ours would go now. A stream the exit is still
+    /// connecting has nothing of its own to send yet; an opening client
+    /// stream sends optimistic data (within its sender's limit).
+    fn data_due(&self, now: Instant) -> bool {
+        self.state != State::Connecting && self.sender.wants_to_send(now)
+    }
+
+    /// Whether an ACK is due. The exit does not acknowledge optimistic data
+    /// while it connects: the ACK rides with the OPENED instead of costing
+    /// a reply of its own.
+    fn ack_due(&self) -> bool {
+        self.receiver.ack_due && self.state != State::Connecting
     }
 
     /// The window we advertise: what the reorder buffer and the
@@ -260,6 +310,9 @@ struct Session {
     granted: VecDeque<BlockTag>,
     /// Client: the last time the session had streams (or was opened).
     busy_at: Instant,
+    /// Client: targets the exit opened in this session, newest last (only
+    /// this session's: another session's would link the two).
+    opened_targets: VecDeque<Target>,
 }
 
 /// How a stream ended.
@@ -296,7 +349,23 @@ impl Session {
             refill_turn: false,
             granted: VecDeque::new(),
             busy_at: now,
+            opened_targets: VecDeque::new(),
         }
+    }
+
+    /// Client: the exit opened `target` for this session.
+    fn remember(&mut self, target: Target) {
+        self.opened_targets.retain(|t| *t != target);
+        if self.opened_targets.len() >= MAX_OPENED_TARGETS {
+            self.opened_targets.pop_front();
+        }
+        self.opened_targets.push_back(target);
+    }
+
+    /// Client: the exit refused `target`: the next stream to it waits for
+    /// the answer again.
+    fn forget(&mut self, target: &Target) {
+        self.opened_targets.retain(|t| t != target);
     }
 
     fn key(&self, stream: u32) -> StreamKey {
@@ -383,9 +452,7 @@ impl Session {
     fn has_something(&self, now: Instant) -> bool {
         !self.control.is_empty()
             || self.streams.values().any(|s| {
-                s.receiver.ack_due
-                    || (s.state == State::Open && s.sender.wants_to_send(now))
-                    || matches!(&s.state, State::Opening { .. })
+                s.ack_due() || s.data_due(now) || matches!(&s.state, State::Opening { .. })
             })
     }
 
@@ -393,7 +460,7 @@ impl Session {
     fn want(&self, now: Instant, mss: usize, cap: usize) -> usize {
         let mut n = self.control.len().min(4);
         for s in self.streams.values() {
-            n += usize::from(s.receiver.ack_due);
+            n += usize::from(s.ack_due());
             if s.state == State::Open {
                 n += s.sender.backlog(now, mss);
             }
@@ -605,6 +672,21 @@ impl Mux {
         self.sessions.values().map(|s| s.streams.len()).sum()
     }
 
+    /// Client: whether `key` is still waiting for the exit's answer and
+    /// its session has had its target opened before (and not refused
+    /// since). A SOCKS5 proxy may then answer its client at once, so the
+    /// request travels with the OPEN as optimistic data; should the exit
+    /// refuse this time, the stream fails like one reset.
+    pub fn opened_before(&self, key: &StreamKey) -> bool {
+        let Some(session) = self.sessions.get(&key.session) else {
+            return false;
+        };
+        match session.streams.get(&key.stream).map(|s| &s.state) {
+            Some(State::Opening { target, .. }) => session.opened_targets.contains(target),
+            _ => false,
+        }
+    }
+
     fn stream_mut(&mut self, key: &StreamKey) -> Option<&mut Stream> {
         self.sessions
             .get_mut(&key.session)?
@@ -639,9 +721,11 @@ impl Mux {
             last_sent: None,
             since: now,
         };
-        session
-            .streams
-            .insert(stream, Stream::new(&cfg, state, now));
+        let mut s = Stream::new(&cfg, state, now);
+        // Optimistic data: no more than the exit holds before it connects.
+        s.sender
+            .limit_new(OPTIMISTIC_SEGMENTS.min(u32::from(cfg.window)));
+        session.streams.insert(stream, s);
         self.update_gauges();
         Ok(StreamKey {
             session: id,
@@ -650,6 +734,9 @@ impl Mux {
     }
 
     /// Exit: the connect for `key` finished (`Err(code)`: a SOCKS5 code).
+    /// On success, the optimistic data held for the stream comes out as
+    /// [`MuxEvent::Data`] (and [`MuxEvent::Fin`]), in order; on failure it
+    /// goes with the stream.
     pub fn connected(&mut self, key: StreamKey, result: Result<(), u8>, now: Instant) {
         let Some(session) = self.sessions.get_mut(&key.session) else {
             return;
@@ -657,10 +744,25 @@ impl Mux {
         let Some(s) = session.streams.get_mut(&key.stream) else {
             return;
         };
+        if s.state != State::Connecting {
+            return;
+        }
         match result {
             Ok(()) => {
                 s.state = State::Open;
                 s.last_progress = now;
+                let held = s.receiver.release();
+                if !held.data.is_empty() {
+                    s.unwritten = s.unwritten.saturating_add(held.data.len());
+                    self.metrics
+                        .bytes
+                        .with_label_values(&["received"])
+                        .inc_by(held.data.len() as u64);
+                    self.events.push(MuxEvent::Data(key, held.data));
+                }
+                if held.fin {
+                    self.events.push(MuxEvent::Fin(key));
+                }
                 session.queue_control(Frame::Opened { stream: key.stream });
                 self.metrics.opens.with_label_values(&["ok"]).inc();
             }
@@ -888,23 +990,27 @@ impl Mux {
                 }
             }
             (Role::Client, Frame::Opened { .. }) => {
-                if let Some(s) = session.streams.get_mut(&id)
-                    && matches!(s.state, State::Opening { .. })
-                {
-                    s.state = State::Open;
-                    s.last_progress = now;
+                if let Some(target) = session.streams.get_mut(&id).and_then(|s| s.mark_open(now)) {
+                    session.remember(target);
                     events.push(MuxEvent::Opened(key));
                     opens.push(("ok", 1));
                 }
             }
             (Role::Client, Frame::Refused { code, .. }) => {
+                if let Some(State::Opening { target, .. }) =
+                    session.streams.get(&id).map(|s| s.state.clone())
+                {
+                    session.forget(&target);
+                }
+                // The optimistic data still unacknowledged goes with the
+                // stream.
                 if session.close(id, Tomb::Refused(code)) {
                     events.push(MuxEvent::Refused(key, code));
                     opens.push(("refused", 1));
                 }
             }
             (_, Frame::Data { seq, fin, data, .. }) => {
-                let Some(s) = session.streams.get_mut(&id) else {
+                if !session.streams.contains_key(&id) {
                     session.late_frame(&Frame::Data {
                         stream: id,
                         seq,
@@ -912,12 +1018,25 @@ impl Mux {
                         data: Vec::new(),
                     });
                     return;
-                };
-                if role == Role::Client && matches!(s.state, State::Opening { .. }) {
+                }
+                if role == Role::Client
+                    && let Some(target) =
+                        session.streams.get_mut(&id).and_then(|s| s.mark_open(now))
+                {
                     // Data overtook the OPENED (different routes).
-                    s.state = State::Open;
+                    session.remember(target);
                     events.push(MuxEvent::Opened(key));
                     opens.push(("ok", 1));
+                }
+                let Some(s) = session.streams.get_mut(&id) else {
+                    return;
+                };
+                if s.state == State::Connecting {
+                    // Optimistic data: held (bounded) until the connect
+                    // succeeds, not acknowledged before.
+                    let limit = OPTIMISTIC_SEGMENTS.min(u32::from(s.receiver.max_window()));
+                    s.receiver.hold(seq, data, fin, limit);
+                    return;
                 }
                 if s.state != State::Open {
                     bad.push("data_before_open");
@@ -1072,15 +1191,21 @@ impl Mux {
                 frames.push(f);
             }
         }
-        // OPENs (client), sent again after the stream's RTO.
+        // OPENs (client), sent again after the stream's RTO until answered,
+        // and in every message that carries the stream's optimistic data:
+        // the exit then reads a stream's OPEN before its DATA, whatever
+        // order messages arrive in (data alone for an unknown stream would
+        // get a RESET).
+        let mut opening = Vec::new();
         if role == Role::Client {
             for (id, s) in session.streams.iter_mut() {
                 let rto = s.sender.rtt.rto();
+                let data = s.sender.wants_to_send(now);
                 if let State::Opening {
                     target, last_sent, ..
                 } = &mut s.state
                 {
-                    let due = last_sent.is_none_or(|t| now >= t + rto);
+                    let due = data || last_sent.is_none_or(|t| now >= t + rto);
                     let f = Frame::Open {
                         stream: *id,
                         target: target.clone(),
@@ -1089,12 +1214,13 @@ impl Mux {
                         used += f.encoded_len();
                         *last_sent = Some(now);
                         frames.push(f);
+                        opening.push(*id);
                     }
                 }
             }
         }
         for (id, s) in session.streams.iter_mut() {
-            if s.receiver.ack_due && used + ACK_LEN <= cap {
+            if s.ack_due() && used + ACK_LEN <= cap {
                 used += ACK_LEN;
                 frames.push(s.ack_frame(*id));
             }
@@ -1108,7 +1234,12 @@ impl Mux {
             let Some(s) = session.streams.get_mut(&id) else {
                 continue;
             };
-            if s.state != State::Open || !s.sender.wants_to_send(now) {
+            let may = match s.state {
+                State::Open => true,
+                State::Opening { .. } => opening.contains(&id),
+                State::Connecting => false,
+            };
+            if !may || !s.sender.wants_to_send(now) {
                 continue;
             }
             let room = cap - used - DATA_OVERHEAD;
@@ -1246,10 +1377,7 @@ impl Mux {
         if open && silent(session.last_reply) && silent(session.last_grant) {
             need = need.max(cfg.reserve_blocks);
         }
-        let data_waiting = session
-            .streams
-            .values()
-            .any(|s| s.state == State::Open && s.sender.wants_to_send(now));
+        let data_waiting = session.streams.values().any(|s| s.data_due(now));
         let mut blocks = 0;
         // Upload data and grants share the slots: alternate, unless the
         // exit is close to running dry.

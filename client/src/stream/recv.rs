@@ -43,17 +43,44 @@ impl Receiver {
     /// order. Duplicates and segments beyond the window are dropped (the
     /// acknowledgement tells the sender what is missing).
     pub fn on_data(&mut self, seq: u32, data: Vec<u8>, fin: bool, window: u16) -> Delivered {
+        self.accept(seq, data, fin, window);
+        self.release()
+    }
+
+    /// Takes a segment of a stream that may not deliver yet (optimistic
+    /// data before the exit's connect, PROTOCOL.md 7.3) and keeps it, in
+    /// order or not, if its sequence number is below `limit`; anything at
+    /// or beyond `limit` is dropped like out-of-window data, so what is
+    /// held stays bounded by `limit` segments. [`Receiver::release`] hands
+    /// it over once the stream may deliver.
+    pub fn hold(&mut self, seq: u32, data: Vec<u8>, fin: bool, limit: u32) {
+        let room = limit.saturating_sub(self.next);
+        if room == 0 {
+            self.ack_due = true;
+            self.duplicates += 1;
+            return;
+        }
+        self.accept(seq, data, fin, u16::try_from(room).unwrap_or(u16::MAX));
+    }
+
+    /// Stores a segment unless it is a duplicate or beyond `window`
+    /// segments from `next`.
+    fn accept(&mut self, seq: u32, data: Vec<u8>, fin: bool, window: u16) {
         self.ack_due = true;
-        let mut out = Delivered::default();
         if self.fin_delivered
             || seq < self.next
             || seq >= self.next.saturating_add(u32::from(window.max(1)))
             || self.buffered.contains_key(&seq)
         {
             self.duplicates += 1;
-            return out;
+            return;
         }
         self.buffered.insert(seq, (data, fin));
+    }
+
+    /// The bytes (and FIN) held that are now in order.
+    pub fn release(&mut self) -> Delivered {
+        let mut out = Delivered::default();
         while let Some((data, fin)) = self.buffered.remove(&self.next) {
             self.next = self.next.wrapping_add(1);
             out.data.extend_from_slice(&data);
@@ -117,6 +144,31 @@ mod tests {
             r.on_data(seq, vec![0; 10], false, 4);
         }
         assert_eq!(r.held(), 3);
+    }
+
+    #[test]
+    fn held_segments_wait_for_release_and_stay_bounded() {
+        let mut r = Receiver::new(64);
+        r.hold(1, b"b".to_vec(), false, 4);
+        r.hold(0, b"a".to_vec(), false, 4);
+        // Beyond the limit, or again: dropped.
+        r.hold(4, b"x".to_vec(), false, 4);
+        r.hold(0, b"a".to_vec(), false, 4);
+        r.hold(3, b"d".to_vec(), true, 4);
+        assert_eq!((r.held(), r.duplicates), (3, 2));
+        assert_eq!(r.ack(), (0, 0b101), "nothing delivered yet");
+        let d = r.release();
+        assert_eq!((d.data.as_slice(), d.fin), (&b"ab"[..], false));
+        let d = r.on_data(2, b"c".to_vec(), false, 64);
+        assert_eq!((d.data.as_slice(), d.fin), (&b"cd"[..], true));
+        // Holding with nothing left below the limit takes nothing.
+        let mut r = Receiver::new(64);
+        for seq in 0..4 {
+            r.hold(seq, vec![0; 10], false, 4);
+        }
+        r.release();
+        r.hold(4, vec![0; 10], false, 4);
+        assert_eq!(r.held(), 0);
     }
 
     proptest! {

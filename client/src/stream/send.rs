@@ -105,6 +105,9 @@ pub struct Sender {
     /// Segments sent before this went over routes now known broken: they
     /// are due at once (see [`Sender::reroute`]).
     rerouted: Option<Instant>,
+    /// New segments are numbered below this only (see
+    /// [`Sender::limit_new`]).
+    seq_limit: u32,
 }
 
 impl Sender {
@@ -128,7 +131,20 @@ impl Sender {
             failed: false,
             retransmissions: 0,
             rerouted: None,
+            seq_limit: u32::MAX,
         }
+    }
+
+    /// Sends no new segment numbered `limit` or above until
+    /// [`Sender::lift_limit`] (optimistic data before a stream is answered
+    /// is bounded by what the peer holds for it: PROTOCOL.md 7.3).
+    /// Retransmissions are not limited.
+    pub fn limit_new(&mut self, limit: u32) {
+        self.seq_limit = limit;
+    }
+
+    pub fn lift_limit(&mut self) {
+        self.seq_limit = u32::MAX;
     }
 
     fn buffered(&self) -> usize {
@@ -196,7 +212,7 @@ impl Sender {
     /// peer closed it and said nothing for an RTO).
     fn may_send_new(&self, now: Instant) -> bool {
         let has_new = !self.unsent.is_empty() || (self.fin_queued && !self.fin_sent);
-        if !has_new {
+        if !has_new || self.next_seq >= self.seq_limit {
             return false;
         }
         if self.next_seq < self.window_end() {
@@ -214,7 +230,8 @@ impl Sender {
     /// the window (in segments of `mss` bytes) plus due retransmissions.
     pub fn backlog(&self, now: Instant, mss: usize) -> usize {
         let due = self.inflight.values().filter(|s| self.due(s, now)).count();
-        let room = self.window_end().saturating_sub(self.next_seq) as usize;
+        let end = self.window_end().min(self.seq_limit);
+        let room = end.saturating_sub(self.next_seq) as usize;
         let mut new = self.unsent.len().div_ceil(mss.max(1));
         if self.fin_queued && !self.fin_sent && new == 0 {
             new = 1;
@@ -462,6 +479,23 @@ mod tests {
         }
         assert!(s.next_segment(t, 100).is_none());
         assert!(s.failed);
+    }
+
+    #[test]
+    fn a_limit_bounds_new_segments_not_retransmissions() {
+        let t0 = Instant::now();
+        let mut s = sender();
+        s.limit_new(2);
+        s.push(&[1; 200]);
+        assert_eq!(s.next_segment(t0, 50).unwrap().seq, 0);
+        assert_eq!(s.next_segment(t0, 50).unwrap().seq, 1);
+        assert!(s.next_segment(t0, 50).is_none(), "limit reached");
+        assert!(!s.wants_to_send(t0));
+        // A lost segment still goes again after its timeout.
+        let later = t0 + s.rtt.rto();
+        assert_eq!(s.next_segment(later, 50).unwrap().seq, 0);
+        s.lift_limit();
+        assert_eq!(s.next_segment(later, 50).unwrap().seq, 2);
     }
 
     #[test]

@@ -513,3 +513,324 @@ fn revocations_stay_in_their_session() {
         assert_eq!(revoked.get(session), Some(&vec![*tag]), "{revoked:?}");
     }
 }
+
+// ---- optimistic data (PROTOCOL.md 7.3) ----
+
+/// A client mux and an exit mux, with the exit's metrics.
+fn pair() -> (Mux, Mux, StreamMetrics) {
+    let client = Mux::client(
+        exit_address(),
+        StreamConfig::default(),
+        StreamMetrics::new(&Registry::new()).unwrap(),
+        &mut rand::rng(),
+    );
+    let em = StreamMetrics::new(&Registry::new()).unwrap();
+    (client, Mux::exit(StreamConfig::default(), em.clone()), em)
+}
+
+/// The client's next message: its frames, and its body and block count
+/// for the exit (the engine's part, granting blocks, done here).
+fn client_out(c: &mut Mux, now: Instant) -> (Vec<Frame>, Vec<u8>, usize) {
+    let out = c.client_message(CAP0, BLOCK, now).unwrap();
+    c.client_sent(out.session, out.grants, vec![[0; 8]; out.blocks], now);
+    let frames = Message::decode(&out.body).unwrap().frames;
+    (frames, out.body, out.blocks)
+}
+
+fn to_exit(exit: &mut Mux, body: &[u8], blocks: usize, now: Instant) {
+    exit.on_message(body, (0..blocks).map(|_| block()).collect(), now);
+}
+
+fn connect_event(exit: &mut Mux) -> StreamKey {
+    match exit.take_events().as_slice() {
+        [MuxEvent::Connect(k, _)] => *k,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// What the exit holds for a stream it is connecting.
+fn held(exit: &Mux, key: &StreamKey) -> usize {
+    exit.sessions[&key.session].streams[&key.stream]
+        .receiver
+        .held()
+}
+
+const REQUEST: &[u8] = b"GET /index.html HTTP/1.1\r\nHost: example.org\r\n\r\n";
+
+#[test]
+fn a_request_written_after_open_travels_with_the_open() {
+    let (mut c, mut exit, _) = pair();
+    let t0 = Instant::now();
+    let k = c.open(&IsolationKey::NONE, target(), t0).unwrap();
+    assert_eq!(c.push(&k, REQUEST), Some(REQUEST.len()));
+    let (frames, body, blocks) = client_out(&mut c, t0);
+    assert!(blocks > 0, "the exit needs a reply block to answer");
+    assert_eq!(
+        frames,
+        vec![
+            Frame::Open {
+                stream: k.stream,
+                target: target()
+            },
+            Frame::Data {
+                stream: k.stream,
+                seq: 0,
+                fin: false,
+                data: REQUEST.to_vec()
+            },
+        ]
+    );
+    // One message is the whole request: the exit has it all on connect.
+    to_exit(&mut exit, &body, blocks, t0);
+    let ek = connect_event(&mut exit);
+    exit.connected(ek, Ok(()), t0);
+    assert_eq!(
+        exit.take_events(),
+        vec![MuxEvent::Data(ek, REQUEST.to_vec())]
+    );
+}
+
+#[test]
+fn the_exit_holds_early_data_until_connected() {
+    let (mut c, mut exit, em) = pair();
+    let t0 = Instant::now();
+    let k = c.open(&IsolationKey::NONE, target(), t0).unwrap();
+    // Longer than one message has room for: several messages, each with
+    // the OPEN, arriving in reverse order.
+    let request = bytes(2_000);
+    c.push(&k, &request);
+    c.finish(&k);
+    let mut out = Vec::new();
+    for i in 0..8u64 {
+        let now = t0 + Duration::from_millis(50 * i);
+        let Some(o) = c.client_message(CAP0, BLOCK, now) else {
+            continue;
+        };
+        c.client_sent(o.session, o.grants, vec![[0; 8]; o.blocks], now);
+        let frames = Message::decode(&o.body).unwrap().frames;
+        if frames.iter().any(|f| matches!(f, Frame::Data { .. })) {
+            assert!(
+                matches!(frames.first(), Some(Frame::Open { .. })),
+                "DATA before OPENED only behind its OPEN: {frames:?}"
+            );
+        }
+        out.push((o.body, o.blocks));
+    }
+    assert!(out.len() > 2, "the request took {} messages", out.len());
+    let t1 = t0 + Duration::from_secs(1);
+    for (body, blocks) in out.iter().rev() {
+        to_exit(&mut exit, body, *blocks, t1);
+    }
+    // One Connect; nothing delivered, nothing acknowledged yet.
+    let ek = connect_event(&mut exit);
+    assert!(exit.take_events().is_empty());
+    assert!(held(&exit, &ek) > 2);
+    assert!(
+        exit.exit_message(REPLY_CAP, 5, t1).is_none(),
+        "no reply yet"
+    );
+    // Connected: the request in order, then its end; OPENED and an ACK
+    // for all of it in one reply.
+    exit.connected(ek, Ok(()), t1);
+    assert_eq!(
+        exit.take_events(),
+        vec![MuxEvent::Data(ek, request.clone()), MuxEvent::Fin(ek)]
+    );
+    assert_eq!(held(&exit, &ek), 0);
+    assert_eq!(
+        em.bytes.with_label_values(&["received"]).get(),
+        request.len() as u64
+    );
+    let (body, _) = exit.exit_message(REPLY_CAP, 5, t1).unwrap();
+    let reply = Message::decode(&body).unwrap();
+    assert!(matches!(reply.frames[0], Frame::Opened { stream } if stream == k.stream));
+    assert!(
+        matches!(reply.frames[1], Frame::Ack { sack: 0, .. }),
+        "{:?}",
+        reply.frames
+    );
+    // The client takes it: opened, everything acknowledged.
+    c.on_message(&body, Vec::new(), t1);
+    assert_eq!(
+        c.take_events(),
+        vec![MuxEvent::Opened(k), MuxEvent::Room(k)]
+    );
+    let s = &c.sessions[&k.session].streams[&k.stream];
+    assert!(s.sender.done(), "request and FIN acknowledged");
+}
+
+#[test]
+fn a_refused_stream_drops_its_optimistic_data() {
+    let (mut c, mut exit, _) = pair();
+    let t0 = Instant::now();
+    let k = c.open(&IsolationKey::NONE, target(), t0).unwrap();
+    c.push(&k, REQUEST);
+    let (_, body, blocks) = client_out(&mut c, t0);
+    to_exit(&mut exit, &body, blocks, t0);
+    let ek = connect_event(&mut exit);
+    exit.connected(ek, Err(code::NOT_ALLOWED), t0);
+    assert!(exit.take_events().is_empty(), "nothing reaches a socket");
+    assert_eq!(exit.streams_open(), 0);
+    let (reply, _) = exit.exit_message(REPLY_CAP, 5, t0).unwrap();
+    c.on_message(&reply, Vec::new(), t0);
+    assert_eq!(
+        c.take_events(),
+        vec![MuxEvent::Refused(k, code::NOT_ALLOWED)]
+    );
+    assert_eq!(c.streams_open(), 0);
+    assert_eq!(c.push(&k, b"more"), None, "the stream is gone");
+    // The same OPEN and DATA again (a copy that was late): refused again,
+    // nothing held, no connect.
+    let t1 = t0 + Duration::from_secs(1);
+    to_exit(&mut exit, &body, 0, t1);
+    assert!(exit.take_events().is_empty());
+    assert_eq!(exit.streams_open(), 0);
+    let (reply, _) = exit.exit_message(REPLY_CAP, 5, t1).unwrap();
+    let frames = Message::decode(&reply).unwrap().frames;
+    assert_eq!(
+        frames[0],
+        Frame::Refused {
+            stream: k.stream,
+            code: code::NOT_ALLOWED
+        }
+    );
+    c.on_message(&reply, Vec::new(), t1);
+    assert!(c.take_events().is_empty());
+    // The client has nothing more for that stream, however long it waits.
+    let later = t0 + Duration::from_secs(30);
+    if let Some(out) = c.client_message(CAP0, BLOCK, later) {
+        let frames = Message::decode(&out.body).unwrap().frames;
+        assert!(frames.iter().all(|f| f.stream() != k.stream), "{frames:?}");
+    }
+}
+
+#[test]
+fn a_lost_open_and_its_data_go_again_together() {
+    let (mut c, mut exit, _) = pair();
+    let t0 = Instant::now();
+    let k = c.open(&IsolationKey::NONE, target(), t0).unwrap();
+    c.push(&k, REQUEST);
+    let (first, _, _) = client_out(&mut c, t0);
+    assert_eq!(first.len(), 2);
+    // Lost. Before the timeout (3 s before any round trip is measured)
+    // neither goes again.
+    let t1 = t0 + Duration::from_secs(2);
+    if let Some(out) = c.client_message(CAP0, BLOCK, t1) {
+        c.client_sent(out.session, out.grants, vec![[0; 8]; out.blocks], t1);
+        assert!(Message::decode(&out.body).unwrap().frames.is_empty());
+    }
+    let t2 = t0 + Duration::from_secs(3);
+    let (again, body, blocks) = client_out(&mut c, t2);
+    assert_eq!(again, first, "OPEN and DATA again, in one message");
+    assert_eq!(
+        c.sessions[&k.session].streams[&k.stream]
+            .sender
+            .retransmissions,
+        1
+    );
+    to_exit(&mut exit, &body, blocks, t2);
+    let ek = connect_event(&mut exit);
+    exit.connected(ek, Ok(()), t2);
+    assert_eq!(
+        exit.take_events(),
+        vec![MuxEvent::Data(ek, REQUEST.to_vec())]
+    );
+    // The answer arrives: the client stops repeating itself.
+    let (reply, _) = exit.exit_message(REPLY_CAP, 5, t2).unwrap();
+    c.on_message(&reply, Vec::new(), t2 + Duration::from_millis(500));
+    assert_eq!(
+        c.take_events(),
+        vec![MuxEvent::Opened(k), MuxEvent::Room(k)]
+    );
+    let t3 = t2 + Duration::from_secs(20);
+    if let Some(out) = c.client_message(CAP0, BLOCK, t3) {
+        let frames = Message::decode(&out.body).unwrap().frames;
+        assert!(frames.iter().all(|f| f.stream() != k.stream), "{frames:?}");
+    }
+}
+
+#[test]
+fn early_data_beyond_the_bound_is_not_kept() {
+    let (_, mut exit, _) = pair();
+    let t0 = Instant::now();
+    let session = [4; 16];
+    // A client that ignores the bound: 200 segments before OPENED, in
+    // order and far out of it, over several messages.
+    for chunk in 0..20u32 {
+        let mut m = Message::new(session);
+        m.frames.push(Frame::Open {
+            stream: 1,
+            target: target(),
+        });
+        for i in 0..10 {
+            let seq = chunk * 10 + i;
+            m.frames.push(Frame::Data {
+                stream: 1,
+                seq: if seq == 199 { u32::MAX } else { seq },
+                fin: false,
+                data: vec![seq as u8; 100],
+            });
+        }
+        to_exit(&mut exit, &m.encode().unwrap(), 1, t0);
+    }
+    let ek = connect_event(&mut exit);
+    assert_eq!(held(&exit, &ek), OPTIMISTIC_SEGMENTS as usize);
+    // Connected: exactly the first segments, in order; the rest must come
+    // again, within the window, like any data the exit did not take.
+    exit.connected(ek, Ok(()), t0);
+    let want: Vec<u8> = (0..OPTIMISTIC_SEGMENTS)
+        .flat_map(|s| vec![s as u8; 100])
+        .collect();
+    assert_eq!(exit.take_events(), vec![MuxEvent::Data(ek, want)]);
+    let (reply, _) = exit.exit_message(REPLY_CAP, 5, t0).unwrap();
+    let frames = Message::decode(&reply).unwrap().frames;
+    assert!(
+        frames.contains(&Frame::Ack {
+            stream: 1,
+            next: OPTIMISTIC_SEGMENTS,
+            sack: 0,
+            window: 64 - (OPTIMISTIC_SEGMENTS as u16 * 100).div_ceil(1024),
+        }),
+        "{frames:?}"
+    );
+}
+
+#[test]
+fn a_target_opened_before_in_the_session_may_be_answered_at_once() {
+    let (mut c, _, _) = pair();
+    let t0 = Instant::now();
+    let answer = |c: &mut Mux, k: StreamKey, f: Frame| {
+        let mut m = Message::new(k.session);
+        m.frames.push(f);
+        c.on_message(&m.encode().unwrap(), Vec::new(), t0);
+    };
+    let a = c.open(&IsolationKey::NONE, target(), t0).unwrap();
+    assert!(!c.opened_before(&a), "never opened: wait for the answer");
+    answer(&mut c, a, Frame::Opened { stream: a.stream });
+    assert!(!c.opened_before(&a), "answered already");
+    let b = c.open(&IsolationKey::NONE, target(), t0).unwrap();
+    assert!(c.opened_before(&b));
+    // Another target, or another session (it must not learn what this
+    // one opened), waits.
+    let other = c
+        .open(
+            &IsolationKey::NONE,
+            Target::Name("example.net".into(), 80),
+            t0,
+        )
+        .unwrap();
+    assert!(!c.opened_before(&other));
+    let alice = c.open(&creds("alice"), target(), t0).unwrap();
+    assert!(!c.opened_before(&alice));
+    // Refused this time: the next stream to it waits for the answer again.
+    answer(
+        &mut c,
+        b,
+        Frame::Refused {
+            stream: b.stream,
+            code: code::CONNECTION_REFUSED,
+        },
+    );
+    let d = c.open(&IsolationKey::NONE, target(), t0).unwrap();
+    assert!(!c.opened_before(&d));
+}
