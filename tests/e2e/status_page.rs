@@ -21,8 +21,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
@@ -30,6 +30,7 @@ use loopmix_core::pki::api::EpochInfo;
 use loopmix_localnet::network::Kind;
 use loopmix_tests::http::http_get;
 use loopmix_tests::network::{Relays, TestNet};
+use loopmix_tests::page::{chromium, run_bounded};
 
 /// Status, headers (lower-cased names) and body of one response.
 type Response = (u16, Vec<(String, String)>, String);
@@ -98,85 +99,6 @@ fn complete(html: &str, ids: &[String], epochs: &[u64]) -> Result<(), String> {
         return Err("no ε prediction".into());
     }
     Ok(())
-}
-
-/// Runs `cmd` for at most `limit`; its output.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<Output> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-    let out = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = stdout.read_to_end(&mut b);
-        b
-    });
-    let err = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = stderr.read_to_end(&mut b);
-        b
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    Ok(Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|f| f.is_file())
-    })
-}
-
-/// Debian's chromium: found, or installed with apt-get when running as
-/// root (CI); `None` (the caller skips) otherwise.
-fn chromium() -> Option<PathBuf> {
-    if let Some(c) = on_path("chromium") {
-        return Some(c);
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root || on_path("apt-get").is_none() {
-        return None;
-    }
-    eprintln!("chromium missing: apt-get install -y chromium");
-    let install = || {
-        run_bounded(
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends", "chromium"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            Duration::from_secs(600),
-        )
-        .is_ok_and(|o| o.status.success())
-    };
-    if !install() {
-        let _ = run_bounded(
-            Command::new("apt-get").arg("update"),
-            Duration::from_secs(300),
-        );
-        install();
-    }
-    on_path("chromium")
 }
 
 fn browser(chromium: &Path, profile: &Path, args: &[&str], url: &str) -> anyhow::Result<Output> {
@@ -286,9 +208,12 @@ fn status_page_lists_the_network_and_renders_in_a_real_browser() -> anyhow::Resu
     assert!(views >= 1.0, "views counted: {views}");
 
     // A real browser.
-    let Some(chromium) = chromium() else {
-        eprintln!("SKIP: chromium not installed (apt-get install chromium)");
-        return Ok(());
+    let chromium = match chromium() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return Ok(());
+        }
     };
     let url = format!("http://{addr}/");
     let profile = tmp.path().join("chromium-profile");

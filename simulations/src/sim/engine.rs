@@ -179,6 +179,19 @@ impl MixPool {
         d
     }
 
+    /// A simulated node's pool: unbounded and never late, because the
+    /// simulator models the mixing, not overload (virtual time has no
+    /// processing backlog).
+    fn simulated(mixes_mass: bool) -> Self {
+        Self::new(
+            MixConfig {
+                queue_limit: usize::MAX,
+                late_tolerance: Duration::MAX,
+            },
+            mixes_mass,
+        )
+    }
+
     /// When the next held packet is due.
     pub fn next_deadline(&self) -> Option<SimTime> {
         self.mix.next_deadline()

@@ -23,7 +23,7 @@
 //! test runs the same scenario with different slices and thread counts).
 
 use loopmix_core::mixing::entropy::EntropyWindow;
-use loopmix_core::mixing::mix::{Decision, MixConfig};
+use loopmix_core::mixing::mix::Decision;
 use std::time::Duration;
 
 use super::sources::{Client, Ctx, LoopSource, Outcome, Setup, Tally};
@@ -146,15 +146,7 @@ impl<const H: usize> Stage<H> {
         Stage {
             node,
             layer,
-            // Unbounded and never late: the simulator models the mixing,
-            // not overload (virtual time has no processing backlog).
-            pool: MixPool::new(
-                MixConfig {
-                    queue_limit: usize::MAX,
-                    late_tolerance: Duration::MAX,
-                },
-                mixes_mass,
-            ),
+            pool: MixPool::simulated(mixes_mass),
             slab: Vec::new(),
             free: Vec::new(),
             order: Vec::new(),
@@ -310,7 +302,7 @@ pub(super) fn run_sliced<const H: usize>(
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| Stage::new(i as u32, n.layer, n.layer > 0 && !n.corrupt))
+        .map(|(i, n)| Stage::new(i as u32, n.layer, n.mixes_mass()))
         .collect();
     let by_layer = layers(&stages)?;
     let mut tally = Tally::default();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use loopmix_core::mixing::delay_queue::DelayQueue;
 use loopmix_core::mixing::entropy::EntropyWindow;
-use loopmix_core::mixing::mix::{Decision, MixConfig};
+use loopmix_core::mixing::mix::Decision;
 
 use super::pipeline::Measured;
 use super::sources::{Outcome, Setup, Tally};
@@ -78,15 +78,7 @@ pub(super) fn run<const H: usize>(setup: Setup) -> Measured {
         pools: ctx
             .nodes
             .iter()
-            .map(|n| {
-                MixPool::new(
-                    MixConfig {
-                        queue_limit: usize::MAX,
-                        late_tolerance: Duration::MAX,
-                    },
-                    n.layer > 0 && !n.corrupt,
-                )
-            })
+            .map(|n| MixPool::simulated(n.mixes_mass()))
             .collect(),
         windows: vec![EntropyWindow::default(); ctx.nodes.len()],
         packets: Vec::new(),

@@ -76,6 +76,14 @@ pub(super) struct NodeInfo {
     pub corrupt: bool,
 }
 
+impl NodeInfo {
+    /// An honest mix mixes the challenge senders' mass; a corrupt one sees
+    /// through, and providers do not count.
+    pub(super) fn mixes_mass(&self) -> bool {
+        self.layer > 0 && !self.corrupt
+    }
+}
+
 /// What every packet is made with (read-only during the run).
 pub(super) struct Ctx {
     pub topology: Topology,
