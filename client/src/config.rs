@@ -47,6 +47,39 @@ pub struct SocksSection {
     /// without streams is closed, and if none is idle the stream is
     /// refused (reply 0x01).
     pub max_sessions: usize,
+    /// When the proxy answers its SOCKS5 client's CONNECT.
+    pub early_reply: EarlyReply,
+}
+
+/// When the SOCKS5 proxy tells its client a CONNECT succeeded.
+///
+/// SOCKS5 clients (curl, browsers) send nothing until they have the
+/// reply, so waiting for the exit's OPENED costs every connection a round
+/// trip through the mixnet before its request can leave. Answering at
+/// once lets the request travel with the OPEN (optimistic data,
+/// PROTOCOL.md 7.3); the price is that a refusal after all can only be
+/// shown as a reset connection, not as the SOCKS5 reply code that says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EarlyReply {
+    /// Wait for the exit's answer on every connection.
+    Never,
+    /// Answer at once when this session's exit has opened the same target
+    /// before (and not refused it since); wait otherwise.
+    #[default]
+    Known,
+    /// Answer at once on every connection.
+    Always,
+}
+
+impl EarlyReply {
+    pub fn name(self) -> &'static str {
+        match self {
+            EarlyReply::Never => "never",
+            EarlyReply::Known => "known",
+            EarlyReply::Always => "always",
+        }
+    }
 }
 
 /// Default of `socks.max_sessions`.
@@ -57,6 +90,7 @@ impl Default for SocksSection {
         Self {
             session_idle: crate::stream::mux::DEFAULT_SESSION_IDLE,
             max_sessions: DEFAULT_SOCKS_SESSIONS,
+            early_reply: EarlyReply::default(),
         }
     }
 }
@@ -218,6 +252,13 @@ max_attempts = {ma}
 session_idle = "{si}"
 # Sessions at once; beyond it the longest-idle one without streams closes.
 max_sessions = {ms}
+# When a CONNECT is answered: "never" waits for the exit's answer (a round
+# trip through the mixnet before the request can leave, every refusal
+# reported with its SOCKS5 code); "known" answers at once when this session
+# has reached the same target before, so the request travels with the open;
+# "always" answers every CONNECT at once. An early answer reports a later
+# refusal as a reset connection.
+early_reply = "{er}"
 "#,
             mb = m.max_message_bytes,
             sq = m.send_queue,
@@ -225,6 +266,7 @@ max_sessions = {ms}
             ma = m.max_attempts,
             si = humantime::format_duration(so.session_idle),
             ms = so.max_sessions,
+            er = so.early_reply.name(),
         )
     }
 }

@@ -38,11 +38,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info};
 
-use crate::config::{ClientConfig, SocksSection};
+use crate::config::{ClientConfig, EarlyReply, SocksSection};
 use crate::exit::normalize;
 use crate::runtime::{Client, ClientEvent, write_atomic};
 use crate::stream::frame::valid_name;
-use crate::stream::io::{Filler, OpenError, Shared, open, pipe};
+use crate::stream::io::{Filler, OpenError, Shared, open_with, pipe};
 use crate::stream::mux::Role;
 use crate::stream::{IsolationKey, Mux, StreamConfig, StreamMetrics, Target, code};
 
@@ -227,6 +227,8 @@ pub struct SocksConfig {
     pub max_connections: usize,
     /// Time a connection may take to send its request.
     pub handshake_timeout: Duration,
+    /// When a CONNECT is answered (`socks.early_reply`).
+    pub early_reply: EarlyReply,
 }
 
 impl Default for SocksConfig {
@@ -246,6 +248,7 @@ impl SocksConfig {
             },
             max_connections: 256,
             handshake_timeout: Duration::from_secs(10),
+            early_reply: section.early_reply,
         }
     }
 }
@@ -306,10 +309,14 @@ pub async fn run(
                 continue;
             }
         };
-        let (shared, handshakes, timeout) =
-            (shared.clone(), handshakes.clone(), socks.handshake_timeout);
+        let (shared, handshakes, timeout, early) = (
+            shared.clone(),
+            handshakes.clone(),
+            socks.handshake_timeout,
+            socks.early_reply,
+        );
         tokio::spawn(async move {
-            serve(shared, handshakes, timeout, sock).await;
+            serve(shared, handshakes, timeout, early, sock).await;
             debug!(%peer, "SOCKS5 connection done");
             drop(permit);
         });
@@ -324,6 +331,7 @@ async fn serve(
     shared: Arc<Shared>,
     handshakes: IntCounterVec,
     timeout: Duration,
+    early: EarlyReply,
     mut sock: TcpStream,
 ) {
     let count = |r: &str| handshakes.with_label_values(&[r]).inc();
@@ -341,9 +349,9 @@ async fn serve(
         Ok(Ok((k, Request::Connect(t)))) => (k, t),
     };
     let _ = sock.set_nodelay(true);
-    match open(&shared, &isolation, target.clone()).await {
+    match open_with(&shared, &isolation, target.clone(), early).await {
         Ok(att) => {
-            count("ok");
+            count(if att.early { "early" } else { "ok" });
             if reply(&mut sock, 0).await.is_ok() {
                 pipe(shared, sock, att).await;
             } else {

@@ -69,8 +69,8 @@ it has data or not (λ_P payload slots, filled with real data or cover; λ_L loo
 and more cover traffic hides when and how much a user sends, so the anonymity sets an \
 observer has to choose from grow; the price is latency (a request and its answer cross \
 about ten delayed hops) and bandwidth spent on cover. Goodput per client is bounded by \
-λ_P × ~1990 bytes/s: speed (20 ms per hop, λ_P 50/s) ≈ 100 KB/s, balanced (50 ms, \
-20/s) ≈ 40 KB/s, privacy (250 ms, 10/s) ≈ 20 KB/s.";
+λ_P × ~1990 bytes/s: speed (20 ms per hop, λ_P 50/s) ≈ 100 KB/s, balanced (60 ms, \
+30/s) ≈ 60 KB/s, privacy (250 ms, 10/s) ≈ 20 KB/s.";
 
 const CTL_ABOUT: &str = "Kill, stop, continue or restart a member of a running localnet, \
 or list the members and their states.";
@@ -165,6 +165,12 @@ pub struct Options {
     /// never reaches it, and any public host on ports 80 and 443.
     #[arg(long = "exit-allow", hide = true, value_name = "PATTERN")]
     pub exit_allow: Vec<String>,
+
+    /// When the SOCKS5 proxy answers a CONNECT (`[socks] early_reply` of
+    /// its config): never (after the exit's answer), known (at once for a
+    /// target it reached before), always. Default: the client's (known).
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub socks_early_reply: Option<loopmix_client::config::EarlyReply>,
 
     /// Test knob: run `loopmix-client receive` in place of the exit and the
     /// SOCKS5 client (for a loopmix-client without those commands). No

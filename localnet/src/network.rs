@@ -904,6 +904,13 @@ impl Localnet {
         };
         let exit = self.init_client("exit", p_exit, auths)?;
         let socks = self.init_client("socks5", p_socks, auths)?;
+        if let Some(when) = self.opts.socks_early_reply {
+            edit_file(
+                &socks.config,
+                ConfigKind::Client,
+                &[("socks", "early_reply", toml_str(when.name()))],
+            )?;
+        }
         let exit_address = self.client_address(&exit)?;
         let stand_in = self.opts.stand_in_clients;
         let mut cmd = Command::new(&self.bins.client);

@@ -1,6 +1,8 @@
 //! Measured against the model, end to end
 //! (`cargo bench -p loopmix-tests --bench presets`; `PRESETS=balanced` or
-//! `PRESETS=speed,balanced,privacy` selects, all three by default).
+//! `PRESETS=speed,balanced,privacy` selects, all three by default;
+//! `EARLY_REPLY=never,known,always` runs each preset once per SOCKS5
+//! `early_reply` setting, the client's default when unset).
 //!
 //! For each preset: a real localnet (`--preset P`, the exit allowing
 //! 127.0.0.1), then, next to what the simulator predicts for the same
@@ -8,13 +10,15 @@
 //!
 //! * one-way message latency between two in-process clients at different
 //!   providers (median, p95), next to the predicted mixing latency;
-//! * SOCKS5 time to first byte (`curl --socks5-hostname`, 1 kB, median of
-//!   5 after a warm-up);
+//! * SOCKS5 time to first byte (`curl --socks5-hostname`, 1 kB): the first
+//!   request to the origin, then the median of 5 more (a target the
+//!   session has reached, which `early_reply = "known"` answers at once);
 //! * goodput of a 1 MiB download as a ratio of λ_P × stream bytes per
 //!   packet;
 //! * the load time of a fixed 26-resource, 200 KB page in headless
 //!   `chromium` through the proxy (installed with apt-get when missing and
-//!   root; skipped with a message otherwise);
+//!   root; skipped with a message otherwise), twice: a first load, then a
+//!   fresh browser loading it again through the same proxy session;
 //! * the gap between measured and predicted latency, term by term, from
 //!   the processes' own histograms (`/metrics`) around the latency probes:
 //!   slot wait, mixing, per-hop processing, inbox wait, retransmissions and
@@ -31,7 +35,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure};
-use loopmix_client::config::ClientConfig;
+use loopmix_client::config::{ClientConfig, EarlyReply};
 use loopmix_client::engine::reply_fragment_size;
 use loopmix_client::runtime::{Client, ClientEvent};
 use loopmix_client::stream::frame::{DATA_OVERHEAD, HEADER_LEN};
@@ -61,22 +65,29 @@ fn main() {
         Ok(p) => p,
         Err(e) => panic!("{e}"),
     };
+    let modes = match early_replies() {
+        Ok(m) => m,
+        Err(e) => panic!("{e}"),
+    };
     let chromium = page::chromium();
     let baseline = chromium.as_ref().ok().map(|c| direct_load(c));
     let mut done = Vec::new();
     for p in presets {
-        let t = Instant::now();
-        let r = run_preset(
-            p,
-            chromium.as_ref().map_err(Clone::clone),
-            baseline.as_ref(),
-        );
-        println!(
-            "preset {} done in {:.0} s\n",
-            p.name(),
-            t.elapsed().as_secs_f64()
-        );
-        done.push(r);
+        for &early in &modes {
+            let t = Instant::now();
+            let r = run_preset(
+                p,
+                early,
+                chromium.as_ref().map_err(Clone::clone),
+                baseline.as_ref(),
+            );
+            println!(
+                "preset {} done in {:.0} s\n",
+                r.label(),
+                t.elapsed().as_secs_f64()
+            );
+            done.push(r);
+        }
     }
     summary(&done, baseline.as_ref());
     let failures: Vec<String> = done.iter().flat_map(|r| r.failures.clone()).collect();
@@ -103,6 +114,25 @@ fn selected() -> anyhow::Result<Vec<Preset>> {
         .collect()
 }
 
+/// `EARLY_REPLY` (comma-separated `never`, `known`, `always`); unset: one
+/// run with the client's default.
+fn early_replies() -> anyhow::Result<Vec<Option<EarlyReply>>> {
+    let Ok(list) = std::env::var("EARLY_REPLY") else {
+        return Ok(vec![None]);
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            [EarlyReply::Never, EarlyReply::Known, EarlyReply::Always]
+                .into_iter()
+                .find(|e| e.name() == s)
+                .map(Some)
+                .ok_or_else(|| anyhow!("EARLY_REPLY: unknown {s:?} (never, known, always)"))
+        })
+        .collect()
+}
+
 /// The page loaded without the mixnet: what the browser itself costs.
 fn direct_load(chromium: &Path) -> Result<(PageResult, f64), String> {
     let server = PageServer::start().map_err(|e| e.to_string())?;
@@ -120,12 +150,26 @@ fn direct_load(chromium: &Path) -> Result<(PageResult, f64), String> {
 /// Everything measured at one preset.
 struct Run {
     preset: Preset,
+    /// The proxy's `early_reply`, when set for this run.
+    early: Option<EarlyReply>,
     latency: Option<Latency>,
-    ttfb: Option<Vec<f64>>,
+    /// The first request's, then the next five.
+    ttfb: Option<(f64, Vec<f64>)>,
     /// Seconds, bytes/s, ratio of the bound.
     goodput: Option<(f64, f64, f64)>,
+    /// The first load, then a fresh browser's through the same session.
     page: Result<(PageResult, f64), String>,
+    page_again: Result<(PageResult, f64), String>,
     failures: Vec<String>,
+}
+
+impl Run {
+    fn label(&self) -> String {
+        match self.early {
+            Some(e) => format!("{}/{}", self.preset.name(), e.name()),
+            None => self.preset.name().to_string(),
+        }
+    }
 }
 
 /// The latency probes and the decomposition of their mean.
@@ -146,26 +190,29 @@ struct Term {
 
 fn run_preset(
     p: Preset,
+    early: Option<EarlyReply>,
     chromium: Result<&std::path::PathBuf, String>,
     baseline: Option<&Result<(PageResult, f64), String>>,
 ) -> Run {
     let mut run = Run {
         preset: p,
+        early,
         latency: None,
         ttfb: None,
         goodput: None,
         page: Err("not run".into()),
+        page_again: Err("not run".into()),
         failures: Vec::new(),
     };
     let tmp = tempfile::tempdir().unwrap();
     let origin = Origin::start(Framing::ContentLength);
     let pages = PageServer::start().unwrap();
     let t = Instant::now();
-    let net = match TestNet::start_with(
-        tmp.path(),
-        Relays::Off,
-        &["--preset", p.name(), "--exit-allow", "127.0.0.1:*"],
-    ) {
+    let mut args = vec!["--preset", p.name(), "--exit-allow", "127.0.0.1:*"];
+    if let Some(e) = early {
+        args.extend(["--socks-early-reply", e.name()]);
+    }
+    let net = match TestNet::start_with(tmp.path(), Relays::Off, &args) {
         Ok(n) => n,
         Err(e) => {
             run.failures
@@ -214,7 +261,10 @@ fn run_preset(
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    run.page = match chromium {
+    // The page twice: a first load (no target known to the session yet),
+    // then a fresh browser (new connections, empty cache) through the
+    // same proxy session, whose targets it has reached by then.
+    let load = || match &chromium {
         Err(why) => Err(format!("SKIPPED: {why}")),
         Ok(c) => match baseline {
             Some(Err(e)) => Err(format!(
@@ -238,15 +288,22 @@ fn run_preset(
             .map_err(|e| format!("{e:#}")),
         },
     };
+    run.page = load();
+    run.page_again = load();
     eprintln!(
-        "[{}] page load: {:.0} s",
+        "[{}] page loads: {:.0} s",
         p.name(),
         t.elapsed().as_secs_f64()
     );
-    if let Err(e) = &run.page
-        && !e.starts_with("SKIPPED")
-    {
-        run.failures.push(format!("{}: page load: {e}", p.name()));
+    for (what, r) in [
+        ("page load", &run.page),
+        ("page load again", &run.page_again),
+    ] {
+        if let Err(e) = r
+            && !e.starts_with("SKIPPED")
+        {
+            run.failures.push(format!("{}: {what}: {e}", p.name()));
+        }
     }
     print_preset(&run);
     drop(net);
@@ -502,8 +559,9 @@ fn decompose(
     terms
 }
 
-/// Time to first byte of `GET /1000`: a warm-up, then 5 timed.
-fn ttfb(socks: SocketAddr, origin: &Origin) -> anyhow::Result<Vec<f64>> {
+/// Time to first byte of `GET /1000`: the first request, then 5 more.
+fn ttfb(socks: SocketAddr, origin: &Origin) -> anyhow::Result<(f64, Vec<f64>)> {
+    let mut first = 0.0;
     let mut out = Vec::new();
     for i in 0..6 {
         let f = curl_socks(socks, &origin.url("/1000"), 90)?;
@@ -516,9 +574,11 @@ fn ttfb(socks: SocketAddr, origin: &Origin) -> anyhow::Result<Vec<f64>> {
         ensure!(f.body == file_bytes(1000), "request {i}: wrong bytes");
         if i > 0 {
             out.push(f.ttfb);
+        } else {
+            first = f.ttfb;
         }
     }
-    Ok(out)
+    Ok((first, out))
 }
 
 /// Stream bytes one reply packet carries (what the exit sends back in).
@@ -547,7 +607,7 @@ fn print_preset(run: &Run) {
     let q = p.params();
     let pred = p.prediction();
     println!(
-        "\n=== preset {}: 1/μ {} ms per hop, λ_P {}/s, λ_L {}/s, λ_D {}/s, λ_M {}/s, pull every {:?}, payload {} B ===",
+        "\n=== preset {}: 1/μ {} ms per hop, λ_P {}/s, λ_L {}/s, λ_D {}/s, λ_M {}/s, pull every {:?}, payload {} B, early_reply {} ===",
         p.name(),
         q.mean_hop_delay_ms,
         q.lambda_p_per_s,
@@ -555,7 +615,8 @@ fn print_preset(run: &Run) {
         q.lambda_d_per_s,
         q.lambda_m_per_s,
         q.pull_interval,
-        PAYLOAD_SIZE
+        PAYLOAD_SIZE,
+        run.early.map_or("default", EarlyReply::name)
     );
     println!(
         "{:<34} {:<28} simulator predicts (100 clients)",
@@ -589,11 +650,11 @@ fn print_preset(run: &Run) {
         None => println!("message latency: FAILED (see above)"),
     }
     match &run.ttfb {
-        Some(t) => println!(
+        Some((first, t)) => println!(
             "{:<34} {:<28} –",
             "SOCKS5 time to first byte",
             format!(
-                "median {:.2} s (min {:.2}, max {:.2})",
+                "first {first:.2} s, then median {:.2} s (min {:.2}, max {:.2})",
                 quantile(t, 0.5).unwrap_or(0.0),
                 quantile(t, 0.0).unwrap_or(0.0),
                 quantile(t, 1.0).unwrap_or(0.0)
@@ -612,18 +673,23 @@ fn print_preset(run: &Run) {
         ),
         None => println!("1 MiB download: FAILED"),
     }
-    match &run.page {
-        Ok((r, wall)) => println!(
-            "{:<34} {:<28} –",
-            format!("page, {PAGE_RESOURCES} resources, {} KB", PAGE_BYTES / 1000),
-            format!(
-                "load {:.2} s, wall {wall:.2} s, {}/{} ok",
-                r.load_ms / 1000.0,
-                r.loaded + 1,
-                PAGE_RESOURCES
-            )
-        ),
-        Err(e) => println!("page load: {e}"),
+    for (what, page) in [
+        ("page", &run.page),
+        ("page again, new browser", &run.page_again),
+    ] {
+        match page {
+            Ok((r, wall)) => println!(
+                "{:<34} {:<28} –",
+                format!("{what}, {PAGE_RESOURCES} res., {} KB", PAGE_BYTES / 1000),
+                format!(
+                    "load {:.2} s, wall {wall:.2} s, {}/{} ok",
+                    r.load_ms / 1000.0,
+                    r.loaded + 1,
+                    PAGE_RESOURCES
+                )
+            ),
+            Err(e) => println!("{what} load: {e}"),
+        }
     }
     println!(
         "{:<34} {:<28} ε {:.2}",
@@ -683,16 +749,16 @@ fn non_mixing(l: &Latency) -> (f64, &'static str) {
 fn summary(runs: &[Run], baseline: Option<&Result<(PageResult, f64), String>>) {
     println!("=== summary: measured against the model ===");
     println!(
-        "{:<9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9} {:>8}  largest non-mixing term",
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>7} {:>12} {:>7} {:>12}  largest non-mixing term",
         "preset",
         "pred med",
         "meas med",
         "pred p95",
         "meas p95",
         "non-mix",
-        "TTFB",
+        "TTFB 1st/med",
         "goodput",
-        "page"
+        "page 1st/2nd"
     );
     for r in runs {
         let pred = r.preset.prediction();
@@ -708,24 +774,25 @@ fn summary(runs: &[Run], baseline: Option<&Result<(PageResult, f64), String>>) {
             }
             None => ("–".into(), "–".into(), "–".into(), "–"),
         };
+        let page = |r: &Result<(PageResult, f64), String>| {
+            r.as_ref()
+                .map_or("–".into(), |(p, _)| format!("{:.1}", p.load_ms / 1000.0))
+        };
         println!(
-            "{:<9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9} {:>8}  {dominant}",
-            r.preset.name(),
+            "{:<16} {:>8} {:>8} {:>8} {:>8} {:>7} {:>12} {:>7} {:>12}  {dominant}",
+            r.label(),
             ms(pred.median_s),
             med,
             ms(pred.p95_s),
             p95,
             share,
-            r.ttfb
-                .as_ref()
-                .and_then(|t| quantile(t, 0.5))
-                .map_or("–".into(), |t| format!("{t:.2} s")),
+            r.ttfb.as_ref().map_or("–".into(), |(first, t)| format!(
+                "{first:.2}/{:.2} s",
+                quantile(t, 0.5).unwrap_or(0.0)
+            )),
             r.goodput
                 .map_or("–".into(), |(_, _, ratio)| format!("{ratio:.2}×")),
-            r.page.as_ref().map_or("–".into(), |(p, _)| format!(
-                "{:.1} s",
-                p.load_ms / 1000.0
-            )),
+            format!("{}/{} s", page(&r.page), page(&r.page_again)),
         );
     }
     println!(

@@ -198,11 +198,27 @@ fn a_service_behind_the_mixnet() {
         assert!(Instant::now() < deadline, "the target did not stop");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The session has reached `service` before, so with `socks.early_reply
+    // = "known"` (the default) the proxy answers the first CONNECT at
+    // once and the refusal can only come as a reset connection; that
+    // refusal makes the target unknown again, and the second CONNECT waits
+    // and gets the SOCKS5 code.
     for i in 0..2 {
         let f = curl(&proxy, "http://service/1000");
-        // 97: CURLE_PROXY (curl ≥ 7.73); "(5)": SOCKS5 connection refused.
-        assert_eq!(f.code, 97, "refusal {i}: {}\n{}", f.stderr, tails(&net));
-        assert!(f.stderr.contains("(5)"), "refusal {i}: {}", f.stderr);
+        if i == 0 {
+            // 52: empty reply, 56: receive failure (connection reset).
+            assert!(
+                f.code == 52 || f.code == 56,
+                "early-answered refusal: {} {}\n{}",
+                f.code,
+                f.stderr,
+                tails(&net)
+            );
+        } else {
+            // 97: CURLE_PROXY (curl ≥ 7.73); "(5)": SOCKS5 connection refused.
+            assert_eq!(f.code, 97, "refusal {i}: {}\n{}", f.stderr, tails(&net));
+            assert!(f.stderr.contains("(5)"), "refusal {i}: {}", f.stderr);
+        }
         assert!(f.body.is_empty());
         assert!(f.total < 60.0, "refusal {i} took {:.1} s", f.total);
         eprintln!("(b) refusal {i} in {:.1} s: {}", f.total, f.stderr);

@@ -18,6 +18,7 @@ use tracing::debug;
 
 use super::frame::Target;
 use super::mux::{IsolationKey, Mux, MuxEvent, Role, StreamKey, code};
+use crate::config::EarlyReply;
 use crate::engine::Engine;
 use crate::runtime::SlotFiller;
 
@@ -56,6 +57,8 @@ pub struct Attached {
     pub key: StreamKey,
     pub rx: mpsc::UnboundedReceiver<Down>,
     pub room: Arc<Notify>,
+    /// Returned before the exit answered ([`open_with`]).
+    pub early: bool,
 }
 
 impl Shared {
@@ -117,7 +120,12 @@ impl Shared {
                 room: room.clone(),
             },
         );
-        Attached { key, rx, room }
+        Attached {
+            key,
+            rx,
+            room,
+            early: false,
+        }
     }
 
     fn detach(&self, key: &StreamKey) {
@@ -192,29 +200,22 @@ pub async fn open(
     isolation: &IsolationKey,
     target: Target,
 ) -> Result<Attached, OpenError> {
-    open_with(shared, isolation, target, false).await
+    open_with(shared, isolation, target, EarlyReply::Never).await
 }
 
-/// Like [`open`], but does not wait for the exit's answer when the
-/// session has had the same target opened before
-/// ([`Mux::opened_before`]): the application's first bytes then travel
-/// with the OPEN (optimistic data, PROTOCOL.md 7.3) instead of a round
-/// trip later. The price: a refusal after all can no longer be told as a
-/// refusal; it arrives as [`Down::Refused`] and [`pump`] ends with
-/// [`Ended::Failed`], like a stream reset.
-pub async fn open_optimistic(
+/// Like [`open`], but returns without waiting for the exit's answer when
+/// `early` says so ([`EarlyReply::Known`]: the session has had the same
+/// target opened before, [`Mux::opened_before`]; [`EarlyReply::Always`]):
+/// the application's first bytes then travel with the OPEN (optimistic
+/// data, PROTOCOL.md 7.3) instead of a round trip later. The price: a
+/// refusal after all can no longer be told as a refusal; it arrives as
+/// [`Down::Refused`] and [`pump`] ends with [`Ended::Failed`], like a
+/// stream reset. Whether it returned early is in [`Attached::early`].
+pub async fn open_with(
     shared: &Shared,
     isolation: &IsolationKey,
     target: Target,
-) -> Result<Attached, OpenError> {
-    open_with(shared, isolation, target, true).await
-}
-
-async fn open_with(
-    shared: &Shared,
-    isolation: &IsolationKey,
-    target: Target,
-    optimistic: bool,
+    early: EarlyReply,
 ) -> Result<Attached, OpenError> {
     let (key, known) = {
         let mut m = shared.mux();
@@ -226,7 +227,12 @@ async fn open_with(
     // No answer can come before the OPEN has left in a slot and made its
     // round trip, so attaching now misses nothing.
     let mut att = shared.attach(key);
-    if optimistic && known {
+    att.early = match early {
+        EarlyReply::Never => false,
+        EarlyReply::Known => known,
+        EarlyReply::Always => true,
+    };
+    if att.early {
         return Ok(att);
     }
     match att.rx.recv().await {

@@ -215,13 +215,7 @@ impl NodeProcess {
     /// CPU time (user + system) the process has used, from /proc. Assumes
     /// the usual 100 clock ticks per second.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the parenthesised command name; utime and stime are 14 and 15.
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = f.get(11)?.parse().ok()?;
-        let stime: f64 = f.get(12)?.parse().ok()?;
-        Some((utime + stime) / 100.0)
+        cpu_seconds_of(self.child.id())
     }
 
     /// Resident set size of the process, from /proc.
@@ -533,4 +527,16 @@ pub fn launch_mixnet(
         )?;
     }
     Ok(Mixnet { nodes, dirs, doc })
+}
+
+/// CPU seconds (user + system, all threads) process `pid` has used, from
+/// /proc (ticks of 1/100 s).
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }

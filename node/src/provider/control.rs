@@ -52,8 +52,8 @@ pub struct ControlConfig {
     /// `max_message_bytes`, so every stored message fits a slot.
     pub slot_data_len: usize,
     /// Sustained requests per second per client \[50\]: a client pulls once
-    /// per pull interval (4/s at the client's default, 20/s at the fastest
-    /// localnet preset), busy or not.
+    /// per pull interval (4/s at the client's default, 40/s at the
+    /// localnet's balanced preset), busy or not.
     pub requests_per_second: u32,
     /// Requests a client may make at once after being idle \[100\].
     pub request_burst: u32,
