@@ -16,6 +16,7 @@ use sphinx_packet::route::{Destination, DestinationAddressBytes, Node, NodeAddre
 use crate::keys::NodeId;
 use crate::poisson::sample_exp_duration;
 use crate::topology::NodeEntry;
+use rand_distr::{Distribution, Exp1};
 
 pub use sphinx_packet::constants::MAX_PATH_LENGTH;
 pub use sphinx_packet::header::HEADER_SIZE;
@@ -47,6 +48,58 @@ pub fn sample_delays<R: Rng + ?Sized>(rng: &mut R, hops: usize, mean: Duration) 
     (0..hops)
         .map(|_| Delay::new_from_nanos(duration_nanos(sample_exp_duration(rng, mean))))
         .collect()
+}
+
+/// [`sample_delays`] without the `Vec`: one delay per slot of `out`, in
+/// nanoseconds, from the same draws in the same order (for the simulator,
+/// which draws hundreds of millions).
+pub fn sample_delay_nanos_into<R: Rng + ?Sized>(rng: &mut R, out: &mut [u64], mean: Duration) {
+    for slot in out {
+        *slot = sample_exp_nanos(rng, mean);
+    }
+}
+
+/// `sample_exp_duration(rng, mean)` in nanoseconds, the same value from the
+/// same draw, without going through `Duration::from_secs_f64` (a quarter
+/// of the cost of a delay in the simulator's profile).
+fn sample_exp_nanos<R: Rng + ?Sized>(rng: &mut R, mean: Duration) -> u64 {
+    if mean.is_zero() {
+        return 0;
+    }
+    let unit: f64 = Exp1.sample(rng);
+    secs_to_nanos((unit * mean.as_secs_f64()).min(3600.0))
+}
+
+/// `Duration::from_secs_f64(secs).as_nanos()` for `0 <= secs <= 3600`:
+/// `secs · 10⁹` rounded to the nearest integer, ties to even, computed
+/// exactly (`secs` is `mantissa · 2^exp`, and `mantissa · 10⁹` fits a
+/// `u128`). Anything else (negative, NaN, huge) takes the std path.
+fn secs_to_nanos(secs: f64) -> u64 {
+    if !(0.0..=3600.0).contains(&secs) {
+        return duration_nanos(Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO));
+    }
+    let bits = secs.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    let fraction = bits & ((1 << 52) - 1);
+    let (mantissa, exp) = if biased == 0 {
+        (fraction, -1074)
+    } else {
+        (fraction | (1 << 52), biased - 1075)
+    };
+    let scaled = u128::from(mantissa) * 1_000_000_000;
+    if exp >= 0 {
+        return u64::try_from(scaled << exp).unwrap_or(u64::MAX);
+    }
+    let shift = exp.unsigned_abs();
+    if shift >= 127 {
+        // Below half a nanosecond.
+        return 0;
+    }
+    let whole = scaled >> shift;
+    let rest = scaled & ((1 << shift) - 1);
+    let half = 1u128 << (shift - 1);
+    let up = rest > half || (rest == half && whole & 1 == 1);
+    u64::try_from(whole + u128::from(up)).unwrap_or(u64::MAX)
 }
 
 fn duration_nanos(d: Duration) -> u64 {
@@ -138,6 +191,46 @@ mod tests {
             }
         }
         panic!("never reached the final hop");
+    }
+
+    #[test]
+    fn nanos_are_what_from_secs_f64_gives() {
+        use rand::RngExt;
+        let std = |x: f64| duration_nanos(Duration::from_secs_f64(x));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut xs: Vec<f64> = vec![0.0, 3600.0, 1e-9, 0.5e-9, 1.5e-9, 2.5e-9, 0.999e-9];
+        xs.push(f64::from_bits(1));
+        for _ in 0..200_000 {
+            // Any bit pattern in range, exponential-like values, and exact
+            // binary fractions (where ties to even matter).
+            let x = f64::from_bits(rng.random_range(0..=3600f64.to_bits()));
+            let y = rng.random::<f64>() * 10f64.powi(rng.random_range(-12..4));
+            let z = f64::from(rng.random_range(0..1u32 << 20)) / f64::from(1u32 << 21) * 1e-6;
+            let w = (rng.random_range(0..7_200_000_000_000u64) as f64 + 0.5) * 1e-9 / 2.0;
+            xs.extend([x, y.min(3600.0), z, w.min(3600.0)]);
+        }
+        for x in xs {
+            assert_eq!(secs_to_nanos(x), std(x), "{x:e}");
+        }
+    }
+
+    #[test]
+    fn delays_into_a_slice_are_the_same_draws() {
+        let mut a = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let mut b = a.clone();
+        let means = [50_000_000, 500_000_000, 1, 0, 3_000_000_000_000].map(Duration::from_nanos);
+        for i in 0..20_000 {
+            let mean = means[i % means.len()];
+            let want: Vec<u64> = sample_delays(&mut a, 5, mean)
+                .iter()
+                .map(|d| d.to_nanos())
+                .collect();
+            let mut got = [0u64; 5];
+            sample_delay_nanos_into(&mut b, &mut got, mean);
+            assert_eq!(got.as_slice(), want.as_slice());
+        }
+        // And the streams are left in the same place.
+        assert_eq!(a.next_u64(), b.next_u64());
     }
 
     #[test]

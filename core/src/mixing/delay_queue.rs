@@ -3,6 +3,10 @@
 //! Generic over the clock so the node uses `Instant` and the simulator uses
 //! virtual time. Ties break by insertion sequence, which keeps simulations
 //! deterministic (a bare `BinaryHeap` leaves equal keys in unspecified order).
+//!
+//! [`DeadlineQueue`] is what a [`Mix`](super::mix::Mix) needs of its pool, so
+//! a driver with a cheaper clock can bring a faster queue with the same
+//! order (the simulator's integer virtual time allows a radix heap).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -28,6 +32,26 @@ impl<T: Ord, I> Ord for Entry<T, I> {
     fn cmp(&self, o: &Self) -> Ordering {
         self.deadline.cmp(&o.deadline).then(self.seq.cmp(&o.seq))
     }
+}
+
+/// A pool ordered by deadline, then insertion: what [`DelayQueue`] does,
+/// as a trait so a [`Mix`](super::mix::Mix) can hold its packets in
+/// another structure that keeps exactly this order.
+pub trait DeadlineQueue<T, I> {
+    /// Items held.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Queues `item` until `deadline`; gives it back if the queue is full.
+    fn push(&mut self, deadline: T, item: I) -> Result<(), I>;
+    /// The earliest deadline held.
+    fn next_deadline(&self) -> Option<T>;
+    /// The earliest item (first inserted among equal deadlines) whose
+    /// deadline is at or before `now`.
+    fn pop_due(&mut self, now: T) -> Option<(T, I)>;
+    /// Removes everything, earliest first.
+    fn drain_all(&mut self) -> Vec<(T, I)>;
 }
 
 pub struct DelayQueue<T, I> {
@@ -91,6 +115,24 @@ impl<T: Ord + Copy, I> DelayQueue<T, I> {
             out.push((e.deadline, e.item));
         }
         out
+    }
+}
+
+impl<T: Ord + Copy, I> DeadlineQueue<T, I> for DelayQueue<T, I> {
+    fn len(&self) -> usize {
+        DelayQueue::len(self)
+    }
+    fn push(&mut self, deadline: T, item: I) -> Result<(), I> {
+        DelayQueue::push(self, deadline, item)
+    }
+    fn next_deadline(&self) -> Option<T> {
+        DelayQueue::next_deadline(self)
+    }
+    fn pop_due(&mut self, now: T) -> Option<(T, I)> {
+        DelayQueue::pop_due(self, now)
+    }
+    fn drain_all(&mut self) -> Vec<(T, I)> {
+        DelayQueue::drain_all(self)
     }
 }
 

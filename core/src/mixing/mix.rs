@@ -21,7 +21,7 @@
 use std::ops::{Add, Sub};
 use std::time::Duration;
 
-use super::delay_queue::DelayQueue;
+use super::delay_queue::{DeadlineQueue, DelayQueue};
 use super::entropy::{EntropyWindow, MixEntropy};
 
 /// Limits of one mix's pool.
@@ -66,11 +66,14 @@ pub enum Decision<T, I> {
     },
 }
 
-/// One mix's pool and the rules above.
-pub struct Mix<T, I> {
+/// One mix's pool and the rules above. The pool is a [`DelayQueue`]
+/// unless the driver brings another [`DeadlineQueue`] (the simulator
+/// does, for speed; the order, hence every decision, is the same).
+pub struct Mix<T, I, Q = DelayQueue<T, I>> {
     cfg: MixConfig,
-    pool: DelayQueue<T, I>,
+    pool: Q,
     entropy: MixEntropy<T>,
+    _item: std::marker::PhantomData<fn(I) -> I>,
 }
 
 impl<T, I> Mix<T, I>
@@ -78,10 +81,23 @@ where
     T: Copy + Ord + Sub<Output = Duration> + Add<Duration, Output = T>,
 {
     pub fn new(cfg: MixConfig) -> Self {
+        Self::with_queue(cfg, DelayQueue::new(cfg.queue_limit))
+    }
+}
+
+impl<T, I, Q> Mix<T, I, Q>
+where
+    T: Copy + Ord + Sub<Output = Duration> + Add<Duration, Output = T>,
+    Q: DeadlineQueue<T, I>,
+{
+    /// A mix holding its packets in `pool`, which must be empty and
+    /// refuse items beyond `cfg.queue_limit`.
+    pub fn with_queue(cfg: MixConfig, pool: Q) -> Self {
         Self {
             cfg,
-            pool: DelayQueue::new(cfg.queue_limit),
+            pool,
             entropy: MixEntropy::new(),
+            _item: std::marker::PhantomData,
         }
     }
 

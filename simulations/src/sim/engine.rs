@@ -132,10 +132,12 @@ impl<const H: usize> Packet<H> {
 
 /// One simulated node's pool: the core's [`Mix`] (the rules the node's
 /// delay stage runs) and the challenge senders' probability mass it holds.
+/// Its packets wait in a [`HeapQueue`], which releases them in the core
+/// queue's order at a fraction of a binary heap's cost.
 /// The engine hands it each arrival and, at every deadline, releases what
 /// is due, as the node's delay stage does with its wake-ups.
 pub struct MixPool {
-    mix: Mix<SimTime, u32>,
+    mix: Mix<SimTime, u32, HeapQueue>,
     /// An honest mix mixes probability mass (a corrupt one sees through,
     /// and providers do not count).
     mixes_mass: bool,
@@ -154,7 +156,7 @@ pub struct Departure {
 impl MixPool {
     pub fn new(cfg: MixConfig, mixes_mass: bool) -> Self {
         Self {
-            mix: Mix::new(cfg),
+            mix: Mix::with_queue(cfg, HeapQueue::new(cfg.queue_limit)),
             mixes_mass,
             mass: [0.0; 2],
         }
@@ -199,13 +201,20 @@ impl MixPool {
 
     /// Every packet due at `now`, in deadline order, into `out`.
     pub fn release_due(&mut self, now: SimTime, out: &mut Vec<Departure>) {
-        while let Some(decision) = self.mix.poll_due(now) {
-            let mass = match decision {
-                Decision::Forward { .. } => self.share_mass(),
-                Decision::Drop { .. } => None,
-            };
-            out.push(Departure { decision, mass });
+        while let Some(d) = self.release_next(now) {
+            out.push(d);
         }
+    }
+
+    /// The next packet due at `now`, if any (call until `None`): what
+    /// [`Self::release_due`] gives one at a time, without the buffer.
+    pub fn release_next(&mut self, now: SimTime) -> Option<Departure> {
+        let decision = self.mix.poll_due(now)?;
+        let mass = match decision {
+            Decision::Forward { .. } => self.share_mass(),
+            Decision::Drop { .. } => None,
+        };
+        Some(Departure { decision, mass })
     }
 
     /// The departing packet's mass: every packet that was in the pool is
@@ -496,10 +505,13 @@ pub fn build_topology(s: &Scenario, seed: u64) -> Result<Topology, EngineError> 
 
 /// Called every few thousand events with the fraction of virtual time done.
 pub type Progress<'a> = &'a mut dyn FnMut(f64);
+mod heap;
 mod pipeline;
 #[cfg(test)]
 mod reference;
 mod sources;
+
+use heap::HeapQueue;
 
 /// Threads a run uses; 0: one per core. Set once by the binary's
 /// `--threads`; the output never depends on it (the pipeline is exact).

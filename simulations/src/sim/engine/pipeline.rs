@@ -27,7 +27,7 @@ use loopmix_core::mixing::mix::Decision;
 use std::time::Duration;
 
 use super::sources::{Client, Ctx, LoopSource, Outcome, Setup, Tally};
-use super::{Departure, EngineError, MixPool, Packet, Progress, SimTime};
+use super::{EngineError, MixPool, Packet, Progress, SimTime};
 
 /// Packets the senders make per slice, about: large enough that per-slice
 /// costs (thread hand-offs, sorting set-up) vanish, small enough that
@@ -50,22 +50,10 @@ struct Stage<const H: usize> {
     /// Held packets; the pool holds their slots.
     slab: Vec<Packet<H>>,
     free: Vec<u32>,
-    /// This slice's arrivals as (time, uid, buffer, index): the packets
-    /// stay where the previous stage put them; sorting these small keys,
-    /// not the packets, is what makes the sort cheap.
-    order: Vec<Arrival>,
     /// 0: before the window, 1: in it, 2: after it.
     marks: u8,
     window: EntropyWindow,
-    departures: Vec<Departure>,
 }
-
-/// An arrival: (time, packet uid, buffer, index in the buffer's list for
-/// this node).
-type Arrival = (SimTime, u64, u32, u32);
-
-/// Buffer numbers from here on are the senders' ([`Inputs::made`]).
-const MADE: u32 = 1 << 16;
 
 /// Where a stage finds its arriving packets.
 #[derive(Clone, Copy)]
@@ -75,39 +63,94 @@ struct Inputs<'a, const H: usize> {
 }
 
 impl<'a, const H: usize> Inputs<'a, H> {
-    fn get(&self, buf: u32, node: u32, i: u32) -> Option<&'a Packet<H>> {
-        let out = match buf.checked_sub(MADE) {
-            Some(b) => self.made.get(b as usize),
-            None => self.prev.get(buf as usize),
-        }?;
-        out.to.get(node as usize)?.get(i as usize).map(|(_, p)| p)
-    }
-
-    /// Every packet for `node`, as unsorted arrivals.
-    fn arrivals(&self, node: u32, into: &mut Vec<Arrival>) {
-        let sets = [(MADE, self.made), (0, self.prev)];
-        for (base, bufs) in sets {
-            for (b, out) in bufs.iter().enumerate() {
-                let Some(list) = out.to.get(node as usize) else {
-                    continue;
-                };
-                into.extend(
-                    list.iter()
-                        .enumerate()
-                        .map(|(i, (t, p))| (*t, p.uid, base + b as u32, i as u32)),
-                );
-            }
-        }
+    /// Every list of packets for `node`, each in time order.
+    fn lists(&self, node: u32) -> impl Iterator<Item = &'a [(SimTime, Packet<H>)]> {
+        self.made
+            .iter()
+            .chain(self.prev)
+            .filter_map(move |o| o.to.get(node as usize))
+            .map(Vec::as_slice)
     }
 
     /// How many packets arrive at `node` (to share out the work).
     fn count(&self, node: u32) -> usize {
-        self.made
-            .iter()
-            .chain(self.prev)
-            .filter_map(|o| o.to.get(node as usize))
-            .map(Vec::len)
-            .sum()
+        self.lists(node).map(<[_]>::len).sum()
+    }
+}
+
+/// A part's working space for one node at a time, kept across nodes and
+/// slices so its memory is allocated once: the node's arrivals copied side
+/// by side (the event loop then reads one small array, not the previous
+/// stage's buffers) and the order to take them in.
+#[derive(Default)]
+struct Scratch<const H: usize> {
+    arrivals: Vec<(SimTime, Packet<H>)>,
+    /// Indexes into `arrivals` in (time, uid) order. Each sits in the low
+    /// bits (`index`) under the time since the earliest arrival, so the
+    /// sort compares plain integers; the rare equal times are then put in
+    /// uid order.
+    order: Vec<u64>,
+    index: u64,
+}
+
+impl<const H: usize> Scratch<H> {
+    /// Takes `node`'s arrivals from `from` and sorts them.
+    fn gather(&mut self, from: Inputs<'_, H>, node: u32) {
+        self.arrivals.clear();
+        self.order.clear();
+        for list in from.lists(node) {
+            self.arrivals.extend_from_slice(list);
+        }
+        let n = self.arrivals.len() as u64;
+        let (Some(lo), Some(hi)) = (
+            self.arrivals.iter().map(|a| a.0).min(),
+            self.arrivals.iter().map(|a| a.0).max(),
+        ) else {
+            return;
+        };
+        let bits = u64::BITS - n.saturating_sub(1).leading_zeros();
+        let span = hi.0 - lo.0;
+        if bits == 0 || span < 1 << (u64::BITS - bits) {
+            self.index = (1 << bits) - 1;
+            self.order.extend(
+                self.arrivals
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| ((a.0.0 - lo.0) << bits) | i as u64),
+            );
+            self.order.sort_unstable();
+            self.uid_order_ties(bits);
+        } else {
+            // Too long a slice for the packed keys: sort by the key itself.
+            self.index = u64::MAX;
+            self.order.extend(0..n);
+            let arrivals = &self.arrivals;
+            self.order
+                .sort_unstable_by_key(|&i| arrivals.get(i as usize).map(|(t, p)| (*t, p.uid)));
+        }
+    }
+
+    /// Puts each run of arrivals at the same instant in uid order.
+    fn uid_order_ties(&mut self, bits: u32) {
+        let arrivals = &self.arrivals;
+        let index = self.index;
+        let uid = |k: &u64| arrivals.get((k & index) as usize).map(|a| a.1.uid);
+        let mut rest = self.order.as_mut_slice();
+        while let [first, ..] = rest {
+            let t = *first >> bits;
+            let same = rest.iter().take_while(|&&k| k >> bits == t).count();
+            let (run, tail) = rest.split_at_mut(same);
+            if run.len() > 1 {
+                run.sort_unstable_by_key(uid);
+            }
+            rest = tail;
+        }
+    }
+
+    /// The `i`-th arrival in order.
+    fn arrival(&self, i: usize) -> Option<&(SimTime, Packet<H>)> {
+        let k = self.order.get(i)?;
+        self.arrivals.get((k & self.index) as usize)
     }
 }
 
@@ -149,28 +192,28 @@ impl<const H: usize> Stage<H> {
             pool: MixPool::simulated(mixes_mass),
             slab: Vec::new(),
             free: Vec::new(),
-            order: Vec::new(),
             marks: 0,
             window: EntropyWindow::default(),
-            departures: Vec::new(),
         }
     }
 
     /// Every arrival and release of this node before `t1`, in time order;
     /// the arriving packets are in `from`, the previous stage's buffers.
-    fn process(&mut self, ctx: &Ctx, t1: SimTime, from: Inputs<'_, H>, out: &mut Out<H>) {
-        let mut order = std::mem::take(&mut self.order);
-        from.arrivals(self.node, &mut order);
-        // Each upstream part's packets come in time order: a stable sort
-        // merges those runs (the keys are unique, so any sort gives the
-        // same order).
-        order.sort();
+    fn process(
+        &mut self,
+        ctx: &Ctx,
+        t1: SimTime,
+        from: Inputs<'_, H>,
+        scratch: &mut Scratch<H>,
+        out: &mut Out<H>,
+    ) {
+        scratch.gather(from, self.node);
         let mut next = 0;
         loop {
             let due = self.pool.next_deadline().filter(|&d| d < t1);
-            let arrival = order.get(next).map(|a| a.0);
+            let arrival = scratch.arrival(next);
             // A release before an arrival at the same instant.
-            let (t, release) = match (due, arrival) {
+            let (t, release) = match (due, arrival.map(|a| a.0)) {
                 (None, None) => break,
                 (Some(d), Some(a)) if a < d => (a, false),
                 (Some(d), _) => (d, true),
@@ -179,16 +222,12 @@ impl<const H: usize> Stage<H> {
             self.marks_through(ctx, t, true);
             if release {
                 self.release(ctx, t, out);
-            } else if let Some(&(t, _, b, i)) = order.get(next) {
+            } else if let Some((t, p)) = arrival {
                 next += 1;
-                if let Some(p) = from.get(b, self.node, i) {
-                    self.arrive(ctx, t, p, out);
-                }
+                self.arrive(ctx, *t, p, out);
             }
         }
         self.marks_through(ctx, t1, false);
-        order.clear();
-        self.order = order;
     }
 
     /// The measurement window opens (and closes) before anything else
@@ -231,9 +270,7 @@ impl<const H: usize> Stage<H> {
     }
 
     fn release(&mut self, ctx: &Ctx, now: SimTime, out: &mut Out<H>) {
-        let mut deps = std::mem::take(&mut self.departures);
-        self.pool.release_due(now, &mut deps);
-        for d in deps.drain(..) {
+        while let Some(d) = self.pool.release_next(now) {
             // One scheduler event per held packet, as the event loop counts.
             out.tally.events += 1;
             match d.decision {
@@ -248,7 +285,6 @@ impl<const H: usize> Stage<H> {
                 Decision::Drop { item, .. } => self.free.push(item),
             }
         }
-        self.departures = deps;
     }
 
     /// `p` leaves for its next hop at `now`: delivered there if it is the
@@ -324,6 +360,7 @@ pub(super) fn run_sliced<const H: usize>(
     // What the senders made: it feeds layer 0 and (mix loops) layer 1, so
     // it stays for the whole slice.
     let mut made: Vec<Out<H>> = (0..=threads).map(|_| Out::default()).collect();
+    let mut scratch: Vec<Scratch<H>> = (0..threads).map(|_| Scratch::default()).collect();
     while t0 < stop {
         let t1 = SimTime(t0.0.saturating_add(slice).min(stop.0));
         for b in &mut made {
@@ -342,7 +379,8 @@ pub(super) fn run_sliced<const H: usize>(
                 made: if layer <= 1 { &made } else { &[] },
                 prev: if layer >= 1 { &prev } else { &[] },
             };
-            process_layer(&ctx, &mut stages, nodes, t1, from, &mut bufs[..threads]);
+            let outs = &mut bufs[..threads];
+            process_layer(&ctx, &mut stages, nodes, t1, from, outs, &mut scratch);
             collect(&mut bufs, &mut tally, &mut delivered)?;
         }
         delivered.sort_unstable_by_key(|(t, p): &(SimTime, Packet<H>)| (*t, p.uid));
@@ -434,6 +472,7 @@ fn process_layer<const H: usize>(
     t1: SimTime,
     from: Inputs<'_, H>,
     bufs: &mut [Out<H>],
+    scratch: &mut [Scratch<H>],
 ) {
     let Some(layer) = stages.get_mut(nodes.clone()) else {
         return;
@@ -458,18 +497,18 @@ fn process_layer<const H: usize>(
         parts.push(a);
         rest = b;
     }
-    let run_part = |part: &mut [Stage<H>], out: &mut Out<H>| {
+    let run_part = |part: &mut [Stage<H>], out: &mut Out<H>, scratch: &mut Scratch<H>| {
         for s in part.iter_mut() {
-            s.process(ctx, t1, from, out);
+            s.process(ctx, t1, from, scratch, out);
         }
     };
-    if let ([part], [out, ..]) = (parts.as_mut_slice(), &mut *bufs) {
-        run_part(part, out);
+    if let ([part], [out, ..], [scratch, ..]) = (parts.as_mut_slice(), &mut *bufs, &mut *scratch) {
+        run_part(part, out, scratch);
         return;
     }
     std::thread::scope(|sc| {
-        for (part, out) in parts.into_iter().zip(bufs.iter_mut()) {
-            sc.spawn(move || run_part(part, out));
+        for ((part, out), scratch) in parts.into_iter().zip(bufs.iter_mut()).zip(scratch) {
+            sc.spawn(move || run_part(part, out, scratch));
         }
     });
 }

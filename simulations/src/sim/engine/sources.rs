@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use loopmix_core::keys::NodeId;
 use loopmix_core::poisson::PoissonTicker;
-use loopmix_core::sphinx::sample_delays;
+use loopmix_core::sphinx::sample_delay_nanos_into;
 use loopmix_core::topology::{MAX_EXCLUDED_FRACTION, Role, Topology};
 use rand::seq::SliceRandom;
 use rand::{Rng, RngExt};
@@ -319,7 +319,7 @@ impl Ctx {
 
     /// The mix layers of a fresh route, as node indexes (core routing).
     fn mix_path(&self, rng: &mut impl Rng, route: &mut Route) {
-        for e in self.topology.random_mix_path(rng) {
+        for e in self.topology.random_mix_path_iter(rng) {
             route.push(node_index(e));
         }
     }
@@ -337,7 +337,10 @@ impl Ctx {
         tally: &mut Tally,
     ) -> Packet<H> {
         let route = route.as_slice();
-        let delays = sample_delays(rng, route.len(), self.mean_delay);
+        // One delay per hop, drawn whatever `H` (the draws are the output).
+        let mut delays = [0u64; MAX_HOPS];
+        let delays = &mut delays[..route.len()];
+        sample_delay_nanos_into(rng, delays, self.mean_delay);
         let len = route.len().min(H);
         let measured = self.in_window(now);
         let mut p = Packet {
@@ -353,8 +356,8 @@ impl Ctx {
             uid,
         };
         p.route[..len].copy_from_slice(&route[..len]);
-        for (slot, d) in p.delays_ns.iter_mut().zip(&delays) {
-            *slot = d.to_nanos();
+        for (slot, d) in p.delays_ns.iter_mut().zip(delays.iter()) {
+            *slot = *d;
         }
         if measured {
             tally.traffic.count(kind);
