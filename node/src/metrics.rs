@@ -185,7 +185,7 @@ impl NodeMetrics {
                 "loopmix_hop_delay_error_seconds",
                 "Realised minus intended holding time of forwarded packets",
                 vec![
-                    1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
+                    1e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
                 ],
             )?,
             delay_clamped: counter(

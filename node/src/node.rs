@@ -363,7 +363,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
 
     // Pipeline.
     let (job_tx, job_rx) = crossbeam_channel::bounded(cfg.mixing.ingress_queue);
-    let (delay_tx, delay_rx) = mpsc::channel(8192);
+    let (delay_tx, delay_rx) = mpsc::channel(crate::pipeline::DELAY_CHANNEL_BATCHES);
     let stop_workers = Arc::new(AtomicBool::new(false));
     let workers = spawn_workers(
         cfg.worker_threads(),

@@ -379,7 +379,7 @@ pub fn spawn_workers(
     rx: Receiver<Job>,
     processor: Arc<SphinxProcessor>,
     shared: Arc<NodeContext>,
-    out: mpsc::Sender<Delayed>,
+    out: mpsc::Sender<Vec<Delayed>>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..n)
@@ -398,19 +398,58 @@ pub fn spawn_workers(
         .collect()
 }
 
+/// Packets a worker hands the delay stage at once, at most. A batch goes
+/// as soon as the worker's queue is empty, so batching only happens under
+/// load, where it saves a wake-up of the delay stage per packet and holds
+/// a packet back by at most this many unwraps of one worker.
+pub const DELAY_BATCH: usize = 16;
+
+/// How many batches the worker → delay-stage channel holds: about 8192
+/// packets when the batches are full.
+pub const DELAY_CHANNEL_BATCHES: usize = 8192 / DELAY_BATCH;
+
 fn worker(
     rx: Receiver<Job>,
     processor: Arc<SphinxProcessor>,
     shared: Arc<NodeContext>,
-    out: mpsc::Sender<Delayed>,
+    out: mpsc::Sender<Vec<Delayed>>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut pending: Vec<Delayed> = Vec::with_capacity(DELAY_BATCH);
+    // Back-pressure: if the delay stage is saturated this blocks, the
+    // ingress queue fills and the excess drops at the edge.
+    let flush = |pending: &mut Vec<Delayed>| {
+        let n = pending.len() as u64;
+        let batch = std::mem::replace(pending, Vec::with_capacity(DELAY_BATCH));
+        if out.blocking_send(batch).is_err() {
+            shared
+                .metrics
+                .dropped
+                .with_label_values(&["shutdown"])
+                .inc_by(n);
+        }
+    };
     loop {
-        let job = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(j) => j,
-            Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => return,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+        if pending.len() >= DELAY_BATCH {
+            flush(&mut pending);
+        }
+        // With packets pending, only take a job that is already there:
+        // otherwise they go now, before this worker waits.
+        let job = if pending.is_empty() {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(j) => j,
+                Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => break,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(j) => j,
+                Err(_) => {
+                    flush(&mut pending);
+                    continue;
+                }
+            }
         };
         let start = Instant::now();
         // Shed what the queue made stale before paying for it: under
@@ -453,11 +492,7 @@ fn worker(
                     received: job.received,
                     intended: delay,
                 };
-                // Back-pressure: if the delay stage is saturated this blocks,
-                // the ingress queue fills and the excess drops at the edge.
-                if out.blocking_send(item).is_err() {
-                    shared.drop_packet("shutdown");
-                }
+                pending.push(item);
             }
             Ok(Processed::Final {
                 destination,
@@ -491,6 +526,9 @@ fn worker(
                 }
             }
         }
+    }
+    if !pending.is_empty() {
+        flush(&mut pending);
     }
 }
 
@@ -589,7 +627,7 @@ pub struct DelayStage {
 impl DelayStage {
     /// Runs until every worker has exited (the input closes), then keeps
     /// forwarding what is queued at its deadline for at most `drain`.
-    pub async fn run(self, mut rx: mpsc::Receiver<Delayed>) {
+    pub async fn run(self, mut rx: mpsc::Receiver<Vec<Delayed>>) {
         // The rules (deadline, due-at-once, overload, late, entropy) are
         // the sans-IO `Mix` the simulator drives too; this is its I/O.
         let mut pool = DelayPool::new(
@@ -599,15 +637,19 @@ impl DelayStage {
             },
             Instant::now(),
         );
+        let mut batches = Vec::with_capacity(64);
         let mut batch = Vec::with_capacity(256);
         let mut decided = Vec::with_capacity(256);
         loop {
             self.step(&mut pool, DelayEvent::Wake, &mut decided);
             let next = pool.next_deadline();
             tokio::select! {
-                n = rx.recv_many(&mut batch, 256) => {
+                n = rx.recv_many(&mut batches, 64) => {
                     if n == 0 {
                         break;
+                    }
+                    for b in batches.drain(..) {
+                        batch.extend(b);
                     }
                     self.step(&mut pool, DelayEvent::Processed(&mut batch), &mut decided);
                 }
@@ -942,6 +984,73 @@ mod tests {
         assert_eq!(s.metrics.loop_rtt.get_sample_count(), 1);
         assert_eq!(s.loops().pending(), 0);
         assert_eq!(dropped(&s, "unexpected_final_hop"), 1);
+    }
+
+    #[test]
+    fn workers_hand_over_what_is_queued_in_batches_and_a_lone_packet_at_once() {
+        use loopmix_core::mixing::processor::KeySlot;
+        use loopmix_core::mixing::replay::ReplayCache;
+        use loopmix_core::sphinx::{build_packet, destination_of};
+        use sphinx_packet::header::delays::Delay;
+
+        let key = SphinxKeypair::generate();
+        let s = shared_with(&key);
+        let ring = KeyRing::default();
+        ring.insert(KeySlot {
+            epoch: 1,
+            key: SphinxKeypair::from_secret(key.secret().clone()),
+            replay: ReplayCache::new(1000, 1e-6).unwrap(),
+        });
+        let processor = Arc::new(SphinxProcessor::new(ring, Duration::from_secs(10)));
+        let topology = s.topology();
+        let me = topology.get(&s.me).unwrap();
+        // Two hops through this node: the first unwrap forwards (to itself).
+        let job = || Job {
+            frame: Frame {
+                key_epoch: 1,
+                packet: Bytes::from(
+                    build_packet(
+                        b"hop",
+                        &[me, me],
+                        &destination_of(&s.me, [7; 16]),
+                        &[Delay::new_from_nanos(0), Delay::new_from_nanos(0)],
+                        1024,
+                    )
+                    .unwrap(),
+                ),
+            },
+            received: Instant::now(),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(100);
+        let queued = 3 * DELAY_BATCH + 1;
+        for _ in 0..queued {
+            tx.send(job()).unwrap();
+        }
+        let (out, mut delayed) = mpsc::channel(100);
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = spawn_workers(1, rx, processor, s.clone(), out, stop.clone()).unwrap();
+        let mut sizes = Vec::new();
+        while sizes.iter().sum::<usize>() < queued {
+            let b = delayed.blocking_recv().unwrap();
+            sizes.push(b.len());
+        }
+        assert!(
+            sizes.iter().all(|&n| (1..=DELAY_BATCH).contains(&n)),
+            "{sizes:?}"
+        );
+        assert!(
+            sizes.len() < queued,
+            "a queue is handed over in batches: {sizes:?}"
+        );
+        // An idle worker sends a lone packet by itself, without waiting
+        // for more.
+        tx.send(job()).unwrap();
+        assert_eq!(delayed.blocking_recv().unwrap().len(), 1);
+        drop(tx);
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(dropped(&s, "shutdown"), 0);
     }
 
     mod like_the_simulator {
