@@ -50,7 +50,7 @@ use prometheus::Registry;
 use tokio::sync::mpsc;
 
 /// One-way latency probes per preset.
-const PROBES: usize = 40;
+const PROBES: usize = 160;
 
 /// Minimum ack timeout of a data fragment (PROTOCOL.md 6.4: 1.5 × the
 /// sampled delays + 1.5 s + pull_interval): no message arriving sooner
