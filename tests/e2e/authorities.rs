@@ -493,7 +493,14 @@ async fn liveness_lists_a_stopped_node_down_and_up_again_within_one_epoch() {
     assert_eq!(up.epoch(), 1);
     assert!(up.signers().len() >= 2);
 
-    // Authority 2 observes the node down; one vote is not enough.
+    // Authority 2 observes the node down; one vote is not enough. A fast
+    // machine can finish a loopback handshake inside its 1 ms timeout, so
+    // pause the node for a moment: one of authority 2's probes (every 2 s)
+    // then fails, and it never lists the node up again (up_after 1000),
+    // while the others, which need 3 failures of 1.5 s, keep it up.
+    signal(node.child.id(), "-STOP");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    signal(node.child.id(), "-CONT");
     let http = http();
     // (Nodes it never reached get 30 s of grace first: later rounds.)
     let mut obs_round = up.round() + 1;
