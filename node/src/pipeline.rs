@@ -779,6 +779,25 @@ mod tests {
         ))
     }
 
+    /// A mix alone in its topology and a processor holding its epoch-1
+    /// Sphinx key, so packets built for it unwrap.
+    fn keyed_node() -> (Arc<NodeContext>, Arc<SphinxProcessor>) {
+        use loopmix_core::mixing::processor::KeySlot;
+        use loopmix_core::mixing::replay::ReplayCache;
+        let key = SphinxKeypair::generate();
+        let s = shared_with(&key);
+        let ring = KeyRing::default();
+        ring.insert(KeySlot {
+            epoch: 1,
+            key: SphinxKeypair::from_secret(key.secret().clone()),
+            replay: ReplayCache::new(1000, 1e-6).unwrap(),
+        });
+        (
+            s,
+            Arc::new(SphinxProcessor::new(ring, Duration::from_secs(10))),
+        )
+    }
+
     fn frame() -> Frame {
         Frame {
             key_epoch: 1,
@@ -934,20 +953,10 @@ mod tests {
 
     #[test]
     fn a_returning_loop_is_counted_and_anything_else_goes_to_delivery() {
-        use loopmix_core::mixing::processor::KeySlot;
-        use loopmix_core::mixing::replay::ReplayCache;
         use loopmix_core::sphinx::{build_packet, destination_of};
         use sphinx_packet::header::delays::Delay;
 
-        let key = SphinxKeypair::generate();
-        let s = shared_with(&key);
-        let ring = KeyRing::default();
-        ring.insert(KeySlot {
-            epoch: 1,
-            key: SphinxKeypair::from_secret(key.secret().clone()),
-            replay: ReplayCache::new(1000, 1e-6).unwrap(),
-        });
-        let processor = Arc::new(SphinxProcessor::new(ring, Duration::from_secs(10)));
+        let (s, processor) = keyed_node();
         // One-hop packets to ourselves: the final hop is this node.
         let topology = s.topology();
         let me = topology.get(&s.me).unwrap();
@@ -988,20 +997,10 @@ mod tests {
 
     #[test]
     fn workers_hand_over_what_is_queued_in_batches_and_a_lone_packet_at_once() {
-        use loopmix_core::mixing::processor::KeySlot;
-        use loopmix_core::mixing::replay::ReplayCache;
         use loopmix_core::sphinx::{build_packet, destination_of};
         use sphinx_packet::header::delays::Delay;
 
-        let key = SphinxKeypair::generate();
-        let s = shared_with(&key);
-        let ring = KeyRing::default();
-        ring.insert(KeySlot {
-            epoch: 1,
-            key: SphinxKeypair::from_secret(key.secret().clone()),
-            replay: ReplayCache::new(1000, 1e-6).unwrap(),
-        });
-        let processor = Arc::new(SphinxProcessor::new(ring, Duration::from_secs(10)));
+        let (s, processor) = keyed_node();
         let topology = s.topology();
         let me = topology.get(&s.me).unwrap();
         // Two hops through this node: the first unwrap forwards (to itself).
