@@ -275,25 +275,42 @@ impl SphinxKeypair {
     }
 }
 
+/// Writes a private key file (0600) that appears complete or not at all: a
+/// reader (a node loading its stored keys while its registrar makes the
+/// next one) must never see it empty or half written. Written to a
+/// temporary file beside it, synced, then hard-linked into place, which
+/// fails if `path` exists: an existing key is never replaced.
 fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyError::Exists(path.to_path_buf())
-            } else {
-                io(e)
-            }
-        })?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)
+    if path.exists() {
+        return Err(KeyError::Exists(path.to_path_buf()));
+    }
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    // A leftover of a crash of this very process id: nobody else writes it.
+    let _ = fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::hard_link(&tmp, path)
+    })();
+    let _ = fs::remove_file(&tmp);
+    written.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyError::Exists(path.to_path_buf())
+        } else {
+            io(e)
+        }
+    })
 }
 
 fn read_private_file(path: &Path) -> Result<Zeroizing<String>, KeyError> {

@@ -20,7 +20,7 @@
 
 use crate::error::NodeError;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use loopmix_core::keys::{SphinxKeypair, SphinxPublicKey};
 use loopmix_core::mixing::processor::{KeyRing, KeySlot};
@@ -36,6 +36,10 @@ pub struct EpochKeys {
     key_dir: PathBuf,
     replay_dir: PathBuf,
     replay: ReplaySection,
+    /// Held while a key is looked up or made: the registrar (next epoch's
+    /// key) and the start-up load of stored keys may ask for the same
+    /// epoch at once, and must end with one key, the one on disk.
+    making: Arc<Mutex<()>>,
 }
 
 impl EpochKeys {
@@ -49,6 +53,7 @@ impl EpochKeys {
             key_dir,
             replay_dir,
             replay,
+            making: Arc::default(),
         })
     }
 
@@ -97,6 +102,7 @@ impl EpochKeys {
     /// The key for `epoch`: loaded from disk, or made and written (0600)
     /// first. Either way it is in the ring when this returns.
     pub fn ensure(&self, epoch: u64) -> Result<SphinxPublicKey, NodeError> {
+        let _making = self.making.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = self.ring.get(epoch) {
             return Ok(slot.key.public());
         }
@@ -259,5 +265,42 @@ mod tests {
         assert!(!dir.path().join("sphinx/epoch-5.pem").exists());
         assert!(!dir.path().join(format!("replay/{k5}.bloom")).exists());
         assert!(dir.path().join("sphinx/epoch-6.pem").exists());
+    }
+
+    /// The registrar makes epoch e's key while start-up loads the stored
+    /// ones (CI once lost a node to this: it read a key file still empty).
+    /// Every caller must end with the one key on disk, and none may fail.
+    #[test]
+    fn a_key_made_while_stored_keys_load_is_one_key() {
+        for epoch in 0..40u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let keys = EpochKeys::new(dir.path(), small()).unwrap();
+            let made: Vec<SphinxPublicKey> = std::thread::scope(|s| {
+                let makers: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| keys.ensure(epoch).unwrap()))
+                    .collect();
+                let loader = s.spawn(|| {
+                    for _ in 0..50 {
+                        keys.load_stored(epoch).unwrap();
+                    }
+                });
+                loader.join().unwrap();
+                makers.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let on_disk = EpochKeys::new(dir.path(), small())
+                .unwrap()
+                .public(epoch)
+                .unwrap();
+            assert!(
+                made.iter().all(|k| *k == on_disk),
+                "epoch {epoch}: {made:?}"
+            );
+            assert_eq!(keys.ring().get(epoch).unwrap().key.public(), on_disk);
+            let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sphinx"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+        }
     }
 }

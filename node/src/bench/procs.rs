@@ -178,7 +178,18 @@ impl NodeProcess {
                 return Ok(v);
             }
             if Instant::now() > deadline {
-                bail!("{series} = {v} after {timeout:?}");
+                // The log's tail says why (a node that exited, or one still
+                // waiting for something), which the value alone cannot.
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                bail!(
+                    "{series} = {v} after {timeout:?} ({}); last lines of {}:\n{}",
+                    self.metric(series)
+                        .err()
+                        .map_or("scraped".to_string(), |e| e.to_string()),
+                    self.dir.join("node.log").display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
