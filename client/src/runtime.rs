@@ -311,9 +311,11 @@ impl Client {
         } else {
             SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
         };
-        // Nobody dials a client: the allow-list stays empty.
+        // Nobody dials a client: the allow-list stays empty. The provider
+        // acknowledges our packets with its pull answers, not alone.
         let transport =
-            Transport::bind(bind, identity, PeerAllowList::default(), Arc::new(|_| {}))?;
+            Transport::bind(bind, identity, PeerAllowList::default(), Arc::new(|_| {}))?
+                .with_sparse_acks();
         let link = transport.local_addr().ok();
         let egress = Egress::new(
             transport.clone(),

@@ -51,7 +51,14 @@ pub enum TransportError {
     },
 }
 
-fn transport_config() -> quinn::TransportConfig {
+/// The QUIC settings of every loopmix connection. `sparse_acks` asks the
+/// peer to acknowledge our packets sparsely: set on every server (a node's
+/// inbound connections carry the dialer's packets, so there it governs
+/// only how a client acknowledges its provider's pull answers) and on a
+/// client's dialer (how the provider acknowledges the client's packets).
+/// A node's own dialer keeps the default: a mix link carries a packet flow
+/// whose sender must not wait 25 ms for ACKs while its window opens.
+fn transport_config(sparse_acks: bool) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // The spin bit lets a passive observer measure RTT per connection.
     t.allow_spin(false);
@@ -68,6 +75,18 @@ fn transport_config() -> quinn::TransportConfig {
     t.receive_window(VarInt::from_u32(16 * 1024 * 1024));
     t.send_window(16 * 1024 * 1024);
     t.datagram_receive_buffer_size(None);
+    if sparse_acks {
+        // Ask the peer to acknowledge our packets only every 64 of them or
+        // after its max_ack_delay (25 ms), so its ACKs ride on what it sends
+        // anyway (a client's pull every 25 ms) instead of leaving as ACK-only
+        // datagrams, whose number depends on how quickly the peer reads its
+        // socket, i.e. on how busy it is. With quinn's default (an ACK every
+        // second packet) a busy and an idle client sent their provider
+        // measurably different numbers (docs/THREAT_MODEL.md).
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(VarInt::from_u32(64));
+        t.ack_frequency_config(Some(ack));
+    }
     t
 }
 
@@ -78,6 +97,8 @@ pub struct Transport {
     identity: Arc<IdentityKeypair>,
     on_refuse: RefusalHook,
     allowed: PeerAllowList,
+    /// Whether connections we dial ask for sparse ACKs ([`transport_config`]).
+    sparse_acks: bool,
 }
 
 impl Transport {
@@ -93,13 +114,14 @@ impl Transport {
         let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls))
             .map_err(|e| TransportError::Config(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
-        server.transport_config(Arc::new(transport_config()));
+        server.transport_config(Arc::new(transport_config(true)));
         let endpoint = endpoint(listen, Some(server))?;
         Ok(Self {
             endpoint,
             identity,
             on_refuse,
             allowed,
+            sparse_acks: false,
         })
     }
 
@@ -117,7 +139,15 @@ impl Transport {
             identity,
             on_refuse,
             allowed: PeerAllowList::default(),
+            sparse_acks: false,
         })
+    }
+
+    /// Connections this endpoint dials ask the peer for sparse ACKs (a
+    /// client's link to its provider; see [`transport_config`]).
+    pub fn with_sparse_acks(mut self) -> Self {
+        self.sparse_acks = true;
+        self
     }
 
     /// The allow-list inbound handshakes are checked against (empty for a
@@ -149,7 +179,7 @@ impl Transport {
         let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
             .map_err(|e| err(e.to_string()))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic_tls));
-        cfg.transport_config(Arc::new(transport_config()));
+        cfg.transport_config(Arc::new(transport_config(self.sparse_acks)));
         // The server name is not checked (keys are pinned); it must only parse.
         let connecting = self
             .endpoint
