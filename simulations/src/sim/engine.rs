@@ -124,9 +124,15 @@ struct Packet<const H: usize> {
 }
 
 impl<const H: usize> Packet<H> {
-    /// The next hop is the last: the packet is delivered there, not pooled.
+    /// The packet is at its last hop: it is delivered there, not pooled.
+    #[cfg(test)]
     fn last_leg(&self) -> bool {
         self.hop + 1 >= self.len
+    }
+
+    /// Leaving the hop it is at, the packet is delivered at the next.
+    fn leaving_last_leg(&self) -> bool {
+        self.hop + 2 >= self.len
     }
 }
 

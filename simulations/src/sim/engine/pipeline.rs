@@ -169,12 +169,17 @@ struct Out<const H: usize> {
 }
 
 impl<const H: usize> Out<H> {
-    fn push(&mut self, node: u32, t: SimTime, p: Packet<H>) {
+    /// `p`, at hop `hop`, arrives at `node` at `t`.
+    fn push(&mut self, node: u32, t: SimTime, p: &Packet<H>, hop: u8) {
         let n = node as usize;
         if self.to.len() <= n {
             self.to.resize_with(n + 1, Vec::new);
         }
-        self.to[n].push((t, p));
+        let list = &mut self.to[n];
+        list.push((t, *p));
+        if let Some(last) = list.last_mut() {
+            last.1.hop = hop;
+        }
     }
 
     fn clear(&mut self) {
@@ -263,7 +268,7 @@ impl<const H: usize> Stage<H> {
             // A zero delay: the node forwards it at once, unmixed.
             Some(Decision::Forward { .. }) => {
                 self.free.push(slot);
-                self.forward(ctx, *p, now, out);
+                forward(ctx, self.layer, p, now, out);
             }
             Some(Decision::Drop { .. }) => self.free.push(slot),
         }
@@ -276,38 +281,46 @@ impl<const H: usize> Stage<H> {
             match d.decision {
                 Decision::Forward { item, .. } => {
                     self.free.push(item);
-                    let mut p = self.slab[item as usize];
+                    // Straight from the slab into the next node's list:
+                    // one copy of the packet per hop.
+                    let Some(p) = self.slab.get_mut(item as usize) else {
+                        continue;
+                    };
                     if let Some(mass) = d.mass {
                         p.mass = mass;
                     }
-                    self.forward(ctx, p, now, out);
+                    forward(ctx, self.layer, p, now, out);
                 }
                 Decision::Drop { item, .. } => self.free.push(item),
             }
         }
     }
+}
 
-    /// `p` leaves for its next hop at `now`: delivered there if it is the
-    /// last, else an arrival for that node's stage (in a later layer).
-    fn forward(&self, ctx: &Ctx, mut p: Packet<H>, now: SimTime, out: &mut Out<H>) {
-        p.hop += 1;
-        if p.last_leg() {
-            if Outcome::counts(&p) {
-                out.delivered.push((now, p));
+/// `p`, at a node of `layer`, leaves for its next hop at `now`: delivered
+/// there if it is the last, else an arrival for that node's stage (in a
+/// later layer). The copy that moves on is `p` one hop further.
+fn forward<const H: usize>(ctx: &Ctx, layer: u8, p: &Packet<H>, now: SimTime, out: &mut Out<H>) {
+    if p.leaving_last_leg() {
+        if Outcome::counts(p) {
+            out.delivered.push((now, *p));
+            if let Some(d) = out.delivered.last_mut() {
+                d.1.hop += 1;
             }
-            return;
         }
-        let next = p.route[p.hop as usize];
-        if ctx
-            .nodes
-            .get(next as usize)
-            .is_none_or(|n| n.layer <= self.layer)
-        {
-            out.unordered = true;
-            return;
-        }
-        out.push(next, now, p);
+        return;
     }
+    let hop = p.hop + 1;
+    let next = p.route[hop as usize];
+    if ctx
+        .nodes
+        .get(next as usize)
+        .is_none_or(|n| n.layer <= layer)
+    {
+        out.unordered = true;
+        return;
+    }
+    out.push(next, now, p, hop);
 }
 
 /// Runs `setup` on `threads` threads (at least 1).
@@ -352,6 +365,7 @@ pub(super) fn run_sliced<const H: usize>(
         .max(1);
     let mut t0 = SimTime(0);
     let mut delivered = Vec::new();
+    let mut by_time: Vec<(u64, u64, usize)> = Vec::new();
     // One buffer per part (and one for the mixes' loops), twice: a stage
     // reads what the previous one wrote into one set and writes into the
     // other. Kept across slices so their memory is allocated once.
@@ -383,10 +397,22 @@ pub(super) fn run_sliced<const H: usize>(
             process_layer(&ctx, &mut stages, nodes, t1, from, outs, &mut scratch);
             collect(&mut bufs, &mut tally, &mut delivered)?;
         }
-        delivered.sort_unstable_by_key(|(t, p): &(SimTime, Packet<H>)| (*t, p.uid));
-        for (t, p) in delivered.drain(..) {
-            outcome.deliver(&p, t);
+        // Sorting small keys, not the packets: this part runs on one thread.
+        // (time, uid) is unique, so the order is the same on any threads.
+        by_time.clear();
+        by_time.extend(
+            delivered
+                .iter()
+                .enumerate()
+                .map(|(i, (t, p))| (t.0, p.uid, i)),
+        );
+        by_time.sort_unstable();
+        for &(_, _, i) in &by_time {
+            if let Some((t, p)) = delivered.get(i) {
+                outcome.deliver(p, *t);
+            }
         }
+        delivered.clear();
         progress(t1.as_secs_f64() / stop.as_secs_f64().max(1e-9));
         t0 = t1;
     }
@@ -447,7 +473,7 @@ fn make_packets<const H: usize>(
                     let id = base + i as u32;
                     while let Some((t, stream)) = c.next_tick().filter(|&(t, _)| t < t1) {
                         if let Some(p) = ctx.client_tick(id, c, stream, t, &mut out.tally) {
-                            out.push(p.route[0], t, p);
+                            out.push(p.route[0], t, &p, 0);
                         }
                     }
                 }
@@ -456,7 +482,7 @@ fn make_packets<const H: usize>(
         for (i, src) in loops.iter_mut().enumerate() {
             while let Some(t) = src.next_tick().filter(|&t| t < t1) {
                 if let Some(p) = ctx.loop_tick(i as u32, src, t, &mut loop_buf.tally) {
-                    loop_buf.push(p.route[0], t, p);
+                    loop_buf.push(p.route[0], t, &p, 0);
                 }
             }
         }
