@@ -70,7 +70,7 @@ and more cover traffic hides when and how much a user sends, so the anonymity se
 observer has to choose from grow; the price is latency (a request and its answer cross \
 about ten delayed hops) and bandwidth spent on cover. Goodput per client is bounded by \
 λ_P × ~1990 bytes/s: speed (20 ms per hop, λ_P 50/s) ≈ 100 KB/s, balanced (60 ms, \
-30/s) ≈ 60 KB/s, privacy (250 ms, 10/s) ≈ 20 KB/s.";
+30/s) ≈ 60 KB/s, privacy (250 ms, 30/s) ≈ 60 KB/s.";
 
 const CTL_ABOUT: &str = "Kill, stop, continue or restart a member of a running localnet, \
 or list the members and their states.";

@@ -25,7 +25,8 @@ pub enum Preset {
     /// 60 ms per hop, λ_P 30/s, pull every 25 ms: ε 0.38, median 220 ms
     /// (p95 465 ms).
     Balanced,
-    /// 250 ms per hop, λ_P 10/s, more cover: ε 0.31, median 0.92 s (p95 1.94 s).
+    /// 250 ms per hop, λ_P 30/s, pull every 100 ms: ε 0.18, median 0.92 s
+    /// (p95 1.94 s).
     Privacy,
 }
 
@@ -65,16 +66,20 @@ impl Preset {
     pub fn params(self) -> PresetParams {
         let (d, p, l, dr, m, pull) = match self {
             // Pull intervals: with the providers' 8 slots per answer the
-            // receive capacity (160, 320, 32 messages/s) stays above what a
+            // receive capacity (160, 320, 80 messages/s) stays above what a
             // busy client receives (a peer's λ_P of data, acks for its own
             // λ_P, its loops), and the pull adds half an interval of delay.
-            // Balanced is derived in docs/SIMULATIONS.md ("The presets"):
-            // the least bandwidth whose predicted non-mixing share is at
-            // most 20 % without a longer mean latency than the 50 ms / λ_P
-            // 20 it replaces.
+            // Each follows a rule on the simulator's frontier
+            // (docs/SIMULATIONS.md, "The presets"). Speed: the least mixing
+            // latency at the threat model's floor ε ≤ 0.55 for ≤ 130 KB/s
+            // sent per client. Balanced: the least bandwidth whose
+            // predicted non-mixing share is at most 20 % without a longer
+            // mean latency than the 50 ms / λ_P 20 it replaces. Privacy:
+            // the least ε with a mixing p95 ≤ 2 s for no more bandwidth
+            // than balanced.
             Preset::Speed => (20.0, 50.0, 2.0, 2.0, 2.0, 50),
             Preset::Balanced => (60.0, 30.0, 1.0, 1.0, 1.0, 25),
-            Preset::Privacy => (250.0, 10.0, 2.0, 2.0, 2.0, 250),
+            Preset::Privacy => (250.0, 30.0, 1.0, 1.0, 1.0, 100),
         };
         PresetParams {
             mean_hop_delay_ms: d,
@@ -91,7 +96,7 @@ impl Preset {
         let epsilon = match self {
             Preset::Speed => 0.526,
             Preset::Balanced => 0.384,
-            Preset::Privacy => 0.311,
+            Preset::Privacy => 0.178,
         };
         let mean_hop_s = self.params().mean_hop_delay_ms / 1000.0;
         Prediction {
