@@ -173,7 +173,8 @@ impl NodeProcess {
     ) -> anyhow::Result<f64> {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = self.metric(series).unwrap_or(f64::NAN);
+            let scraped = self.metric(series);
+            let v = scraped.as_ref().copied().unwrap_or(f64::NAN);
             if pred(v) {
                 return Ok(v);
             }
@@ -184,7 +185,7 @@ impl NodeProcess {
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 bail!(
                     "{series} = {v} after {timeout:?} ({}); last lines of {}:\n{}",
-                    self.metric(series)
+                    scraped
                         .err()
                         .map_or("scraped".to_string(), |e| e.to_string()),
                     self.dir.join("node.log").display(),
