@@ -113,14 +113,25 @@ fn fake_entry(sphinx: &SphinxKeypair, port: u16, role: Role) -> NodeEntry {
     }
 }
 
+/// What [`raw_unwrap_rate`] found.
+struct RawRate {
+    /// Packets per second, wall clock, all threads together.
+    rate: f64,
+    /// CPU seconds this process spent per packet meanwhile (from /proc):
+    /// the unwrap cost itself, whatever share of the cores the threads got.
+    cpu_per_packet: Option<f64>,
+}
+
 /// Unwraps the same small set of packets over and over on every core.
-fn raw_unwrap_rate(seconds: f64) -> f64 {
+fn raw_unwrap_rate(seconds: f64) -> RawRate {
     let key = SphinxKeypair::generate();
     let a = fake_entry(&key, 1, Role::Mix);
     let b = fake_entry(&SphinxKeypair::generate(), 2, Role::Provider);
     let packets = build_many(256, &a, &b, Duration::ZERO);
     let stop = AtomicBool::new(false);
     let done = AtomicU64::new(0);
+    let me = std::process::id();
+    let cpu_before = procs::cpu_seconds_of(me);
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads() {
@@ -145,7 +156,18 @@ fn raw_unwrap_rate(seconds: f64) -> f64 {
         std::thread::sleep(Duration::from_secs_f64(seconds));
         stop.store(true, Ordering::Relaxed);
     });
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let elapsed = start.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed) as f64;
+    // This process is otherwise idle now (the peer's links carry nothing),
+    // so its CPU time is the unwraps'.
+    let cpu_per_packet = match (cpu_before, procs::cpu_seconds_of(me)) {
+        (Some(a), Some(b)) if n > 0.0 && b > a => Some((b - a) / n),
+        _ => None,
+    };
+    RawRate {
+        rate: n / elapsed,
+        cpu_per_packet,
+    }
 }
 
 /// The node's `loopmix_hop_delay_error_seconds` p99 (a bucket bound) for
@@ -349,9 +371,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut ratios = Vec::new();
     let mut left_ratios = Vec::new();
     let mut node_rates = Vec::new();
+    let mut efficiencies = Vec::new();
     for run in 1..=args.runs.max(1) {
         let raw_seconds = args.raw_seconds;
-        let raw = tokio::task::spawn_blocking(move || raw_unwrap_rate(raw_seconds)).await?;
+        let raw_run = tokio::task::spawn_blocking(move || raw_unwrap_rate(raw_seconds)).await?;
+        let raw = raw_run.rate;
         let n = args.packets;
         let (m2, me2) = (mix.clone(), me.clone());
         // Fresh packets every run: the node's replay filter remembers.
@@ -365,18 +389,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .unwrap_or(0.0)
             })
             .sum();
-        let efficiency = tp.cpu_per_packet.map_or(String::new(), |per_packet| {
-            // CPU the node spent per packet against the raw unwrap cost
-            // per packet: the node's own overhead, independent of the load
-            // generator sharing the machine.
-            let raw_per_packet = threads() as f64 / raw;
-            format!(
-                "; node CPU {:.1} us/pkt vs raw {:.1}, efficiency {:.2}",
-                per_packet * 1e6,
-                raw_per_packet * 1e6,
-                raw_per_packet / per_packet
-            )
-        });
+        // CPU the node spent per packet against the CPU a raw unwrap took:
+        // the node's own overhead, independent of the load generator
+        // sharing the machine, and of anything else running on it (both
+        // are CPU time, not wall time; on an idle machine the raw side
+        // equals cores / raw rate).
+        let efficiency = match (tp.cpu_per_packet, raw_run.cpu_per_packet) {
+            (Some(node_cpu), Some(raw_cpu)) => {
+                efficiencies.push(raw_cpu / node_cpu);
+                format!(
+                    "; node CPU {:.1} us/pkt vs raw {:.1}, efficiency {:.2}",
+                    node_cpu * 1e6,
+                    raw_cpu * 1e6,
+                    raw_cpu / node_cpu
+                )
+            }
+            _ => String::new(),
+        };
         // The load generator shares this machine's cores with the node, so
         // the raw rate on every core is more than the node could reach
         // even with no overhead at all: also compare against the raw rate
@@ -411,6 +440,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!(
             "node / raw on the cores the load generator left, median: {:>5.2}",
             reject::median(left_ratios)
+        );
+    }
+
+    if !efficiencies.is_empty() {
+        println!(
+            "node CPU efficiency (raw unwrap CPU / node CPU per packet), median: {:>5.2}",
+            reject::median(efficiencies)
         );
     }
 
