@@ -89,85 +89,62 @@ fn at<'a, const H: usize>(lists: &Lists<'a, H>, r: u64) -> Option<&'a (SimTime, 
         .get((r & 0xFFFF_FFFF) as usize)
 }
 
-/// What a stage needs of an arrival before it forwards it, read from the
-/// packet once, in the order the lists hold them (which the memory
-/// prefetches), so that the event loop touches a packet only to forward it.
-#[derive(Clone, Copy)]
-struct Arrival {
-    t: SimTime,
-    /// The delay it asks of this hop, ns.
-    delay: u64,
-    mass: [f64; 2],
-    /// Where it is: list << 32 | index in the list.
-    at: u64,
-}
-
 /// A part's working space for one node at a time, kept across nodes and
-/// slices so its memory is allocated once: the node's arrivals, which stay
-/// in the previous stage's buffers (a packet is copied once per hop, into
-/// the next node's list, unless it stays in the pool past the slice), and
-/// the order to take them in.
+/// slices so its memory is allocated once: where the node's arrivals are in
+/// the previous stage's buffers (they are read there, not copied: a packet
+/// is copied once per hop, into the next node's list, unless it stays in
+/// the pool past the slice) and the order to take them in.
 #[derive(Default)]
 struct Scratch {
-    /// Every arrival, lists in order.
-    found: Vec<Arrival>,
-    /// Indexes into `found` in (time, uid) order. Each sits in the low
+    /// Every arrival as (list << 32 | index in the list), lists in order.
+    refs: Vec<u64>,
+    /// Indexes into `refs` in (time, uid) order. Each sits in the low
     /// bits (`index`) under the time since the earliest arrival, so the
     /// sort compares plain integers; the rare equal times are then put in
     /// uid order.
     keys: Vec<u64>,
     index: u64,
-    /// `found` in (time, uid) order.
-    order: Vec<Arrival>,
+    /// `refs` in (time, uid) order: arrival `i` is `order[i]`.
+    order: Vec<u64>,
 }
 
 impl Scratch {
     /// Finds the arrivals in `lists` and sorts them.
     fn gather<const H: usize>(&mut self, lists: &Lists<'_, H>) {
-        self.found.clear();
+        self.refs.clear();
         self.keys.clear();
         self.order.clear();
         for (l, list) in lists.iter().enumerate() {
-            self.found
-                .extend(list.iter().enumerate().map(|(i, (t, p))| Arrival {
-                    t: *t,
-                    delay: p.delays_ns.get(p.hop as usize).copied().unwrap_or(0),
-                    mass: p.mass,
-                    at: ((l as u64) << 32) | i as u64,
-                }));
+            self.refs
+                .extend((0..list.len() as u64).map(|i| ((l as u64) << 32) | i));
         }
-        let (Some(lo), Some(hi)) = (
-            self.found.iter().map(|a| a.t).min(),
-            self.found.iter().map(|a| a.t).max(),
-        ) else {
+        let times = || lists.iter().flat_map(|l| l.iter().map(|a| a.0));
+        let (Some(lo), Some(hi)) = (times().min(), times().max()) else {
             return;
         };
-        let n = self.found.len() as u64;
+        let n = self.refs.len() as u64;
         let bits = u64::BITS - n.saturating_sub(1).leading_zeros();
         let span = hi.0 - lo.0;
-        let found = &self.found;
-        let key = |i: u64| {
-            let a = found.get(i as usize)?;
-            Some((a.t, at(lists, a.at)?.1.uid))
-        };
+        let arrival = |refs: &[u64], i: u64| refs.get(i as usize).and_then(|&r| at(lists, r));
         if bits == 0 || span < 1 << (u64::BITS - bits) {
             self.index = (1 << bits) - 1;
             self.keys.extend(
-                found
-                    .iter()
+                times()
                     .enumerate()
-                    .map(|(i, a)| ((a.t.0 - lo.0) << bits) | i as u64),
+                    .map(|(i, t)| ((t.0 - lo.0) << bits) | i as u64),
             );
             self.keys.sort_unstable();
             // Puts each run of arrivals at the same instant in uid order.
             let index = self.index;
+            let refs = &self.refs;
+            let uid = |k: &u64| arrival(refs, k & index).map(|a| a.1.uid);
             let mut rest = self.keys.as_mut_slice();
             while let [first, ..] = rest {
                 let t = *first >> bits;
                 let same = rest.iter().take_while(|&&k| k >> bits == t).count();
                 let (run, tail) = rest.split_at_mut(same);
                 if run.len() > 1 {
-                    run.sort_unstable_by_key(|k| key(k & index));
+                    run.sort_unstable_by_key(uid);
                 }
                 rest = tail;
             }
@@ -175,24 +152,31 @@ impl Scratch {
             // Too long a slice for the packed keys: sort by the key itself.
             self.index = u64::MAX;
             self.keys.extend(0..n);
-            self.keys.sort_unstable_by_key(|&i| key(i));
+            let refs = &self.refs;
+            self.keys
+                .sort_unstable_by_key(|&i| arrival(refs, i).map(|(t, p)| (*t, p.uid)));
         }
         let index = self.index;
+        let refs = &self.refs;
         self.order.extend(
             self.keys
                 .iter()
-                .filter_map(|k| found.get((k & index) as usize).copied()),
+                .filter_map(|k| refs.get((k & index) as usize).copied()),
         );
     }
 
-    /// The `i`-th arrival in order.
-    fn arrival(&self, i: usize) -> Option<&Arrival> {
-        self.order.get(i)
+    /// Arrivals gathered.
+    fn len(&self) -> usize {
+        self.order.len()
     }
 
-    /// The packet of the `i`-th arrival in order.
-    fn packet<'a, const H: usize>(&self, lists: &Lists<'a, H>, i: usize) -> Option<&'a Packet<H>> {
-        at(lists, self.order.get(i)?.at).map(|(_, p)| p)
+    /// The `i`-th arrival in order.
+    fn arrival<'a, const H: usize>(
+        &self,
+        lists: &Lists<'a, H>,
+        i: usize,
+    ) -> Option<&'a (SimTime, Packet<H>)> {
+        at(lists, *self.order.get(i)?)
     }
 }
 
@@ -269,18 +253,19 @@ impl<const H: usize> Stage<H> {
         scratch.gather(lists);
         // The pool learns what will join it this slice, in order: every
         // arrival but those with no delay, which leave at once.
-        let held = scratch
-            .order
-            .iter()
-            .filter(|a| a.delay > 0)
-            .map(|a| a.t.0.saturating_add(a.delay));
+        let held = (0..scratch.len())
+            .filter_map(|i| scratch.arrival(lists, i))
+            .filter_map(|(t, p)| {
+                let delay = p.delays_ns[p.hop as usize];
+                (delay > 0).then(|| t.0.saturating_add(delay))
+            });
         self.pool.queue_mut().announce(held);
         let mut next = 0;
         loop {
             let due = self.pool.next_deadline().filter(|&d| d < t1);
-            let arrival = scratch.arrival(next).copied();
+            let arrival = scratch.arrival(lists, next);
             // A release before an arrival at the same instant.
-            let (t, release) = match (due, arrival.map(|a| a.t)) {
+            let (t, release) = match (due, arrival.map(|a| a.0)) {
                 (None, None) => break,
                 (Some(d), Some(a)) if a < d => (a, false),
                 (Some(d), _) => (d, true),
@@ -289,8 +274,8 @@ impl<const H: usize> Stage<H> {
             self.marks_through(ctx, t, true);
             if release {
                 self.release(ctx, t, lists, scratch, out);
-            } else if let Some(a) = arrival {
-                self.arrive(ctx, &a, next as u32, lists, out);
+            } else if let Some((t, p)) = arrival {
+                self.arrive(ctx, *t, p, next as u32, out);
                 next += 1;
             }
         }
@@ -309,7 +294,7 @@ impl<const H: usize> Stage<H> {
             if item & FRESH == 0 {
                 return Some(item);
             }
-            let p = scratch.packet(lists, (item & !FRESH) as usize)?;
+            let (_, p) = scratch.arrival(lists, (item & !FRESH) as usize)?;
             Some(match free.pop() {
                 Some(i) => {
                     *slab.get_mut(i as usize)? = *p;
@@ -338,15 +323,15 @@ impl<const H: usize> Stage<H> {
         }
     }
 
-    /// `a`, arrival `i` of this slice (in `lists`), reaches the pool.
-    fn arrive(&mut self, ctx: &Ctx, a: &Arrival, i: u32, lists: &Lists<'_, H>, out: &mut Out<H>) {
-        let delay = Duration::from_nanos(a.delay);
+    /// Arrival `i` of this slice, `p`, reaches the pool at `now`.
+    fn arrive(&mut self, ctx: &Ctx, now: SimTime, p: &Packet<H>, i: u32, out: &mut Out<H>) {
+        let delay = Duration::from_nanos(p.delays_ns[p.hop as usize]);
         // Virtual time has no queue in front of the pool: received now.
         // The pool holds where the packet is, not the packet.
-        let held = self.pool.arrive(FRESH | i, a.t, delay, a.t, a.mass);
+        let held = self.pool.arrive(FRESH | i, now, delay, now, p.mass);
         // A zero delay: the node forwards it at once, unmixed.
-        if let (Some(Decision::Forward { .. }), Some((_, p))) = (held, at(lists, a.at)) {
-            forward(ctx, self.layer, p, None, a.t, out);
+        if let Some(Decision::Forward { .. }) = held {
+            forward(ctx, self.layer, p, None, now, out);
         }
     }
 
@@ -363,7 +348,9 @@ impl<const H: usize> Stage<H> {
             out.tally.events += 1;
             let (Decision::Forward { item, .. } | Decision::Drop { item, .. }) = d.decision;
             let p = if item & FRESH != 0 {
-                scratch.packet(lists, (item & !FRESH) as usize)
+                scratch
+                    .arrival(lists, (item & !FRESH) as usize)
+                    .map(|a| &a.1)
             } else {
                 self.free.push(item);
                 self.slab.get(item as usize)
