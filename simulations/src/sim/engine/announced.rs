@@ -102,19 +102,6 @@ impl AnnouncedQueue {
         }
     }
 
-    /// Replaces the item of every held packet by `f` of it; `None` marks
-    /// the queue broken. (The pipeline moves packets that stay past a
-    /// slice out of the buffers it reuses.)
-    pub fn rewrite_held(&mut self, mut f: impl FnMut(u32) -> Option<u32>) {
-        let held = self.run.get_mut(self.head..).unwrap_or_default();
-        for s in held.iter_mut().filter(|s| s.item != NOT_PUSHED) {
-            match f(s.item) {
-                Some(item) if item != NOT_PUSHED => s.item = item,
-                _ => self.broken = true,
-            }
-        }
-    }
-
     /// Merges the held run with `keys` (sorted, decoded by `decode` into
     /// deadline and announcement index); held entries go first on ties.
     fn merge(&mut self, decode: impl Fn(u64) -> (u64, usize)) {
@@ -277,23 +264,5 @@ mod tests {
         assert_eq!(q.push(SimTime(10), 1), Ok(()));
         q.announce([30].into_iter());
         assert!(q.broken());
-    }
-
-    #[test]
-    fn held_items_can_be_renamed_in_place() {
-        let mut q = AnnouncedQueue::default();
-        q.announce([10, 20, 30].into_iter());
-        for (d, item) in [(10, 1), (20, 2), (30, 3)] {
-            assert_eq!(q.push(SimTime(d), item), Ok(()));
-        }
-        assert_eq!(q.pop_due(SimTime(10)), Some((SimTime(10), 1)));
-        q.rewrite_held(|i| Some(i * 100));
-        assert!(!q.broken());
-        assert_eq!(q.drain_all(), [(SimTime(20), 200), (SimTime(30), 300)]);
-
-        q.announce([5].into_iter());
-        assert_eq!(q.push(SimTime(5), 7), Ok(()));
-        q.rewrite_held(|_| None);
-        assert!(q.broken(), "an item it could not rename");
     }
 }

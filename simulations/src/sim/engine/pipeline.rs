@@ -79,110 +79,81 @@ impl<'a, const H: usize> Inputs<'a, H> {
     }
 }
 
-/// The lists a node's arrivals are in (see [`Inputs::lists`]).
-type Lists<'a, const H: usize> = [&'a [(SimTime, Packet<H>)]];
-
-/// Arrival `r` (list << 32 | index in the list) of `lists`.
-fn at<'a, const H: usize>(lists: &Lists<'a, H>, r: u64) -> Option<&'a (SimTime, Packet<H>)> {
-    lists
-        .get((r >> 32) as usize)?
-        .get((r & 0xFFFF_FFFF) as usize)
-}
-
 /// A part's working space for one node at a time, kept across nodes and
-/// slices so its memory is allocated once: where the node's arrivals are in
-/// the previous stage's buffers (they are read there, not copied: a packet
-/// is copied once per hop, into the next node's list, unless it stays in
-/// the pool past the slice) and the order to take them in.
+/// slices so its memory is allocated once: the node's arrivals copied side
+/// by side (the event loop then reads one small array, not the previous
+/// stage's buffers) and the order to take them in.
 #[derive(Default)]
-struct Scratch {
-    /// Every arrival as (list << 32 | index in the list), lists in order.
-    refs: Vec<u64>,
-    /// Indexes into `refs` in (time, uid) order. Each sits in the low
+struct Scratch<const H: usize> {
+    arrivals: Vec<(SimTime, Packet<H>)>,
+    /// Indexes into `arrivals` in (time, uid) order. Each sits in the low
     /// bits (`index`) under the time since the earliest arrival, so the
     /// sort compares plain integers; the rare equal times are then put in
     /// uid order.
-    keys: Vec<u64>,
-    index: u64,
-    /// `refs` in (time, uid) order: arrival `i` is `order[i]`.
     order: Vec<u64>,
+    index: u64,
 }
 
-impl Scratch {
-    /// Finds the arrivals in `lists` and sorts them.
-    fn gather<const H: usize>(&mut self, lists: &Lists<'_, H>) {
-        self.refs.clear();
-        self.keys.clear();
+impl<const H: usize> Scratch<H> {
+    /// Takes `node`'s arrivals from `from` and sorts them.
+    fn gather(&mut self, from: Inputs<'_, H>, node: u32) {
+        self.arrivals.clear();
         self.order.clear();
-        for (l, list) in lists.iter().enumerate() {
-            self.refs
-                .extend((0..list.len() as u64).map(|i| ((l as u64) << 32) | i));
+        for list in from.lists(node) {
+            self.arrivals.extend_from_slice(list);
         }
-        let times = || lists.iter().flat_map(|l| l.iter().map(|a| a.0));
-        let (Some(lo), Some(hi)) = (times().min(), times().max()) else {
+        let n = self.arrivals.len() as u64;
+        let (Some(lo), Some(hi)) = (
+            self.arrivals.iter().map(|a| a.0).min(),
+            self.arrivals.iter().map(|a| a.0).max(),
+        ) else {
             return;
         };
-        let n = self.refs.len() as u64;
         let bits = u64::BITS - n.saturating_sub(1).leading_zeros();
         let span = hi.0 - lo.0;
-        let arrival = |refs: &[u64], i: u64| refs.get(i as usize).and_then(|&r| at(lists, r));
         if bits == 0 || span < 1 << (u64::BITS - bits) {
             self.index = (1 << bits) - 1;
-            self.keys.extend(
-                times()
+            self.order.extend(
+                self.arrivals
+                    .iter()
                     .enumerate()
-                    .map(|(i, t)| ((t.0 - lo.0) << bits) | i as u64),
+                    .map(|(i, a)| ((a.0.0 - lo.0) << bits) | i as u64),
             );
-            self.keys.sort_unstable();
-            // Puts each run of arrivals at the same instant in uid order.
-            let index = self.index;
-            let refs = &self.refs;
-            let uid = |k: &u64| arrival(refs, k & index).map(|a| a.1.uid);
-            let mut rest = self.keys.as_mut_slice();
-            while let [first, ..] = rest {
-                let t = *first >> bits;
-                let same = rest.iter().take_while(|&&k| k >> bits == t).count();
-                let (run, tail) = rest.split_at_mut(same);
-                if run.len() > 1 {
-                    run.sort_unstable_by_key(uid);
-                }
-                rest = tail;
-            }
+            self.order.sort_unstable();
+            self.uid_order_ties(bits);
         } else {
             // Too long a slice for the packed keys: sort by the key itself.
             self.index = u64::MAX;
-            self.keys.extend(0..n);
-            let refs = &self.refs;
-            self.keys
-                .sort_unstable_by_key(|&i| arrival(refs, i).map(|(t, p)| (*t, p.uid)));
+            self.order.extend(0..n);
+            let arrivals = &self.arrivals;
+            self.order
+                .sort_unstable_by_key(|&i| arrivals.get(i as usize).map(|(t, p)| (*t, p.uid)));
         }
-        let index = self.index;
-        let refs = &self.refs;
-        self.order.extend(
-            self.keys
-                .iter()
-                .filter_map(|k| refs.get((k & index) as usize).copied()),
-        );
     }
 
-    /// Arrivals gathered.
-    fn len(&self) -> usize {
-        self.order.len()
+    /// Puts each run of arrivals at the same instant in uid order.
+    fn uid_order_ties(&mut self, bits: u32) {
+        let arrivals = &self.arrivals;
+        let index = self.index;
+        let uid = |k: &u64| arrivals.get((k & index) as usize).map(|a| a.1.uid);
+        let mut rest = self.order.as_mut_slice();
+        while let [first, ..] = rest {
+            let t = *first >> bits;
+            let same = rest.iter().take_while(|&&k| k >> bits == t).count();
+            let (run, tail) = rest.split_at_mut(same);
+            if run.len() > 1 {
+                run.sort_unstable_by_key(uid);
+            }
+            rest = tail;
+        }
     }
 
     /// The `i`-th arrival in order.
-    fn arrival<'a, const H: usize>(
-        &self,
-        lists: &Lists<'a, H>,
-        i: usize,
-    ) -> Option<&'a (SimTime, Packet<H>)> {
-        at(lists, *self.order.get(i)?)
+    fn arrival(&self, i: usize) -> Option<&(SimTime, Packet<H>)> {
+        let k = self.order.get(i)?;
+        self.arrivals.get((k & self.index) as usize)
     }
 }
-
-/// A pool item naming arrival `i` of the current slice, read where it is
-/// (the pool's other items are slab slots).
-const FRESH: u32 = 1 << 31;
 
 /// What one part of a stage produced.
 #[derive(Default)]
@@ -201,9 +172,8 @@ struct Out<const H: usize> {
 }
 
 impl<const H: usize> Out<H> {
-    /// `p`, at hop `hop` and carrying `mass` if given (else its own),
-    /// arrives at `node` at `t`.
-    fn push(&mut self, node: u32, t: SimTime, p: &Packet<H>, hop: u8, mass: Option<[f64; 2]>) {
+    /// `p`, at hop `hop`, arrives at `node` at `t`.
+    fn push(&mut self, node: u32, t: SimTime, p: &Packet<H>, hop: u8) {
         let n = node as usize;
         if self.to.len() <= n {
             self.to.resize_with(n + 1, Vec::new);
@@ -212,9 +182,6 @@ impl<const H: usize> Out<H> {
         list.push((t, *p));
         if let Some(last) = list.last_mut() {
             last.1.hop = hop;
-            if let Some(m) = mass {
-                last.1.mass = m;
-            }
         }
     }
 
@@ -245,16 +212,14 @@ impl<const H: usize> Stage<H> {
         ctx: &Ctx,
         t1: SimTime,
         from: Inputs<'_, H>,
-        scratch: &mut Scratch,
+        scratch: &mut Scratch<H>,
         out: &mut Out<H>,
     ) {
-        let lists: Vec<_> = from.lists(self.node).collect();
-        let lists = lists.as_slice();
-        scratch.gather(lists);
+        scratch.gather(from, self.node);
         // The pool learns what will join it this slice, in order: every
         // arrival but those with no delay, which leave at once.
-        let held = (0..scratch.len())
-            .filter_map(|i| scratch.arrival(lists, i))
+        let held = (0..scratch.order.len())
+            .filter_map(|i| scratch.arrival(i))
             .filter_map(|(t, p)| {
                 let delay = p.delays_ns[p.hop as usize];
                 (delay > 0).then(|| t.0.saturating_add(delay))
@@ -263,7 +228,7 @@ impl<const H: usize> Stage<H> {
         let mut next = 0;
         loop {
             let due = self.pool.next_deadline().filter(|&d| d < t1);
-            let arrival = scratch.arrival(lists, next);
+            let arrival = scratch.arrival(next);
             // A release before an arrival at the same instant.
             let (t, release) = match (due, arrival.map(|a| a.0)) {
                 (None, None) => break,
@@ -273,39 +238,14 @@ impl<const H: usize> Stage<H> {
             };
             self.marks_through(ctx, t, true);
             if release {
-                self.release(ctx, t, lists, scratch, out);
+                self.release(ctx, t, out);
             } else if let Some((t, p)) = arrival {
-                self.arrive(ctx, *t, p, next as u32, out);
                 next += 1;
+                self.arrive(ctx, *t, p, out);
             }
         }
         self.marks_through(ctx, t1, false);
-        self.keep(lists, scratch);
         out.unannounced |= self.pool.queue_mut().broken();
-    }
-
-    /// Copies the packets of this slice's arrivals that stay in the pool
-    /// into the slab, before the buffers they are in are reused.
-    fn keep(&mut self, lists: &Lists<'_, H>, scratch: &Scratch) {
-        let Stage {
-            pool, slab, free, ..
-        } = self;
-        pool.queue_mut().rewrite_held(|item| {
-            if item & FRESH == 0 {
-                return Some(item);
-            }
-            let (_, p) = scratch.arrival(lists, (item & !FRESH) as usize)?;
-            Some(match free.pop() {
-                Some(i) => {
-                    *slab.get_mut(i as usize)? = *p;
-                    i
-                }
-                None => {
-                    slab.push(*p);
-                    (slab.len() - 1) as u32
-                }
-            })
-        });
     }
 
     /// The measurement window opens (and closes) before anything else
@@ -323,41 +263,48 @@ impl<const H: usize> Stage<H> {
         }
     }
 
-    /// Arrival `i` of this slice, `p`, reaches the pool at `now`.
-    fn arrive(&mut self, ctx: &Ctx, now: SimTime, p: &Packet<H>, i: u32, out: &mut Out<H>) {
+    fn arrive(&mut self, ctx: &Ctx, now: SimTime, p: &Packet<H>, out: &mut Out<H>) {
         let delay = Duration::from_nanos(p.delays_ns[p.hop as usize]);
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = *p;
+                i
+            }
+            None => {
+                self.slab.push(*p);
+                (self.slab.len() - 1) as u32
+            }
+        };
         // Virtual time has no queue in front of the pool: received now.
-        // The pool holds where the packet is, not the packet.
-        let held = self.pool.arrive(FRESH | i, now, delay, now, p.mass);
-        // A zero delay: the node forwards it at once, unmixed.
-        if let Some(Decision::Forward { .. }) = held {
-            forward(ctx, self.layer, p, None, now, out);
+        match self.pool.arrive(slot, now, delay, now, p.mass) {
+            None => {}
+            // A zero delay: the node forwards it at once, unmixed.
+            Some(Decision::Forward { .. }) => {
+                self.free.push(slot);
+                forward(ctx, self.layer, p, now, out);
+            }
+            Some(Decision::Drop { .. }) => self.free.push(slot),
         }
     }
 
-    fn release(
-        &mut self,
-        ctx: &Ctx,
-        now: SimTime,
-        lists: &Lists<'_, H>,
-        scratch: &Scratch,
-        out: &mut Out<H>,
-    ) {
+    fn release(&mut self, ctx: &Ctx, now: SimTime, out: &mut Out<H>) {
         while let Some(d) = self.pool.release_next(now) {
             // One scheduler event per held packet, as the event loop counts.
             out.tally.events += 1;
-            let (Decision::Forward { item, .. } | Decision::Drop { item, .. }) = d.decision;
-            let p = if item & FRESH != 0 {
-                scratch
-                    .arrival(lists, (item & !FRESH) as usize)
-                    .map(|a| &a.1)
-            } else {
-                self.free.push(item);
-                self.slab.get(item as usize)
-            };
-            if let (Some(p), Decision::Forward { .. }) = (p, d.decision) {
-                // Straight into the next node's list.
-                forward(ctx, self.layer, p, d.mass, now, out);
+            match d.decision {
+                Decision::Forward { item, .. } => {
+                    self.free.push(item);
+                    // Straight from the slab into the next node's list:
+                    // one copy of the packet per hop.
+                    let Some(p) = self.slab.get_mut(item as usize) else {
+                        continue;
+                    };
+                    if let Some(mass) = d.mass {
+                        p.mass = mass;
+                    }
+                    forward(ctx, self.layer, p, now, out);
+                }
+                Decision::Drop { item, .. } => self.free.push(item),
             }
         }
     }
@@ -365,24 +312,13 @@ impl<const H: usize> Stage<H> {
 
 /// `p`, at a node of `layer`, leaves for its next hop at `now`: delivered
 /// there if it is the last, else an arrival for that node's stage (in a
-/// later layer). The copy that moves on is `p` one hop further, carrying
-/// `mass` if given (what an honest pool gave it), else its own.
-fn forward<const H: usize>(
-    ctx: &Ctx,
-    layer: u8,
-    p: &Packet<H>,
-    mass: Option<[f64; 2]>,
-    now: SimTime,
-    out: &mut Out<H>,
-) {
+/// later layer). The copy that moves on is `p` one hop further.
+fn forward<const H: usize>(ctx: &Ctx, layer: u8, p: &Packet<H>, now: SimTime, out: &mut Out<H>) {
     if p.leaving_last_leg() {
         if Outcome::counts(p) {
             out.delivered.push((now, *p));
             if let Some(d) = out.delivered.last_mut() {
                 d.1.hop += 1;
-                if let Some(m) = mass {
-                    d.1.mass = m;
-                }
             }
         }
         return;
@@ -397,7 +333,7 @@ fn forward<const H: usize>(
         out.unordered = true;
         return;
     }
-    out.push(next, now, p, hop, mass);
+    out.push(next, now, p, hop);
 }
 
 /// Runs `setup` on `threads` threads (at least 1).
@@ -451,7 +387,7 @@ pub(super) fn run_sliced<const H: usize>(
     // What the senders made: it feeds layer 0 and (mix loops) layer 1, so
     // it stays for the whole slice.
     let mut made: Vec<Out<H>> = (0..=threads).map(|_| Out::default()).collect();
-    let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
+    let mut scratch: Vec<Scratch<H>> = (0..threads).map(|_| Scratch::default()).collect();
     while t0 < stop {
         let t1 = SimTime(t0.0.saturating_add(slice).min(stop.0));
         for b in &mut made {
@@ -550,7 +486,7 @@ fn make_packets<const H: usize>(
                     let id = base + i as u32;
                     while let Some((t, stream)) = c.next_tick().filter(|&(t, _)| t < t1) {
                         if let Some(p) = ctx.client_tick(id, c, stream, t, &mut out.tally) {
-                            out.push(p.route[0], t, &p, 0, None);
+                            out.push(p.route[0], t, &p, 0);
                         }
                     }
                 }
@@ -559,7 +495,7 @@ fn make_packets<const H: usize>(
         for (i, src) in loops.iter_mut().enumerate() {
             while let Some(t) = src.next_tick().filter(|&t| t < t1) {
                 if let Some(p) = ctx.loop_tick(i as u32, src, t, &mut loop_buf.tally) {
-                    loop_buf.push(p.route[0], t, &p, 0, None);
+                    loop_buf.push(p.route[0], t, &p, 0);
                 }
             }
         }
@@ -575,7 +511,7 @@ fn process_layer<const H: usize>(
     t1: SimTime,
     from: Inputs<'_, H>,
     bufs: &mut [Out<H>],
-    scratch: &mut [Scratch],
+    scratch: &mut [Scratch<H>],
 ) {
     let Some(layer) = stages.get_mut(nodes.clone()) else {
         return;
@@ -600,7 +536,7 @@ fn process_layer<const H: usize>(
         parts.push(a);
         rest = b;
     }
-    let run_part = |part: &mut [Stage<H>], out: &mut Out<H>, scratch: &mut Scratch| {
+    let run_part = |part: &mut [Stage<H>], out: &mut Out<H>, scratch: &mut Scratch<H>| {
         for s in part.iter_mut() {
             s.process(ctx, t1, from, scratch, out);
         }
