@@ -167,14 +167,6 @@ where
         self.entropy.entropy_bits()
     }
 
-    /// The pool itself, for a driver whose queue takes more than the
-    /// [`DeadlineQueue`] calls (the simulator announces what it will push).
-    /// Adding or removing items here would bypass the rules and the
-    /// entropy accounting: a queue given out must only be told things.
-    pub fn queue_mut(&mut self) -> &mut Q {
-        &mut self.pool
-    }
-
     /// Entropy and pool-size averages since the last call; starts the next
     /// window.
     pub fn take_entropy_window(&mut self, now: T) -> EntropyWindow {

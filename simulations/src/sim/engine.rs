@@ -32,7 +32,6 @@ use std::ops::{Add, Sub};
 use std::time::Duration;
 
 use loopmix_core::keys::{IdentityKeypair, SphinxPublicKey};
-use loopmix_core::mixing::delay_queue::DeadlineQueue;
 use loopmix_core::mixing::entropy::EntropyWindow;
 use loopmix_core::mixing::mix::{Decision, Mix, MixConfig};
 use loopmix_core::topology::{
@@ -79,10 +78,6 @@ pub enum EngineError {
     /// pipeline could not run it exactly (a bug, not bad input).
     #[error("a route does not cross the layers in order")]
     Unordered,
-    /// A pool was pushed a packet its stage had not announced, so it
-    /// could not keep the core queue's order (a bug, not bad input).
-    #[error("a simulated pool was handed a packet it had not been told of")]
-    Unannounced,
 }
 
 /// What a packet is; only the simulator knows (on the wire all look alike).
@@ -143,13 +138,12 @@ impl<const H: usize> Packet<H> {
 
 /// One simulated node's pool: the core's [`Mix`] (the rules the node's
 /// delay stage runs) and the challenge senders' probability mass it holds.
-/// Its packets wait in a queue that releases them in the core queue's
-/// order: a [`HeapQueue`] (a fraction of a binary heap's cost), or in the
-/// pipeline an [`announced::AnnouncedQueue`] (one sort per slice).
+/// Its packets wait in a [`HeapQueue`], which releases them in the core
+/// queue's order at a fraction of a binary heap's cost.
 /// The engine hands it each arrival and, at every deadline, releases what
 /// is due, as the node's delay stage does with its wake-ups.
-pub struct MixPool<Q = HeapQueue> {
-    mix: Mix<SimTime, u32, Q>,
+pub struct MixPool {
+    mix: Mix<SimTime, u32, HeapQueue>,
     /// An honest mix mixes probability mass (a corrupt one sees through,
     /// and providers do not count).
     mixes_mass: bool,
@@ -167,44 +161,11 @@ pub struct Departure {
 
 impl MixPool {
     pub fn new(cfg: MixConfig, mixes_mass: bool) -> Self {
-        MixPool::with_queue(cfg, HeapQueue::new(cfg.queue_limit), mixes_mass)
-    }
-
-    /// A simulated node's pool: unbounded and never late, because the
-    /// simulator models the mixing, not overload (virtual time has no
-    /// processing backlog).
-    #[cfg(test)]
-    fn simulated(mixes_mass: bool) -> Self {
-        MixPool::simulated_in(HeapQueue::new(usize::MAX), mixes_mass)
-    }
-}
-
-impl<Q: DeadlineQueue<SimTime, u32>> MixPool<Q> {
-    /// A pool holding its packets in `queue` (empty, and refusing items
-    /// beyond `cfg.queue_limit`).
-    pub fn with_queue(cfg: MixConfig, queue: Q, mixes_mass: bool) -> Self {
         Self {
-            mix: Mix::with_queue(cfg, queue),
+            mix: Mix::with_queue(cfg, HeapQueue::new(cfg.queue_limit)),
             mixes_mass,
             mass: [0.0; 2],
         }
-    }
-
-    /// [`MixPool::simulated`] in `queue` (empty and unbounded).
-    fn simulated_in(queue: Q, mixes_mass: bool) -> Self {
-        Self::with_queue(
-            MixConfig {
-                queue_limit: usize::MAX,
-                late_tolerance: Duration::MAX,
-            },
-            queue,
-            mixes_mass,
-        )
-    }
-
-    /// The queue, to tell it more than pushes (see [`Mix::queue_mut`]).
-    fn queue_mut(&mut self) -> &mut Q {
-        self.mix.queue_mut()
     }
 
     /// Packet `id`, carrying `mass`, received at `received` and asking to
@@ -224,6 +185,19 @@ impl<Q: DeadlineQueue<SimTime, u32>> MixPool<Q> {
             self.mass[1] += mass[1];
         }
         d
+    }
+
+    /// A simulated node's pool: unbounded and never late, because the
+    /// simulator models the mixing, not overload (virtual time has no
+    /// processing backlog).
+    fn simulated(mixes_mass: bool) -> Self {
+        Self::new(
+            MixConfig {
+                queue_limit: usize::MAX,
+                late_tolerance: Duration::MAX,
+            },
+            mixes_mass,
+        )
     }
 
     /// When the next held packet is due.
@@ -537,7 +511,6 @@ pub fn build_topology(s: &Scenario, seed: u64) -> Result<Topology, EngineError> 
 
 /// Called every few thousand events with the fraction of virtual time done.
 pub type Progress<'a> = &'a mut dyn FnMut(f64);
-mod announced;
 mod heap;
 mod pipeline;
 #[cfg(test)]

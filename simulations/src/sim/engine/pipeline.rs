@@ -26,7 +26,6 @@ use loopmix_core::mixing::entropy::EntropyWindow;
 use loopmix_core::mixing::mix::Decision;
 use std::time::Duration;
 
-use super::announced::AnnouncedQueue;
 use super::sources::{Client, Ctx, LoopSource, Outcome, Setup, Tally};
 use super::{EngineError, MixPool, Packet, Progress, SimTime};
 
@@ -47,7 +46,7 @@ struct Stage<const H: usize> {
     /// The node's index.
     node: u32,
     layer: u8,
-    pool: MixPool<AnnouncedQueue>,
+    pool: MixPool,
     /// Held packets; the pool holds their slots.
     slab: Vec<Packet<H>>,
     free: Vec<u32>,
@@ -167,8 +166,6 @@ struct Out<const H: usize> {
     tally: Tally,
     /// A packet was sent to a node of this or an earlier layer.
     unordered: bool,
-    /// A pool was handed a packet it had not been told of.
-    unannounced: bool,
 }
 
 impl<const H: usize> Out<H> {
@@ -197,7 +194,7 @@ impl<const H: usize> Stage<H> {
         Stage {
             node,
             layer,
-            pool: MixPool::simulated_in(AnnouncedQueue::default(), mixes_mass),
+            pool: MixPool::simulated(mixes_mass),
             slab: Vec::new(),
             free: Vec::new(),
             marks: 0,
@@ -216,15 +213,6 @@ impl<const H: usize> Stage<H> {
         out: &mut Out<H>,
     ) {
         scratch.gather(from, self.node);
-        // The pool learns what will join it this slice, in order: every
-        // arrival but those with no delay, which leave at once.
-        let held = (0..scratch.order.len())
-            .filter_map(|i| scratch.arrival(i))
-            .filter_map(|(t, p)| {
-                let delay = p.delays_ns[p.hop as usize];
-                (delay > 0).then(|| t.0.saturating_add(delay))
-            });
-        self.pool.queue_mut().announce(held);
         let mut next = 0;
         loop {
             let due = self.pool.next_deadline().filter(|&d| d < t1);
@@ -245,7 +233,6 @@ impl<const H: usize> Stage<H> {
             }
         }
         self.marks_through(ctx, t1, false);
-        out.unannounced |= self.pool.queue_mut().broken();
     }
 
     /// The measurement window opens (and closes) before anything else
@@ -563,9 +550,6 @@ fn collect<const H: usize>(
         delivered.append(&mut out.delivered);
         if std::mem::take(&mut out.unordered) {
             return Err(EngineError::Unordered);
-        }
-        if std::mem::take(&mut out.unannounced) {
-            return Err(EngineError::Unannounced);
         }
     }
     Ok(())
