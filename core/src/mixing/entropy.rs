@@ -317,7 +317,11 @@ mod tests {
         }
         let h = |x: f64| if x > 0.0 { -x * x.log2() } else { 0.0 };
         let (p, q) = (fresh as f64 / n, carried as f64 / n);
-        let log_fresh = if fresh > 0 { (fresh as f64).log2() } else { 0.0 };
+        let log_fresh = if fresh > 0 {
+            (fresh as f64).log2()
+        } else {
+            0.0
+        };
         h(p) + h(q) + p * log_fresh + q * previous
     }
 
