@@ -27,18 +27,8 @@
 
 use std::time::Duration;
 
-/// `log2 n` of the pool sizes a mix usually has, computed once: a
-/// simulated network takes hundreds of millions of Eq. 5 steps.
-const LOG2_TABLE: usize = 4096;
-
-static LOG2: std::sync::LazyLock<Box<[f64]>> =
-    std::sync::LazyLock::new(|| (0..LOG2_TABLE).map(|n| (n as f64).log2()).collect());
-
 fn log2(n: u64) -> f64 {
-    match usize::try_from(n).ok().and_then(|i| LOG2.get(i)) {
-        Some(&l) => l,
-        None => (n as f64).log2(),
-    }
+    (n as f64).log2()
 }
 
 /// One step of Loopix Eq. 5: the entropy of an output drawn uniformly from
