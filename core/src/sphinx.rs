@@ -74,10 +74,28 @@ fn sample_exp_nanos<R: Rng + ?Sized>(rng: &mut R, mean: Duration) -> u64 {
 /// `secs · 10⁹` rounded to the nearest integer, ties to even, computed
 /// exactly (`secs` is `mantissa · 2^exp`, and `mantissa · 10⁹` fits a
 /// `u128`). Anything else (negative, NaN, huge) takes the std path.
+///
+/// Most values take a float shortcut first: below 3.6·10¹² (< 2⁴²) the
+/// rounded product `secs · 1e9` is within 2⁻¹² of the exact one, so
+/// unless its fraction is within 2⁻¹⁰ of one half, both round to the same
+/// integer. Only the rare near-ties pay for the exact `u128` path.
 fn secs_to_nanos(secs: f64) -> u64 {
     if !(0.0..=3600.0).contains(&secs) {
         return duration_nanos(Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO));
     }
+    let product = secs * 1e9;
+    // Truncation is the floor here (the product is not negative), and
+    // cheaper than `floor()` where that is a libm call.
+    let whole = product as u64;
+    let fraction = product - whole as f64;
+    if (fraction - 0.5).abs() > 1.0 / 1024.0 {
+        return whole + u64::from(fraction > 0.5);
+    }
+    secs_to_nanos_exact(secs)
+}
+
+/// [`secs_to_nanos`] by integer arithmetic, for `0 <= secs <= 3600`.
+fn secs_to_nanos_exact(secs: f64) -> u64 {
     let bits = secs.to_bits();
     let biased = ((bits >> 52) & 0x7ff) as i32;
     let fraction = bits & ((1 << 52) - 1);
@@ -208,9 +226,15 @@ mod tests {
             let z = f64::from(rng.random_range(0..1u32 << 20)) / f64::from(1u32 << 21) * 1e-6;
             let w = (rng.random_range(0..7_200_000_000_000u64) as f64 + 0.5) * 1e-9 / 2.0;
             xs.extend([x, y.min(3600.0), z, w.min(3600.0)]);
+            // Next to a half nanosecond, where the float shortcut must
+            // hand over to the exact path.
+            let half = (rng.random_range(0..3_600_000_000_000u64) as f64 + 0.5) / 1e9;
+            let b = half.to_bits();
+            xs.extend([b - 2, b - 1, b, b + 1, b + 2].map(|b| f64::from_bits(b).min(3600.0)));
         }
         for x in xs {
             assert_eq!(secs_to_nanos(x), std(x), "{x:e}");
+            assert_eq!(secs_to_nanos_exact(x), std(x), "{x:e}");
         }
     }
 
