@@ -95,32 +95,49 @@ pub enum Kind {
     MixLoop,
 }
 
+/// The most hops that hold a packet: the first provider and
+/// [`SIM_MAX_LAYERS`] mixes (the last hop delivers it, holding nothing).
+const MAX_HOPS: usize = SIM_MAX_LAYERS as usize + 1;
+
 /// The longest route: two providers and [`SIM_MAX_LAYERS`] mixes.
-const MAX_HOPS: usize = SIM_MAX_LAYERS as usize + 2;
+const MAX_ROUTE: usize = SIM_MAX_LAYERS as usize + 2;
 
-/// Routes of up to 3 layers fit in packets this long (most runs): a
+/// Routes of up to 3 layers fit in packets this short (most runs): a
 /// smaller packet is less memory to move per hop.
-const SHORT_HOPS: usize = 5;
+const SHORT_HOPS: usize = 4;
 
-/// One packet of at most `H` hops: its route and per-hop delays (fixed by
-/// its sender, as in Sphinx), and what the simulator alone knows about it.
+/// [`Packet::challenge`] of a packet that is not a challenge sender's.
+const NO_CHALLENGE: u8 = 2;
+
+/// One packet whose route holds it at most `H` times: its route and
+/// per-hop delays (fixed by its sender, as in Sphinx), and what the
+/// simulator alone knows about it. Only what a later hop reads is kept,
+/// since every hop moves the packet through memory: the route without its
+/// first hop (where the sender hands it over) and last (which only
+/// delivers), the delays without the last (never applied), and no
+/// creation time (links take no time, so a packet's age is the sum of its
+/// delays so far).
 #[derive(Clone, Copy)]
 struct Packet<const H: usize> {
-    route: [u32; H],
+    /// `next[i]`: the node of hop `i + 1` (hops 1 ..= len − 2).
+    next: [u32; H],
+    /// `delays_ns[i]`: how long hop `i` holds it (hops 0 ..= len − 2).
     delays_ns: [u64; H],
-    len: u8,
-    /// The hop the packet is at (an index into `route`).
-    hop: u8,
-    kind: Kind,
-    origin: u32,
-    created: SimTime,
-    /// Created inside the measurement window.
-    measured: bool,
     /// Probability that this packet is one of challenge sender 0's / 1's.
     mass: [f64; 2],
     /// Unique and independent of scheduling: the sender's entity number
     /// and its own packet count. Orders packets due at the same instant.
     uid: u64,
+    /// Hops in the whole route.
+    len: u8,
+    /// The hop the packet is at (0: the first).
+    hop: u8,
+    kind: Kind,
+    /// The challenge sender (0 or 1) whose real message this is, else
+    /// [`NO_CHALLENGE`].
+    challenge: u8,
+    /// Created inside the measurement window.
+    measured: bool,
 }
 
 impl<const H: usize> Packet<H> {
@@ -133,6 +150,27 @@ impl<const H: usize> Packet<H> {
     /// Leaving the hop it is at, the packet is delivered at the next.
     fn leaving_last_leg(&self) -> bool {
         self.hop + 2 >= self.len
+    }
+
+    /// The node of the hop after the one it is at.
+    fn next_node(&self) -> Option<u32> {
+        self.next.get(usize::from(self.hop)).copied()
+    }
+
+    /// The delay of the hop it is at.
+    fn delay(&self) -> Duration {
+        Duration::from_nanos(
+            self.delays_ns
+                .get(usize::from(self.hop))
+                .copied()
+                .unwrap_or(0),
+        )
+    }
+
+    /// Time since it was sent, at its last hop: every delay it was held.
+    fn age_at_delivery(&self) -> Duration {
+        let held = usize::from(self.len.saturating_sub(1));
+        Duration::from_nanos(self.delays_ns.iter().take(held).sum())
     }
 }
 
@@ -553,7 +591,7 @@ pub fn run_on(
     let nodes = setup.ctx.nodes.clone();
     let exclusions = setup.ctx.topology.exclusions().to_vec();
     let measured = (setup.ctx.window_end - setup.ctx.burn_in).as_secs_f64();
-    let m = if usize::from(s.layers) + 2 <= SHORT_HOPS {
+    let m = if usize::from(s.layers) < SHORT_HOPS {
         pipeline::run::<SHORT_HOPS>(setup, threads, progress)?
     } else {
         pipeline::run::<MAX_HOPS>(setup, threads, progress)?

@@ -24,7 +24,6 @@
 
 use loopmix_core::mixing::entropy::EntropyWindow;
 use loopmix_core::mixing::mix::Decision;
-use std::time::Duration;
 
 use super::sources::{Client, Ctx, LoopSource, Outcome, Setup, Tally};
 use super::{EngineError, MixPool, Packet, Progress, SimTime};
@@ -251,7 +250,7 @@ impl<const H: usize> Stage<H> {
     }
 
     fn arrive(&mut self, ctx: &Ctx, now: SimTime, p: &Packet<H>, out: &mut Out<H>) {
-        let delay = Duration::from_nanos(p.delays_ns[p.hop as usize]);
+        let delay = p.delay();
         let slot = match self.free.pop() {
             Some(i) => {
                 self.slab[i as usize] = *p;
@@ -311,7 +310,10 @@ fn forward<const H: usize>(ctx: &Ctx, layer: u8, p: &Packet<H>, now: SimTime, ou
         return;
     }
     let hop = p.hop + 1;
-    let next = p.route[hop as usize];
+    let Some(next) = p.next_node() else {
+        out.unordered = true;
+        return;
+    };
     if ctx
         .nodes
         .get(next as usize)
@@ -408,8 +410,8 @@ pub(super) fn run_sliced<const H: usize>(
         );
         by_time.sort_unstable();
         for &(_, _, i) in &by_time {
-            if let Some((t, p)) = delivered.get(i) {
-                outcome.deliver(p, *t);
+            if let Some((_, p)) = delivered.get(i) {
+                outcome.deliver(p);
             }
         }
         delivered.clear();
@@ -472,8 +474,9 @@ fn make_packets<const H: usize>(
                 for (i, c) in part.iter_mut().enumerate() {
                     let id = base + i as u32;
                     while let Some((t, stream)) = c.next_tick().filter(|&(t, _)| t < t1) {
-                        if let Some(p) = ctx.client_tick(id, c, stream, t, &mut out.tally) {
-                            out.push(p.route[0], t, &p, 0);
+                        if let Some((first, p)) = ctx.client_tick(id, c, stream, t, &mut out.tally)
+                        {
+                            out.push(first, t, &p, 0);
                         }
                     }
                 }
@@ -481,8 +484,8 @@ fn make_packets<const H: usize>(
         }
         for (i, src) in loops.iter_mut().enumerate() {
             while let Some(t) = src.next_tick().filter(|&t| t < t1) {
-                if let Some(p) = ctx.loop_tick(i as u32, src, t, &mut loop_buf.tally) {
-                    loop_buf.push(p.route[0], t, &p, 0);
+                if let Some((first, p)) = ctx.loop_tick(i as u32, src, t, &mut loop_buf.tally) {
+                    loop_buf.push(first, t, &p, 0);
                 }
             }
         }

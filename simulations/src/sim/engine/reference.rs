@@ -8,8 +8,6 @@
 //! releases, then arrivals by packet uid; deliveries count in (time, uid)
 //! order. Before the pipeline, ties went by insertion order instead.
 
-use std::time::Duration;
-
 use loopmix_core::mixing::delay_queue::DelayQueue;
 use loopmix_core::mixing::entropy::EntropyWindow;
 use loopmix_core::mixing::mix::Decision;
@@ -115,8 +113,8 @@ pub(super) fn run<const H: usize>(setup: Setup) -> Measured {
                 if let Some(next) = c.stream_deadline(stream) {
                     let _ = w.sched.push((next, TICK, 0), Ev::Tick { client, stream });
                 }
-                if let Some(p) = p {
-                    w.launch(p, now);
+                if let Some((first, p)) = p {
+                    w.launch(first, p, now);
                 }
             }
             Ev::MixLoop { node } => {
@@ -125,8 +123,8 @@ pub(super) fn run<const H: usize>(setup: Setup) -> Measured {
                 if let Some(next) = src.next_tick() {
                     let _ = w.sched.push((next, TICK, 0), Ev::MixLoop { node });
                 }
-                if let Some(p) = p {
-                    w.launch(p, now);
+                if let Some((first, p)) = p {
+                    w.launch(first, p, now);
                 }
             }
             Ev::Release { node } => {
@@ -137,8 +135,8 @@ pub(super) fn run<const H: usize>(setup: Setup) -> Measured {
         }
     }
     w.delivered.sort_unstable_by_key(|(t, p)| (*t, p.uid));
-    for (t, p) in std::mem::take(&mut w.delivered) {
-        w.outcome.deliver(&p, t);
+    for (_, p) in std::mem::take(&mut w.delivered) {
+        w.outcome.deliver(&p);
     }
     Measured {
         tally: w.tally,
@@ -148,8 +146,7 @@ pub(super) fn run<const H: usize>(setup: Setup) -> Measured {
 }
 
 impl<const H: usize> World<H> {
-    fn launch(&mut self, p: Packet<H>, now: SimTime) {
-        let first = p.route[0];
+    fn launch(&mut self, first: u32, p: Packet<H>, now: SimTime) {
         let id = match self.free.pop() {
             Some(i) => {
                 self.packets[i as usize] = p;
@@ -170,7 +167,7 @@ impl<const H: usize> World<H> {
 
     fn arrive(&mut self, node: u32, id: u32, now: SimTime) {
         let p = &self.packets[id as usize];
-        let delay = Duration::from_nanos(p.delays_ns[p.hop as usize]);
+        let delay = p.delay();
         let mass = p.mass;
         match self.pools[node as usize].arrive(id, now, delay, now, mass) {
             None => {
@@ -203,6 +200,7 @@ impl<const H: usize> World<H> {
     /// last, else it arrives (after the releases due at `now`).
     fn hop(&mut self, id: u32, now: SimTime) {
         let p = &mut self.packets[id as usize];
+        let next = p.next_node();
         p.hop += 1;
         if p.last_leg() {
             let p = *p;
@@ -212,7 +210,8 @@ impl<const H: usize> World<H> {
             }
             return;
         }
-        let next = p.route[p.hop as usize];
-        self.schedule_arrival(next, id, now);
+        if let Some(next) = next {
+            self.schedule_arrival(next, id, now);
+        }
     }
 }

@@ -18,9 +18,9 @@ use rand::{Rng, RngExt};
 use rand_chacha::ChaCha8Rng;
 
 use super::{
-    EngineError, Exposure, Kind, LATENCY_RESERVOIR, Latency, MAX_HOPS, Packet, STREAM_FIRST_ENTITY,
-    STREAM_RESERVOIR, STREAM_TOPOLOGY, SimTime, Traffic, Unlinkability, build_topology, node_index,
-    repetition_seed, stream,
+    EngineError, Exposure, Kind, LATENCY_RESERVOIR, Latency, MAX_ROUTE, NO_CHALLENGE, Packet,
+    STREAM_FIRST_ENTITY, STREAM_RESERVOIR, STREAM_TOPOLOGY, SimTime, Traffic, Unlinkability,
+    build_topology, node_index, repetition_seed, stream,
 };
 use crate::sim::scenario::Scenario;
 
@@ -254,7 +254,8 @@ impl Ctx {
     }
 
     /// Client `id`'s tick on `stream` at `now`: its Poisson stream moves
-    /// on, and the packet it sends (`None` if the tick was not due).
+    /// on, and the packet it sends with the node it goes to first (`None`
+    /// if the tick was not due).
     pub(super) fn client_tick<const H: usize>(
         &self,
         id: u32,
@@ -262,7 +263,7 @@ impl Ctx {
         stream: u8,
         now: SimTime,
         tally: &mut Tally,
-    ) -> Option<Packet<H>> {
+    ) -> Option<(u32, Packet<H>)> {
         let ticker = c.streams.get_mut(stream as usize)?;
         ticker.poll(&mut c.rng, now)?;
         tally.events += 1;
@@ -295,13 +296,14 @@ impl Ctx {
 
     /// Node `node`'s loop tick at `now` (`None` if it was not due): as
     /// loopmix-node's LoopCover, one mix per layer, then back to itself.
+    /// The packet comes with the node it goes to first.
     pub(super) fn loop_tick<const H: usize>(
         &self,
         node: u32,
         src: &mut LoopSource,
         now: SimTime,
         tally: &mut Tally,
-    ) -> Option<Packet<H>> {
+    ) -> Option<(u32, Packet<H>)> {
         src.loops.poll(&mut src.rng, now)?;
         tally.events += 1;
         let mut route = Route::default();
@@ -324,7 +326,8 @@ impl Ctx {
         }
     }
 
-    /// A new packet from `origin` along `route`, with the core's delays.
+    /// A new packet from `origin` along `route`, with the core's delays,
+    /// and the node it goes to first.
     #[allow(clippy::too_many_arguments)]
     fn launch<const H: usize>(
         &self,
@@ -335,35 +338,42 @@ impl Ctx {
         route: &Route,
         now: SimTime,
         tally: &mut Tally,
-    ) -> Packet<H> {
+    ) -> (u32, Packet<H>) {
         let route = route.as_slice();
         // One delay per hop, drawn whatever `H` (the draws are the output).
-        let mut delays = [0u64; MAX_HOPS];
+        let mut delays = [0u64; MAX_ROUTE];
         let delays = &mut delays[..route.len()];
         sample_delay_nanos_into(rng, delays, self.mean_delay);
-        let len = route.len().min(H);
+        let len = route.len().min(H + 1);
         let measured = self.in_window(now);
+        let challenge = match (kind, origin) {
+            (Kind::Real, 0 | 1) => origin as u8,
+            _ => NO_CHALLENGE,
+        };
         let mut p = Packet {
-            route: [0; H],
+            next: [0; H],
             delays_ns: [0; H],
+            mass: [0.0; 2],
+            uid,
             len: len as u8,
             hop: 0,
             kind,
-            origin,
-            created: now,
+            challenge,
             measured,
-            mass: [0.0; 2],
-            uid,
         };
-        p.route[..len].copy_from_slice(&route[..len]);
+        // The first hop is where the packet goes now; the last delivers it.
+        let inner = route.get(1..len.saturating_sub(1)).unwrap_or(&[]);
+        for (slot, n) in p.next.iter_mut().zip(inner) {
+            *slot = *n;
+        }
         for (slot, d) in p.delays_ns.iter_mut().zip(delays.iter()) {
             *slot = *d;
         }
         if measured {
             tally.traffic.count(kind);
             if kind == Kind::Real {
-                if origin < 2 {
-                    p.mass[origin as usize] = 1.0;
+                if let Some(m) = p.mass.get_mut(usize::from(challenge)) {
+                    *m = 1.0;
                 }
                 // Client routes: provider, the mixes, provider.
                 let mixes = &route[1..len.saturating_sub(1).max(1)];
@@ -378,14 +388,14 @@ impl Ctx {
                 }
             }
         }
-        p
+        (route.first().copied().unwrap_or(u32::MAX), p)
     }
 }
 
 /// A route being built, without allocating.
 #[derive(Default)]
 struct Route {
-    hops: [u32; MAX_HOPS],
+    hops: [u32; MAX_ROUTE],
     len: usize,
 }
 
@@ -424,12 +434,12 @@ impl Outcome {
         p.measured && p.kind == Kind::Real
     }
 
-    /// `p` reached its last hop at `now`.
-    pub(super) fn deliver<const H: usize>(&mut self, p: &Packet<H>, now: SimTime) {
+    /// `p` reached its last hop (at a time the caller orders deliveries by).
+    pub(super) fn deliver<const H: usize>(&mut self, p: &Packet<H>) {
         if !Self::counts(p) {
             return;
         }
-        let latency = (now - p.created).as_secs_f64();
+        let latency = p.age_at_delivery().as_secs_f64();
         let l = &mut self.latency;
         l.count += 1;
         l.sum += latency;
@@ -442,9 +452,9 @@ impl Outcome {
                 *slot = latency;
             }
         }
-        if p.origin < 2 {
-            let own = p.mass[p.origin as usize];
-            let other = p.mass[1 - p.origin as usize];
+        if p.challenge < NO_CHALLENGE {
+            let own = p.mass[usize::from(p.challenge)];
+            let other = p.mass[1 - usize::from(p.challenge)];
             let u = &mut self.unlinkability;
             u.messages += 1;
             if other > 0.0 && own > 0.0 {
