@@ -357,7 +357,7 @@ pub(super) fn run_sliced<const H: usize>(
         .collect();
     let by_layer = layers(&stages)?;
     let mut tally = Tally::default();
-    let mut outcome = Outcome::new(reservoir_rng);
+    let outcome = Outcome::new(reservoir_rng);
     // The event loop counts opening and closing the window as events.
     tally.events += u64::from(ctx.burn_in <= ctx.end) + u64::from(ctx.window_end <= ctx.end);
 
@@ -367,7 +367,6 @@ pub(super) fn run_sliced<const H: usize>(
         .max(1);
     let mut t0 = SimTime(0);
     let mut delivered = Vec::new();
-    let mut by_time: Vec<(u64, u64, usize)> = Vec::new();
     // One buffer per part (and one for the mixes' loops), twice: a stage
     // reads what the previous one wrote into one set and writes into the
     // other. Kept across slices so their memory is allocated once.
@@ -377,30 +376,76 @@ pub(super) fn run_sliced<const H: usize>(
     // it stays for the whole slice.
     let mut made: Vec<Out<H>> = (0..=threads).map(|_| Out::default()).collect();
     let mut scratch: Vec<Scratch<H>> = (0..threads).map(|_| Scratch::default()).collect();
-    while t0 < stop {
-        let t1 = SimTime(t0.0.saturating_add(slice).min(stop.0));
-        for b in &mut made {
-            b.clear();
-        }
-        make_packets(&ctx, &mut clients, &mut loops, t1, &mut made);
-        collect(&mut made, &mut tally, &mut delivered)?;
-        for (layer, nodes) in by_layer.iter().enumerate() {
-            std::mem::swap(&mut bufs, &mut prev);
-            for b in &mut bufs {
-                b.clear();
+    // A slice's deliveries are counted on a thread of their own while the
+    // next slice runs (counting is in time order, so it is one thread's
+    // work, and it would otherwise leave the other cores idle). At most
+    // one slice's deliveries wait for it; their buffers come back.
+    let (batches, incoming) = std::sync::mpsc::sync_channel::<Vec<(SimTime, Packet<H>)>>(1);
+    let (recycle, recycled) = std::sync::mpsc::channel();
+    let (outcome, looped) = std::thread::scope(|sc| {
+        let counter = sc.spawn(move || count_deliveries(outcome, &incoming, &recycle));
+        let looped = (|| -> Result<(), EngineError> {
+            while t0 < stop {
+                let t1 = SimTime(t0.0.saturating_add(slice).min(stop.0));
+                for b in &mut made {
+                    b.clear();
+                }
+                make_packets(&ctx, &mut clients, &mut loops, t1, &mut made);
+                collect(&mut made, &mut tally, &mut delivered)?;
+                for (layer, nodes) in by_layer.iter().enumerate() {
+                    std::mem::swap(&mut bufs, &mut prev);
+                    for b in &mut bufs {
+                        b.clear();
+                    }
+                    // Senders feed the providers (clients) and layer 1 (mix
+                    // loops); every later layer takes only what the one
+                    // before it sent.
+                    let from = Inputs {
+                        made: if layer <= 1 { &made } else { &[] },
+                        prev: if layer >= 1 { &prev } else { &[] },
+                    };
+                    let outs = &mut bufs[..threads];
+                    process_layer(&ctx, &mut stages, nodes, t1, from, outs, &mut scratch);
+                    collect(&mut bufs, &mut tally, &mut delivered)?;
+                }
+                let empty = recycled.try_recv().unwrap_or_default();
+                if batches
+                    .send(std::mem::replace(&mut delivered, empty))
+                    .is_err()
+                {
+                    // The counting thread is gone: its panic is resumed below.
+                    break;
+                }
+                progress(t1.as_secs_f64() / stop.as_secs_f64().max(1e-9));
+                t0 = t1;
             }
-            // Senders feed the providers (clients) and layer 1 (mix loops);
-            // every later layer takes only what the one before it sent.
-            let from = Inputs {
-                made: if layer <= 1 { &made } else { &[] },
-                prev: if layer >= 1 { &prev } else { &[] },
-            };
-            let outs = &mut bufs[..threads];
-            process_layer(&ctx, &mut stages, nodes, t1, from, outs, &mut scratch);
-            collect(&mut bufs, &mut tally, &mut delivered)?;
-        }
-        // Sorting small keys, not the packets: this part runs on one thread.
-        // (time, uid) is unique, so the order is the same on any threads.
+            Ok(())
+        })();
+        drop(batches);
+        let outcome = counter
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (outcome, looped)
+    });
+    looped?;
+    Ok(Measured {
+        tally,
+        outcome,
+        windows: stages.into_iter().map(|s| s.window).collect(),
+    })
+}
+
+/// Counts each slice's deliveries, as they come, in (time, uid) order,
+/// and hands their emptied buffers back; returns when the slices end.
+fn count_deliveries<const H: usize>(
+    mut outcome: Outcome,
+    incoming: &std::sync::mpsc::Receiver<Vec<(SimTime, Packet<H>)>>,
+    recycle: &std::sync::mpsc::Sender<Vec<(SimTime, Packet<H>)>>,
+) -> Outcome {
+    let mut by_time: Vec<(u64, u64, usize)> = Vec::new();
+    for mut delivered in incoming {
+        // Sorting small keys, not the packets. (time, uid) is unique, so
+        // the order is the same on any threads.
         by_time.clear();
         by_time.extend(
             delivered
@@ -415,14 +460,10 @@ pub(super) fn run_sliced<const H: usize>(
             }
         }
         delivered.clear();
-        progress(t1.as_secs_f64() / stop.as_secs_f64().max(1e-9));
-        t0 = t1;
+        // The run may have ended and stopped taking buffers back.
+        let _ = recycle.send(delivered);
     }
-    Ok(Measured {
-        tally,
-        outcome,
-        windows: stages.into_iter().map(|s| s.window).collect(),
-    })
+    outcome
 }
 
 /// Each layer's nodes as a range of node indexes, layer 0 (providers)
