@@ -78,6 +78,10 @@ pub enum EngineError {
     /// pipeline could not run it exactly (a bug, not bad input).
     #[error("a route does not cross the layers in order")]
     Unordered,
+    /// More nodes than a packet can name ([`MAX_NODES`]; the scenario's
+    /// limits stay far below).
+    #[error("{0} nodes: the simulator names at most {MAX_NODES}")]
+    TooManyNodes(usize),
 }
 
 /// What a packet is; only the simulator knows (on the wire all look alike).
@@ -106,6 +110,15 @@ const MAX_ROUTE: usize = SIM_MAX_LAYERS as usize + 2;
 /// smaller packet is less memory to move per hop.
 const SHORT_HOPS: usize = 4;
 
+/// A delay fits in this many bits: the core caps one at an hour,
+/// 3.6·10¹² ns < 2⁴².
+const DELAY_BITS: u32 = 42;
+const DELAY_MASK: u64 = (1 << DELAY_BITS) - 1;
+
+/// Node indexes fit in the bits above a delay: far more nodes than a
+/// scenario can have (10,000 providers and 8 layers of 10,000 mixes).
+const MAX_NODES: usize = 1 << (u64::BITS - DELAY_BITS);
+
 /// [`Packet::challenge`] of a packet that is not a challenge sender's.
 const NO_CHALLENGE: u8 = 2;
 
@@ -113,16 +126,16 @@ const NO_CHALLENGE: u8 = 2;
 /// per-hop delays (fixed by its sender, as in Sphinx), and what the
 /// simulator alone knows about it. Only what a later hop reads is kept,
 /// since every hop moves the packet through memory: the route without its
-/// first hop (where the sender hands it over) and last (which only
-/// delivers), the delays without the last (never applied), and no
-/// creation time (links take no time, so a packet's age is the sum of its
-/// delays so far).
+/// first hop (where the sender hands it over), each next node packed with
+/// the delay before it, the delays without the last (never applied), and
+/// no creation time (links take no time, so a packet's age is the sum of
+/// its delays so far).
 #[derive(Clone, Copy)]
 struct Packet<const H: usize> {
-    /// `next[i]`: the node of hop `i + 1` (hops 1 ..= len − 2).
-    next: [u32; H],
-    /// `delays_ns[i]`: how long hop `i` holds it (hops 0 ..= len − 2).
-    delays_ns: [u64; H],
+    /// `hops[i]`, for each hop `i` that holds it (0 ..= len − 2): how long
+    /// it holds it, in ns, in the low [`DELAY_BITS`], and the node of hop
+    /// `i + 1` in the bits above.
+    hops: [u64; H],
     /// Probability that this packet is one of challenge sender 0's / 1's.
     mass: [f64; 2],
     /// Unique and independent of scheduling: the sender's entity number
@@ -154,23 +167,20 @@ impl<const H: usize> Packet<H> {
 
     /// The node of the hop after the one it is at.
     fn next_node(&self) -> Option<u32> {
-        self.next.get(usize::from(self.hop)).copied()
+        let word = self.hops.get(usize::from(self.hop))?;
+        Some((word >> DELAY_BITS) as u32)
     }
 
     /// The delay of the hop it is at.
     fn delay(&self) -> Duration {
-        Duration::from_nanos(
-            self.delays_ns
-                .get(usize::from(self.hop))
-                .copied()
-                .unwrap_or(0),
-        )
+        let word = self.hops.get(usize::from(self.hop)).copied();
+        Duration::from_nanos(word.map_or(0, |w| w & DELAY_MASK))
     }
 
     /// Time since it was sent, at its last hop: every delay it was held.
     fn age_at_delivery(&self) -> Duration {
         let held = usize::from(self.len.saturating_sub(1));
-        Duration::from_nanos(self.delays_ns.iter().take(held).sum())
+        Duration::from_nanos(self.hops.iter().take(held).map(|w| w & DELAY_MASK).sum())
     }
 }
 

@@ -18,9 +18,9 @@ use rand::{Rng, RngExt};
 use rand_chacha::ChaCha8Rng;
 
 use super::{
-    EngineError, Exposure, Kind, LATENCY_RESERVOIR, Latency, MAX_ROUTE, NO_CHALLENGE, Packet,
-    STREAM_FIRST_ENTITY, STREAM_RESERVOIR, STREAM_TOPOLOGY, SimTime, Traffic, Unlinkability,
-    build_topology, node_index, repetition_seed, stream,
+    DELAY_BITS, DELAY_MASK, EngineError, Exposure, Kind, LATENCY_RESERVOIR, Latency, MAX_NODES,
+    MAX_ROUTE, NO_CHALLENGE, Packet, STREAM_FIRST_ENTITY, STREAM_RESERVOIR, STREAM_TOPOLOGY,
+    SimTime, Traffic, Unlinkability, build_topology, node_index, repetition_seed, stream,
 };
 use crate::sim::scenario::Scenario;
 
@@ -137,6 +137,9 @@ impl Setup {
     pub(super) fn new(s: &Scenario, rep: u32) -> Result<Self, EngineError> {
         let seed = repetition_seed(s.seed, rep);
         let topology = build_topology(s, seed)?;
+        if topology.nodes().len() > MAX_NODES {
+            return Err(EngineError::TooManyNodes(topology.nodes().len()));
+        }
         // 1/μ exactly as the client computes it from the topology.
         let mean_delay = Duration::try_from_secs_f64(topology.params().mean_hop_delay_ms / 1000.0)
             .unwrap_or(Duration::ZERO);
@@ -351,8 +354,7 @@ impl Ctx {
             _ => NO_CHALLENGE,
         };
         let mut p = Packet {
-            next: [0; H],
-            delays_ns: [0; H],
+            hops: [0; H],
             mass: [0.0; 2],
             uid,
             len: len as u8,
@@ -361,13 +363,11 @@ impl Ctx {
             challenge,
             measured,
         };
-        // The first hop is where the packet goes now; the last delivers it.
-        let inner = route.get(1..len.saturating_sub(1)).unwrap_or(&[]);
-        for (slot, n) in p.next.iter_mut().zip(inner) {
-            *slot = *n;
-        }
-        for (slot, d) in p.delays_ns.iter_mut().zip(delays.iter()) {
-            *slot = *d;
+        // Each holding hop's delay, with the node after it. The first hop
+        // is where the packet goes now.
+        let next = route.get(1..len).unwrap_or(&[]);
+        for ((slot, d), n) in p.hops.iter_mut().zip(delays.iter()).zip(next) {
+            *slot = (*d).min(DELAY_MASK) | (u64::from(*n) << DELAY_BITS);
         }
         if measured {
             tally.traffic.count(kind);
