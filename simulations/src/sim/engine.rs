@@ -764,6 +764,33 @@ mod tests {
         }
     }
 
+    /// A packet packs each delay with the next node in one word: the
+    /// core's longest delay and the scenario's most nodes both fit.
+    #[test]
+    fn delays_and_node_indexes_fit_their_bits() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut delays = [0u64; 64];
+        // A mean far beyond the core's one-hour cap on a single delay.
+        let mean = Duration::from_secs(1_000_000);
+        loopmix_core::sphinx::sample_delay_nanos_into(&mut rng, &mut delays, mean);
+        assert!(delays.iter().all(|&d| d > 0 && d <= DELAY_MASK), "{delays:?}");
+        let most = 10_000 + usize::from(SIM_MAX_LAYERS) * 10_000;
+        assert!(most < MAX_NODES);
+        // And a packed word reads back both.
+        let p = Packet::<SHORT_HOPS> {
+            hops: [DELAY_MASK | (u64::from(most as u32) << DELAY_BITS), 0, 0, 0],
+            mass: [0.0; 2],
+            uid: 0,
+            len: 5,
+            hop: 0,
+            kind: Kind::Real,
+            challenge: NO_CHALLENGE,
+            measured: false,
+        };
+        assert_eq!(p.delay(), Duration::from_nanos(DELAY_MASK));
+        assert_eq!(p.next_node(), Some(most as u32));
+    }
+
     #[test]
     fn node_index_round_trips_through_the_topology() {
         let s = Scenario {
