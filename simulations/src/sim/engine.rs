@@ -773,7 +773,10 @@ mod tests {
         // A mean far beyond the core's one-hour cap on a single delay.
         let mean = Duration::from_secs(1_000_000);
         loopmix_core::sphinx::sample_delay_nanos_into(&mut rng, &mut delays, mean);
-        assert!(delays.iter().all(|&d| d > 0 && d <= DELAY_MASK), "{delays:?}");
+        assert!(
+            delays.iter().all(|&d| d > 0 && d <= DELAY_MASK),
+            "{delays:?}"
+        );
         let most = 10_000 + usize::from(SIM_MAX_LAYERS) * 10_000;
         assert!(most < MAX_NODES);
         // And a packed word reads back both.
