@@ -20,6 +20,8 @@
 //! `cargo run --release -p loopmix-client --example chat -- /tmp/alice ECHO_ADDRESS 1`.
 //! Stop it with Ctrl-C.
 
+use std::time::Duration;
+
 use loopmix_client::sdk::MixnetClient;
 
 #[tokio::main]
@@ -28,6 +30,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .ok_or("usage: echo CLIENT_DIR (a directory made by `loopmix-client init`)")?;
     let client = MixnetClient::connect_dir(&dir).await?;
+    // Mail that reaches the provider before it holds our inbox is dropped:
+    // give the address out once it does.
+    if !client.wait_registered(Duration::from_secs(60)).await {
+        return Err("the provider did not confirm the inbox within 60 s".into());
+    }
     println!("{}", client.address());
     let mut messages = client.messages();
     loop {

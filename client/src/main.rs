@@ -270,6 +270,16 @@ fn main() -> anyhow::Result<()> {
             let cfg = ClientConfig::load(&config)?;
             tokio::runtime::Runtime::new()?.block_on(async move {
                 let (client, mut events) = Client::start(cfg, &Registry::new()).await?;
+                // "receiving" means the provider holds the inbox: mail sent
+                // to us from then on is kept (scripts wait for this line).
+                if !client.wait_registered(REGISTER_WAIT).await {
+                    eprintln!(
+                        "the provider has not confirmed the inbox after {} s; mail sent \
+                         before it does is dropped (still trying)",
+                        REGISTER_WAIT.as_secs()
+                    );
+                    client.wait_registered(Duration::MAX).await;
+                }
                 eprintln!("receiving as {}", client.address());
                 let deadline =
                     timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
@@ -316,6 +326,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+/// How long `receive` waits for the provider to confirm the inbox before
+/// it says so (it goes on waiting).
+const REGISTER_WAIT: Duration = Duration::from_secs(30);
 
 fn serve_logs_and_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     init_logging("info", false);

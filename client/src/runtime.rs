@@ -37,7 +37,7 @@ use loopmix_net::transport::egress::{Egress, EgressMetrics, OutPacket};
 use loopmix_net::transport::{PeerAllowList, Transport};
 use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, Registry};
 use rand::SeedableRng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -180,6 +180,9 @@ pub struct Client {
     pull: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The local UDP address of the QUIC endpoint (packets and pulls).
     link: Option<SocketAddr>,
+    /// True once the provider has answered a registration: it holds our
+    /// inbox, so mail sent to us is kept.
+    registered: watch::Receiver<bool>,
     pub metrics: ClientMetrics,
 }
 
@@ -235,6 +238,21 @@ impl Client {
         e.topology().map(|t| (t.epoch(), t.contains(&provider)))
     }
 
+    /// Waits, at most `timeout`, until the provider has answered our
+    /// registration, so that it holds our inbox; returns whether it has.
+    /// The pull loop registers in the background after
+    /// [`start`](Self::start) and again after every reconnection; only
+    /// the first registration of a new client matters here: until the
+    /// provider has our inbox, it drops mail sent to us. A client that is
+    /// about to give out its address for the first time waits for this.
+    pub async fn wait_registered(&self, timeout: Duration) -> bool {
+        let mut rx = self.registered.clone();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// Stops every task at once. Inbox items handed to the application
     /// whose confirmation was still under way stay at the provider and come
     /// again next time; [`close`](Self::close) avoids that.
@@ -258,7 +276,10 @@ impl Client {
     }
 
     /// Starts the client: waits for a verified topology that lists our
-    /// provider, connects, registers, and runs until [`shutdown`](Self::shutdown).
+    /// provider, then runs until [`shutdown`](Self::shutdown); it connects
+    /// to the provider and registers in the background
+    /// ([`wait_registered`](Self::wait_registered)), retrying while the
+    /// provider is unreachable.
     /// Events arrive on the returned channel; the inbox is confirmed to the
     /// provider only once the events are queued there.
     pub async fn start(
@@ -363,6 +384,7 @@ impl Client {
             ));
         }
         let (events_tx, events_rx) = mpsc::channel(256);
+        let (registered_tx, registered) = watch::channel(false);
         let shell = Shell {
             engine: engine.clone(),
             dir: dir.clone(),
@@ -375,6 +397,7 @@ impl Client {
             cancel: cancel.clone(),
             filler,
             routing: Mutex::new(routing),
+            registered: registered_tx,
         };
         let pull = shell.spawn_all();
         info!(%address, "client running");
@@ -385,6 +408,7 @@ impl Client {
                 cancel,
                 pull: Mutex::new(Some(pull)),
                 link,
+                registered,
                 metrics,
             },
             events_rx,
@@ -506,6 +530,8 @@ struct Shell {
     cancel: CancellationToken,
     filler: Option<Arc<dyn SlotFiller>>,
     routing: Mutex<RoutingView>,
+    /// Set once a registration is answered ([`Client::wait_registered`]).
+    registered: watch::Sender<bool>,
 }
 
 #[derive(Clone, Copy)]
@@ -787,6 +813,7 @@ impl Shell {
                 shape = None;
                 conn = match self.connect_and_register(timeout).await {
                     Ok(c) => {
+                        self.registered.send_replace(true);
                         warned = false;
                         Some(c)
                     }

@@ -260,6 +260,10 @@ fn chat_echo_and_fetch_examples_work_against_a_localnet() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = MixnetClient::connect_dir(&misuse).await.unwrap();
+        assert!(
+            c.wait_registered(Duration::from_secs(60)).await,
+            "the provider did not confirm a new client's inbox"
+        );
         let me = c.address();
         let r = c.send("not an address", b"x".to_vec());
         assert!(matches!(r, Err(SdkError::BadAddress(_))), "{r:?}");

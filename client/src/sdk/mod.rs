@@ -101,8 +101,10 @@ impl Drop for Inner {
 
 impl MixnetClient {
     /// Starts a client from its configuration: waits for a verified
-    /// topology listing its provider, connects to the provider and
-    /// registers. Needs a tokio runtime.
+    /// topology listing its provider; the client then connects to the
+    /// provider and registers in the background, retrying while it is
+    /// unreachable ([`wait_registered`](Self::wait_registered)). Needs a
+    /// tokio runtime.
     pub async fn connect(config: ClientConfig) -> Result<Self, Error> {
         Self::connect_with(config, &Registry::new()).await
     }
@@ -141,8 +143,19 @@ impl MixnetClient {
     }
 
     /// This client's address, to give to whoever should write to it.
+    /// A new client gives it out after
+    /// [`wait_registered`](Self::wait_registered): mail that arrives
+    /// before its provider holds its inbox is dropped.
     pub fn address(&self) -> ClientAddress {
         self.inner.client.address()
+    }
+
+    /// Waits, at most `timeout`, until the provider has answered this
+    /// client's registration (it then holds the inbox, and keeps mail sent
+    /// to it); returns whether it has. Only a client's first registration
+    /// matters: the provider keeps the inbox across restarts of either.
+    pub async fn wait_registered(&self, timeout: Duration) -> bool {
+        self.inner.client.wait_registered(timeout).await
     }
 
     fn check_open(&self) -> Result<(), Error> {
