@@ -153,6 +153,12 @@ struct Packet<const H: usize> {
     measured: bool,
 }
 
+/// One word of [`Packet::hops`]: a holding hop's delay (capped at
+/// [`DELAY_MASK`], above the core's one-hour cap) and the node after it.
+fn hop_word(delay_ns: u64, next: u32) -> u64 {
+    delay_ns.min(DELAY_MASK) | (u64::from(next) << DELAY_BITS)
+}
+
 impl<const H: usize> Packet<H> {
     /// The packet is at its last hop: it is delivered there, not pooled.
     #[cfg(test)]
@@ -781,7 +787,7 @@ mod tests {
         assert!(most < MAX_NODES);
         // And a packed word reads back both.
         let p = Packet::<SHORT_HOPS> {
-            hops: [DELAY_MASK | (u64::from(most as u32) << DELAY_BITS), 0, 0, 0],
+            hops: [hop_word(DELAY_MASK, most as u32), 0, 0, 0],
             mass: [0.0; 2],
             uid: 0,
             len: 5,

@@ -18,9 +18,9 @@ use rand::{Rng, RngExt};
 use rand_chacha::ChaCha8Rng;
 
 use super::{
-    DELAY_BITS, DELAY_MASK, EngineError, Exposure, Kind, LATENCY_RESERVOIR, Latency, MAX_NODES,
-    MAX_ROUTE, NO_CHALLENGE, Packet, STREAM_FIRST_ENTITY, STREAM_RESERVOIR, STREAM_TOPOLOGY,
-    SimTime, Traffic, Unlinkability, build_topology, node_index, repetition_seed, stream,
+    EngineError, Exposure, Kind, LATENCY_RESERVOIR, Latency, MAX_NODES, MAX_ROUTE, NO_CHALLENGE,
+    Packet, STREAM_FIRST_ENTITY, STREAM_RESERVOIR, STREAM_TOPOLOGY, SimTime, Traffic,
+    Unlinkability, build_topology, hop_word, node_index, repetition_seed, stream,
 };
 use crate::sim::scenario::Scenario;
 
@@ -367,7 +367,7 @@ impl Ctx {
         // is where the packet goes now.
         let next = route.get(1..len).unwrap_or(&[]);
         for ((slot, d), n) in p.hops.iter_mut().zip(delays.iter()).zip(next) {
-            *slot = (*d).min(DELAY_MASK) | (u64::from(*n) << DELAY_BITS);
+            *slot = hop_word(*d, *n);
         }
         if measured {
             tally.traffic.count(kind);
