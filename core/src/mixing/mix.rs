@@ -162,6 +162,12 @@ where
         self.pool.is_empty()
     }
 
+    /// The queue holding the pool's packets (read-only: the mix alone
+    /// decides what enters and leaves it).
+    pub fn queue(&self) -> &Q {
+        &self.pool
+    }
+
     /// `H_t` after the latest departure, bits.
     pub fn entropy_bits(&self) -> f64 {
         self.entropy.entropy_bits()

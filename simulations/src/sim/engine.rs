@@ -306,6 +306,11 @@ impl MixPool {
         self.mix.entropy_bits()
     }
 
+    /// Brings the pool's queue into cache (see `HeapQueue::warm`).
+    fn warm(&self) {
+        self.mix.queue().warm();
+    }
+
     /// Packets held.
     pub fn len(&self) -> usize {
         self.mix.len()
