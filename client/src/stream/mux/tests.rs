@@ -834,3 +834,79 @@ fn a_target_opened_before_in_the_session_may_be_answered_at_once() {
     let d = c.open(&IsolationKey::NONE, target(), t0).unwrap();
     assert!(!c.opened_before(&d));
 }
+
+// ---- session lifetimes ----
+
+/// One exchange each way at `now`: the client's next message to the exit
+/// and the exit's next answer back. The exit's connects succeed.
+fn exchange(c: &mut Mux, exit: &mut Mux, now: Instant) -> Vec<MuxEvent> {
+    if let Some(out) = c.client_message(CAP0, BLOCK, now) {
+        c.client_sent(out.session, out.grants, vec![[0; 8]; out.blocks], now);
+        to_exit(exit, &out.body, out.blocks, now);
+    }
+    for e in exit.take_events() {
+        if let MuxEvent::Connect(k, _) = e {
+            exit.connected(k, Ok(()), now);
+        }
+    }
+    if let Some((body, _)) = exit.exit_message(REPLY_CAP, 5, now) {
+        c.on_message(&body, Vec::new(), now);
+    }
+    c.tick(now);
+    exit.tick(now);
+    c.take_events()
+}
+
+/// The client keeps a session without streams for ten minutes
+/// (`session_idle`, for its key's next stream) while the exit forgets a
+/// silent one after three (`session_timeout`). A stream opened in between
+/// must still work: its OPEN goes with fresh reply blocks (the exit has
+/// been silent), so the exit, seeing the session as new, can answer.
+#[test]
+fn a_session_the_exit_forgot_still_opens_streams() {
+    let (mut c, mut exit, _) = pair();
+    let cfg = StreamConfig::default();
+    assert!(cfg.session_timeout < cfg.session_idle);
+    let t0 = Instant::now();
+    let ms = |n: u64| Duration::from_millis(n);
+    let k1 = c.open(&IsolationKey::NONE, target(), t0).unwrap();
+    c.finish(&k1);
+    let mut now = t0;
+    let mut opened = false;
+    for _ in 0..100 {
+        now += ms(100);
+        opened |= exchange(&mut c, &mut exit, now).contains(&MuxEvent::Opened(k1));
+        if let Some(ek) = exit
+            .sessions
+            .values()
+            .flat_map(|s| s.streams.keys().map(|&stream| (s.id, stream)))
+            .next()
+            .map(|(session, stream)| StreamKey { session, stream })
+        {
+            exit.finish(&ek);
+        }
+    }
+    assert!(opened);
+    assert_eq!((c.streams_open(), exit.streams_open()), (0, 0));
+    // Silence past the exit's timeout, short of the client's.
+    now += cfg.session_timeout + ms(1);
+    exit.tick(now);
+    c.tick(now);
+    assert!(exit.sessions.is_empty(), "the exit forgot the session");
+    let k2 = c.open(&IsolationKey::NONE, target(), now).unwrap();
+    assert_eq!(k2.session, k1.session, "the client kept it");
+    let (frames, body, blocks) = client_out(&mut c, now);
+    assert!(frames.contains(&Frame::Open {
+        stream: k2.stream,
+        target: target()
+    }));
+    assert!(blocks > 0, "fresh reply blocks go with the OPEN");
+    to_exit(&mut exit, &body, blocks, now);
+    let ek = connect_event(&mut exit);
+    exit.connected(ek, Ok(()), now);
+    let (answer, _) = exit
+        .exit_message(REPLY_CAP, 5, now)
+        .expect("the exit can answer");
+    c.on_message(&answer, Vec::new(), now);
+    assert!(c.take_events().contains(&MuxEvent::Opened(k2)));
+}
