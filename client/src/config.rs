@@ -43,6 +43,12 @@ pub struct SocksSection {
     /// of its key (or of no credentials) starts a new, unlinkable one.
     #[serde(with = "humantime_serde")]
     pub session_idle: Duration,
+    /// A session opened this long ago takes no new streams: its key's next
+    /// stream starts a new one, while streams already open carry on (Tor's
+    /// `MaxCircuitDirtiness`), so a key that is never idle still changes
+    /// sessions.
+    #[serde(with = "humantime_serde")]
+    pub session_max_age: Duration,
     /// Keys with a session at once; beyond it, the longest-idle session
     /// without streams is closed, and if none is idle the stream is
     /// refused (reply 0x01).
@@ -89,6 +95,7 @@ impl Default for SocksSection {
     fn default() -> Self {
         Self {
             session_idle: crate::stream::mux::DEFAULT_SESSION_IDLE,
+            session_max_age: crate::stream::mux::DEFAULT_SESSION_MAX_AGE,
             max_sessions: DEFAULT_SOCKS_SESSIONS,
             early_reply: EarlyReply::default(),
         }
@@ -179,6 +186,9 @@ impl ClientConfig {
         if cfg.socks.session_idle < Duration::from_secs(1) {
             return Err(invalid("socks.session_idle", "at least 1s".into()));
         }
+        if cfg.socks.session_max_age < Duration::from_secs(1) {
+            return Err(invalid("socks.session_max_age", "at least 1s".into()));
+        }
         if !(1..=4096).contains(&cfg.socks.max_sessions) {
             return Err(invalid("socks.max_sessions", "1 to 4096".into()));
         }
@@ -250,6 +260,9 @@ max_attempts = {ma}
 # without credentials share one. A session with no streams for this long is
 # closed, and its key's next stream gets a new one.
 session_idle = "{si}"
+# A session opened this long ago takes no new streams (streams already open
+# carry on): its key's next stream gets a new one, however busy the key is.
+session_max_age = "{sa}"
 # Sessions at once; beyond it the longest-idle one without streams closes.
 max_sessions = {ms}
 # When a CONNECT is answered: "never" waits for the exit's answer (a round
@@ -265,6 +278,7 @@ early_reply = "{er}"
             pi = humantime::format_duration(m.pull_interval),
             ma = m.max_attempts,
             si = humantime::format_duration(so.session_idle),
+            sa = humantime::format_duration(so.session_max_age),
             ms = so.max_sessions,
             er = so.early_reply.name(),
         )
@@ -306,5 +320,12 @@ mod tests {
         .unwrap();
         let e = ClientConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("socks.session_idle"), "{e}");
+        std::fs::write(
+            &p,
+            t.replace("session_max_age = \"10m\"", "session_max_age = \"0s\""),
+        )
+        .unwrap();
+        let e = ClientConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("socks.session_max_age"), "{e}");
     }
 }

@@ -243,6 +243,7 @@ impl SocksConfig {
         Self {
             streams: StreamConfig {
                 session_idle: section.session_idle,
+                session_max_age: section.session_max_age,
                 max_sessions: section.max_sessions,
                 ..StreamConfig::default()
             },

@@ -32,7 +32,10 @@
 //!   [`SessionId`], its own reply blocks, its own revocations. Nothing in
 //!   one session's messages names another, so the exit cannot link them.
 //!   A session with no streams for [`StreamConfig::session_idle`] is
-//!   closed; the next stream of its key starts a new one.
+//!   closed; the next stream of its key starts a new one. A session
+//!   opened [`StreamConfig::session_max_age`] ago takes no new streams
+//!   (Tor's `MaxCircuitDirtiness`): the key moves to a new session, and
+//!   the old one closes shortly after its last stream.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -95,6 +98,11 @@ pub struct StreamConfig {
     /// Client: a session without streams for this long is closed; its
     /// key's next stream starts a new session (new id, new reply blocks).
     pub session_idle: Duration,
+    /// Client: a session opened this long ago takes no new streams: its
+    /// key's next stream starts a new session, while the streams already
+    /// in it carry on (Tor's `MaxCircuitDirtiness`). Without it a key that
+    /// is never idle would keep one session, linkable at the exit, forever.
+    pub session_max_age: Duration,
 }
 
 impl Default for StreamConfig {
@@ -113,6 +121,7 @@ impl Default for StreamConfig {
             session_timeout: Duration::from_secs(180),
             reserve_blocks: 4,
             session_idle: DEFAULT_SESSION_IDLE,
+            session_max_age: DEFAULT_SESSION_MAX_AGE,
         }
     }
 }
@@ -121,6 +130,15 @@ impl Default for StreamConfig {
 /// next stream gets a new one (Tor's `MaxCircuitDirtiness` is also ten
 /// minutes).
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(600);
+
+/// Client: how long a retired session (see `session_max_age`) stays after
+/// its last stream, so that the exit's answers to its last frames (a FIN's
+/// ACK, a repeated answer) still find it.
+const RETIRED_LINGER: Duration = Duration::from_secs(30);
+
+/// Client: how long a session takes new streams (Tor's
+/// `MaxCircuitDirtiness`, ten minutes).
+pub const DEFAULT_SESSION_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// What separates a SOCKS5 client's streams into sessions: the RFC 1929
 /// username and password, taken as they are (never checked, never
@@ -310,6 +328,11 @@ struct Session {
     granted: VecDeque<BlockTag>,
     /// Client: the last time the session had streams (or was opened).
     busy_at: Instant,
+    /// Client: when it was opened (it takes new streams for
+    /// `session_max_age`), and whether its key has moved on to a newer
+    /// session (then it closes once its last stream has).
+    opened_at: Instant,
+    retired: bool,
     /// Client: targets the exit opened in this session, newest last (only
     /// this session's: another session's would link the two).
     opened_targets: VecDeque<Target>,
@@ -349,6 +372,8 @@ impl Session {
             refill_turn: false,
             granted: VecDeque::new(),
             busy_at: now,
+            opened_at: now,
+            retired: false,
             opened_targets: VecDeque::new(),
         }
     }
@@ -628,10 +653,16 @@ impl Mux {
     /// When `max_sessions` keys have one, the longest-idle session without
     /// streams is closed to make room; if every one has streams: `None`.
     pub fn session_for(&mut self, key: &IsolationKey, now: Instant) -> Option<SessionId> {
-        if let Some(id) = self.isolation.get(key)
-            && self.sessions.contains_key(id)
+        if let Some(id) = self.isolation.get(key).copied()
+            && let Some(session) = self.sessions.get_mut(&id)
         {
-            return Some(*id);
+            if now.saturating_duration_since(session.opened_at) < self.cfg.session_max_age {
+                return Some(id);
+            }
+            // Too old for new streams: the key gets a new session below,
+            // and this one closes with its last stream.
+            session.retired = true;
+            self.isolation.remove(key);
         }
         if self.sessions.len() >= self.cfg.max_sessions {
             let victim = self
@@ -1104,7 +1135,13 @@ impl Mux {
             if self.role == Role::Client {
                 if !session.streams.is_empty() {
                     session.busy_at = now;
-                } else if now.saturating_duration_since(session.busy_at) >= cfg.session_idle {
+                } else if now.saturating_duration_since(session.busy_at)
+                    >= if session.retired {
+                        RETIRED_LINGER.min(cfg.session_idle)
+                    } else {
+                        cfg.session_idle
+                    }
+                {
                     // No streams to reset: the next stream of its key
                     // starts a new session. The exit forgets this one
                     // after its own timeout.

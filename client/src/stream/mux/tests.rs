@@ -910,3 +910,79 @@ fn a_session_the_exit_forgot_still_opens_streams() {
     c.on_message(&answer, Vec::new(), now);
     assert!(c.take_events().contains(&MuxEvent::Opened(k2)));
 }
+
+/// A key that is never idle still changes sessions: one opened
+/// `session_max_age` ago takes no new streams (as Tor's
+/// `MaxCircuitDirtiness`), its open streams carry on, and it closes a
+/// short while after its last one.
+#[test]
+fn a_busy_key_moves_to_a_new_session_after_max_age() {
+    let r = Registry::new();
+    let m = StreamMetrics::new(&r).unwrap();
+    let cfg = StreamConfig {
+        max_sessions: 2,
+        session_idle: Duration::from_secs(60),
+        session_max_age: Duration::from_secs(100),
+        open_timeout: Duration::from_secs(10_000),
+        idle_timeout: Duration::from_secs(10_000),
+        ..StreamConfig::default()
+    };
+    let mut c = Mux::client(exit_address(), cfg, m.clone(), &mut rand::rng());
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let alice = creds("alice");
+    let k1 = c.open(&alice, target(), t0).unwrap();
+    c.tick(t0 + s(50));
+    let k2 = c.open(&alice, target(), t0 + s(50)).unwrap();
+    assert_eq!(k2.session, k1.session);
+    c.tick(t0 + s(99));
+    assert_eq!(
+        c.open(&alice, target(), t0 + s(99)).unwrap().session,
+        k1.session,
+        "99 s old: still takes streams"
+    );
+    c.tick(t0 + s(100));
+    let k3 = c.open(&alice, target(), t0 + s(100)).unwrap();
+    assert_ne!(k3.session, k1.session, "100 s old: a new session");
+    assert_eq!(
+        c.open(&alice, target(), t0 + s(101)).unwrap().session,
+        k3.session
+    );
+    // The old session's streams are untouched, and it still speaks.
+    assert_eq!(c.streams_open(), 5);
+    assert_eq!((m.client_sessions.get(), m.sessions_opened.get()), (2, 2));
+    let mut speakers = std::collections::BTreeSet::new();
+    for _ in 0..2 {
+        let out = c.client_message(CAP0, BLOCK, t0 + s(101)).unwrap();
+        speakers.insert(out.session);
+    }
+    assert_eq!(
+        speakers,
+        [k1.session, k3.session].into_iter().collect(),
+        "both sessions send"
+    );
+    // Its streams end (last seen at the tick of 101 s): it lingers 30 s
+    // for late answers, then closes, well before the idle time.
+    c.tick(t0 + s(101));
+    let old: Vec<StreamKey> = c.sessions[&k1.session]
+        .streams
+        .keys()
+        .map(|&stream| StreamKey {
+            session: k1.session,
+            stream,
+        })
+        .collect();
+    for k in &old {
+        c.abort(k, code::GENERAL_FAILURE, "test");
+    }
+    c.tick(t0 + s(110));
+    c.tick(t0 + s(130));
+    assert!(c.has_session(&k1.session), "lingers for late answers");
+    c.tick(t0 + s(132));
+    assert!(!c.has_session(&k1.session));
+    assert_eq!(m.client_sessions.get(), 1);
+    assert_eq!(
+        c.open(&alice, target(), t0 + s(132)).unwrap().session,
+        k3.session
+    );
+}
