@@ -310,22 +310,24 @@ mod tests {
         assert_eq!(c.socks, SocksSection::default());
         assert_eq!(c.client.identity_key, dir.path().join(IDENTITY_FILE));
 
-        std::fs::write(&p, t.replace("threshold = 2", "threshold = 5")).unwrap();
-        let e = ClientConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("directory.threshold"), "{e}");
-        std::fs::write(
-            &p,
-            t.replace("session_idle = \"10m\"", "session_idle = \"0s\""),
-        )
-        .unwrap();
-        let e = ClientConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("socks.session_idle"), "{e}");
-        std::fs::write(
-            &p,
-            t.replace("session_max_age = \"10m\"", "session_max_age = \"0s\""),
-        )
-        .unwrap();
-        let e = ClientConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("socks.session_max_age"), "{e}");
+        // Each bad value is refused with the key that holds it.
+        for (good, bad, key) in [
+            ("threshold = 2", "threshold = 5", "directory.threshold"),
+            (
+                "session_idle = \"10m\"",
+                "session_idle = \"0s\"",
+                "socks.session_idle",
+            ),
+            (
+                "session_max_age = \"10m\"",
+                "session_max_age = \"0s\"",
+                "socks.session_max_age",
+            ),
+        ] {
+            assert!(t.contains(good), "{good}");
+            std::fs::write(&p, t.replace(good, bad)).unwrap();
+            let e = ClientConfig::load(&p).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 }
